@@ -1,0 +1,553 @@
+// splat_cpu.cpp: the native CPU backend (C++17, OpenMP).
+//
+// A torch-free C ABI over raw float32 pointers; Python (splat/backends/cpu.py)
+// loads it with ctypes and registers autograd. All per-Gaussian and per-pixel
+// math comes from ../include/splat_math.h, shared with the CUDA kernels.
+//
+// Work split:
+//   projection / SH     parallel over Gaussians
+//   tile binning        counting sort by (camera, tile), then per-tile depth sort in parallel
+//   compositing         parallel over tiles (dynamic schedule); inside a tile the
+//                       pixels are the SIMD lanes, Gaussians are walked in order
+//   backward            same tile loop, reverse order; per-(tile, Gaussian) gradient
+//                       slots (no atomics, deterministic), then summed per Gaussian
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../include/splat_math.h"
+
+using namespace splat;
+
+namespace {
+
+inline bool visible(const int32_t* radii, int64_t i) { return radii[2 * i] > 0 && radii[2 * i + 1] > 0; }
+
+// Tile rectangle [x0, x1) x [y0, y1) of a Gaussian's bounding box (same as the torch reference).
+inline void tile_rect(const float* means2d, const int32_t* radii, int64_t i, int tile_size, int tw, int th,
+                      int& x0, int& x1, int& y0, int& y1) {
+    float mx = means2d[2 * i] / tile_size, my = means2d[2 * i + 1] / tile_size;
+    float rx = (float)radii[2 * i] / tile_size, ry = (float)radii[2 * i + 1] / tile_size;
+    x0 = std::min(std::max((int)floorf(mx - rx), 0), tw);
+    x1 = std::min(std::max((int)ceilf(mx + rx), 0), tw);
+    y0 = std::min(std::max((int)floorf(my - ry), 0), th);
+    y1 = std::min(std::max((int)ceilf(my + ry), 0), th);
+}
+
+inline uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+inline int bit_length(int64_t v) {
+    int b = 0;
+    while (v > 0) { ++b; v >>= 1; }
+    return b;
+}
+
+// One Gaussian over the P pixels of a tile (the pixels are the SIMD lanes):
+// alpha, the transmittance cut-off and the blend weights w. Returns whether any
+// pixel is still active.
+__attribute__((noinline)) int blend_step(int P, const float* __restrict px, const float* __restrict py,
+                                         float* __restrict T, float* __restrict w, int32_t* __restrict last,
+                                         int32_t* __restrict active, float mx, float my, float a, float b, float c,
+                                         float o, int32_t id) {
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int p = 0; p < P; ++p) {
+        float dx = mx - px[p], dy = my - py[p];
+        float sigma = gaussian_sigma(a, b, c, dx, dy);
+        float raw = gaussian_raw_alpha(o, sigma);
+        float alpha = clamp_alpha(raw);
+        int32_t ok = active[p] & alpha_contributes(sigma, raw);
+        float Tp = T[p];
+        float Tn = Tp * (1.f - alpha);
+        int32_t stop = ok & (Tn <= kTransmittanceEps ? 1 : 0);
+        int32_t take = ok & (stop ^ 1);
+        w[p] = take ? alpha * Tp : 0.f;
+        T[p] = take ? Tn : Tp;
+        last[p] = take ? id : last[p];
+        int32_t act = active[p] & (stop ^ 1);
+        active[p] = act;
+        any |= act;
+    }
+    return any;
+}
+
+// One Gaussian over the P pixels of a tile in the backward pass (reverse
+// order). Updates each pixel's transmittance T and the colour behind it (sdot,
+// dotted with dL/dC), writes the blend factor fac and each pixel's gradient
+// terms into g[8][P] (d mean x, y, d conic a, b, c, d opacity, |d mean| x, y),
+// then sums those over the pixels into out[8]. (Summing in a second loop keeps
+// both loops simple enough for GCC to vectorise.)
+__attribute__((noinline)) void backward_step(int P, const float* __restrict px, const float* __restrict py, float* __restrict T,
+                   const float* __restrict Tf, float* __restrict sdot, const float* __restrict va,
+                   const float* __restrict cdot, float* __restrict fac, const int32_t* __restrict last,
+                   float* __restrict g, float mx, float my, float a, float b, float c, float o, int32_t id,
+                   float out[8]) {
+    float* __restrict g_mx = g;
+    float* __restrict g_my = g + P;
+    float* __restrict g_a = g + 2 * P;
+    float* __restrict g_b = g + 3 * P;
+    float* __restrict g_c = g + 4 * P;
+    float* __restrict g_o = g + 5 * P;
+    float* __restrict g_ax = g + 6 * P;
+    float* __restrict g_ay = g + 7 * P;
+#pragma omp simd
+    for (int p = 0; p < P; ++p) {
+        float dx = mx - px[p], dy = my - py[p];
+        float sigma = gaussian_sigma(a, b, c, dx, dy);
+        float vis = fast_exp(-sigma);
+        float raw = o * vis;
+        float alpha = clamp_alpha(raw);
+        int32_t take = (id <= last[p] ? 1 : 0) & alpha_contributes(sigma, raw);
+        float ra = 1.f / (1.f - alpha);
+        float Tb = T[p] * ra;  // transmittance in front of this Gaussian
+        float f = alpha * Tb;
+        float v_alpha = Tb * cdot[p] - sdot[p] * ra + Tf[p] * ra * va[p];
+        AlphaGrad gr = gaussian_alpha_vjp(o, vis, a, b, c, dx, dy, v_alpha);
+        float k = take ? 1.f : 0.f;
+        g_a[p] = k * gr.v_a;
+        g_b[p] = k * gr.v_b;
+        g_c[p] = k * gr.v_c;
+        g_mx[p] = k * gr.v_mx;
+        g_my[p] = k * gr.v_my;
+        g_o[p] = k * gr.v_opacity;
+        g_ax[p] = k * fabsf(gr.v_mx);
+        g_ay[p] = k * fabsf(gr.v_my);
+        fac[p] = k * f;
+        sdot[p] += k * f * cdot[p];
+        T[p] = take ? Tb : T[p];
+    }
+    for (int j = 0; j < 8; ++j) {
+        const float* __restrict gj = g + j * P;
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int p = 0; p < P; ++p) sum += gj[p];
+        out[j] = sum;
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int splat_num_threads() { return omp_get_max_threads(); }
+void splat_set_num_threads(int n) { omp_set_num_threads(n); }
+
+// ------------------------------------------------------------------ projection
+void splat_project_fwd(int C, int N, const float* means, const float* quats, const float* scales,
+                       const float* opacities, const float* viewmats, const float* Ks, int width, int height,
+                       float eps2d, float near_plane, float far_plane, float radius_clip, int antialiased,
+                       int32_t* radii, float* means2d, float* depths, float* conics, float* compensations) {
+    const int64_t total = (int64_t)C * N;
+#pragma omp parallel for schedule(static)
+    for (int64_t idx = 0; idx < total; ++idx) {
+        int c = (int)(idx / N);
+        int64_t n = idx - (int64_t)c * N;
+        Camera cam = make_camera(viewmats + 16 * c, Ks + 9 * c, width, height);
+        Projected p = project_gaussian(cam, means + 3 * n, quats + 4 * n, scales + 3 * n,
+                                       opacities ? opacities[n] : -1.f, eps2d, near_plane, far_plane,
+                                       radius_clip, antialiased != 0);
+        if (p.valid) {
+            radii[2 * idx] = p.radius_x;
+            radii[2 * idx + 1] = p.radius_y;
+            means2d[2 * idx] = p.mean2d.x;
+            means2d[2 * idx + 1] = p.mean2d.y;
+            depths[idx] = p.depth;
+            conics[3 * idx] = p.conic[0];
+            conics[3 * idx + 1] = p.conic[1];
+            conics[3 * idx + 2] = p.conic[2];
+            compensations[idx] = p.compensation;
+        } else {
+            radii[2 * idx] = radii[2 * idx + 1] = 0;
+            means2d[2 * idx] = means2d[2 * idx + 1] = 0.f;
+            depths[idx] = 0.f;
+            conics[3 * idx] = conics[3 * idx + 1] = conics[3 * idx + 2] = 0.f;
+            compensations[idx] = 0.f;
+        }
+    }
+}
+
+// Gradients of the projection. Any of v_compensations, v_viewmats may be null.
+// Outputs are overwritten (v_viewmats: [C, 4, 4], only the top 3x4 is filled).
+void splat_project_bwd(int C, int N, const float* means, const float* quats, const float* scales,
+                       const float* viewmats, const float* Ks, int width, int height, float eps2d, int antialiased,
+                       const int32_t* radii, const float* v_means2d, const float* v_depths, const float* v_conics,
+                       const float* v_compensations, float* v_means, float* v_quats, float* v_scales,
+                       float* v_viewmats) {
+    std::vector<Camera> cams(C);
+    for (int c = 0; c < C; ++c) cams[c] = make_camera(viewmats + 16 * c, Ks + 9 * c, width, height);
+    if (v_viewmats) memset(v_viewmats, 0, sizeof(float) * 16 * C);
+#pragma omp parallel
+    {
+        std::vector<double> vview(v_viewmats ? 12 * C : 0, 0.0);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            float vm[3] = {0, 0, 0}, vq[4] = {0, 0, 0, 0}, vs[3] = {0, 0, 0};
+            for (int c = 0; c < C; ++c) {
+                int64_t idx = (int64_t)c * N + n;
+                if (!visible(radii, idx)) continue;
+                ProjectionGrad g = project_gaussian_vjp(cams[c], means + 3 * n, quats + 4 * n, scales + 3 * n, eps2d,
+                                                        antialiased != 0, v_means2d + 2 * idx, v_depths[idx],
+                                                        v_conics + 3 * idx,
+                                                        v_compensations ? v_compensations[idx] : 0.f);
+                for (int k = 0; k < 3; ++k) { vm[k] += g.v_mean[k]; vs[k] += g.v_scale[k]; }
+                for (int k = 0; k < 4; ++k) vq[k] += g.v_quat[k];
+                if (v_viewmats) {
+                    double* V = vview.data() + 12 * c;
+                    for (int i = 0; i < 3; ++i)
+                        for (int j = 0; j < 3; ++j) V[4 * i + j] += g.v_R.m[i][j];
+                    V[3] += g.v_t.x;
+                    V[7] += g.v_t.y;
+                    V[11] += g.v_t.z;
+                }
+            }
+            for (int k = 0; k < 3; ++k) { v_means[3 * n + k] = vm[k]; v_scales[3 * n + k] = vs[k]; }
+            for (int k = 0; k < 4; ++k) v_quats[4 * n + k] = vq[k];
+        }
+        if (v_viewmats) {
+#pragma omp critical
+            for (int c = 0; c < C; ++c)
+                for (int k = 0; k < 12; ++k) v_viewmats[16 * c + k] += (float)vview[12 * c + k];
+        }
+    }
+}
+
+// ------------------------------------------------------------------ spherical harmonics
+// dirs [C, N, 3] (any length); coeffs [N, K, 3] (per_camera = 0) or [C, N, K, 3];
+// mask [C, N] (nullable): entries with mask 0 get colour 0. out [C, N, 3].
+void splat_sh_fwd(int C, int N, int K, int degree, const float* dirs, const float* coeffs, int per_camera,
+                  const uint8_t* mask, float* out) {
+    const int nb = (degree + 1) * (degree + 1);
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+        for (int c = 0; c < C; ++c) {
+            int64_t idx = (int64_t)c * N + n;
+            float* o = out + 3 * idx;
+            if (mask && !mask[idx]) { o[0] = o[1] = o[2] = 0.f; continue; }
+            const float* d = dirs + 3 * idx;
+            float len = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+            float inv = 1.f / fmaxf(len, 1e-12f);
+            float b[16];
+            sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, b);
+            const float* co = coeffs + (per_camera ? idx : n) * K * 3;
+            float r = 0.f, g = 0.f, bl = 0.f;
+            for (int k = 0; k < nb; ++k) {
+                r += b[k] * co[3 * k];
+                g += b[k] * co[3 * k + 1];
+                bl += b[k] * co[3 * k + 2];
+            }
+            o[0] = r; o[1] = g; o[2] = bl;
+        }
+    }
+}
+
+// Gradients of splat_sh_fwd. v_coeffs has the layout of coeffs and is overwritten;
+// v_dirs [C, N, 3] is overwritten (nullable).
+void splat_sh_bwd(int C, int N, int K, int degree, const float* dirs, const float* coeffs, int per_camera,
+                  const uint8_t* mask, const float* v_out, float* v_coeffs, float* v_dirs) {
+    const int nb = (degree + 1) * (degree + 1);
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+        if (!per_camera) memset(v_coeffs + n * K * 3, 0, sizeof(float) * K * 3);
+        for (int c = 0; c < C; ++c) {
+            int64_t idx = (int64_t)c * N + n;
+            float* vc = v_coeffs + (per_camera ? idx : n) * K * 3;
+            if (per_camera) memset(vc, 0, sizeof(float) * K * 3);
+            float* vd = v_dirs ? v_dirs + 3 * idx : nullptr;
+            if (mask && !mask[idx]) {
+                if (vd) vd[0] = vd[1] = vd[2] = 0.f;
+                continue;
+            }
+            const float* d = dirs + 3 * idx;
+            const float* vo = v_out + 3 * idx;
+            float len = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+            float inv = 1.f / fmaxf(len, 1e-12f);
+            float x = d[0] * inv, y = d[1] * inv, z = d[2] * inv;
+            float b[16];
+            sh_basis(degree, x, y, z, b);
+            for (int k = 0; k < nb; ++k) {
+                vc[3 * k] += b[k] * vo[0];
+                vc[3 * k + 1] += b[k] * vo[1];
+                vc[3 * k + 2] += b[k] * vo[2];
+            }
+            if (!vd) continue;
+            float gx[16], gy[16], gz[16];
+            sh_basis_grad(degree, x, y, z, gx, gy, gz);
+            const float* co = coeffs + (per_camera ? idx : n) * K * 3;
+            float vx = 0.f, vy = 0.f, vz = 0.f;
+            for (int k = 1; k < nb; ++k) {
+                float dot = co[3 * k] * vo[0] + co[3 * k + 1] * vo[1] + co[3 * k + 2] * vo[2];
+                vx += gx[k] * dot;
+                vy += gy[k] * dot;
+                vz += gz[k] * dot;
+            }
+            // through the normalisation u = d / |d|
+            float ud = x * vx + y * vy + z * vz;
+            vd[0] = (vx - x * ud) * inv;
+            vd[1] = (vy - y * ud) * inv;
+            vd[2] = (vz - z * ud) * inv;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ tile binning
+// Pass 1: per-Gaussian tile counts [C*N] and per-tile counts [C*th*tw]. Returns the
+// number of intersections. tile_mask [C*th*tw] (nullable) restricts the tiles.
+int64_t splat_isect_count(int C, int N, const float* means2d, const int32_t* radii, int tile_size, int tw, int th,
+                          const uint8_t* tile_mask, int32_t* tiles_per_gauss, int64_t* tile_counts) {
+    const int64_t n_tiles = (int64_t)tw * th;
+    memset(tile_counts, 0, sizeof(int64_t) * C * n_tiles);
+    int64_t total = 0;
+    for (int64_t idx = 0; idx < (int64_t)C * N; ++idx) {
+        tiles_per_gauss[idx] = 0;
+        if (!visible(radii, idx)) continue;
+        int c = (int)(idx / N);
+        int x0, x1, y0, y1;
+        tile_rect(means2d, radii, idx, tile_size, tw, th, x0, x1, y0, y1);
+        int cnt = 0;
+        for (int ty = y0; ty < y1; ++ty)
+            for (int tx = x0; tx < x1; ++tx) {
+                int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
+                if (tile_mask && !tile_mask[t]) continue;
+                ++tile_counts[t];
+                ++cnt;
+            }
+        tiles_per_gauss[idx] = cnt;
+        total += cnt;
+    }
+    return total;
+}
+
+// Pass 2: fill the intersection list, grouped by (camera, tile) in order, each
+// group sorted by depth (ties by Gaussian index). tile_offsets [C*th*tw + 1]
+// is the exclusive prefix sum of tile_counts. Writes isect_ids [M] (gsplat's
+// keys), flatten_ids [M] (c * N + n).
+void splat_isect_fill(int C, int N, const float* means2d, const int32_t* radii, const float* depths, int tile_size,
+                      int tw, int th, const uint8_t* tile_mask, const int64_t* tile_offsets, int64_t* isect_ids,
+                      int32_t* flatten_ids) {
+    const int64_t n_tiles = (int64_t)tw * th;
+    const int64_t T = C * n_tiles;
+    const int64_t M = tile_offsets[T];
+    std::vector<uint64_t> keys(M);
+    std::vector<int64_t> cursor(tile_offsets, tile_offsets + T);
+    for (int64_t idx = 0; idx < (int64_t)C * N; ++idx) {
+        if (!visible(radii, idx)) continue;
+        int c = (int)(idx / N);
+        int x0, x1, y0, y1;
+        tile_rect(means2d, radii, idx, tile_size, tw, th, x0, x1, y0, y1);
+        uint64_t key = ((uint64_t)float_bits(depths[idx]) << 32) | (uint64_t)(uint32_t)idx;
+        for (int ty = y0; ty < y1; ++ty)
+            for (int tx = x0; tx < x1; ++tx) {
+                int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
+                if (tile_mask && !tile_mask[t]) continue;
+                keys[cursor[t]++] = key;
+            }
+    }
+    const int tile_bits = bit_length(n_tiles);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t t = 0; t < T; ++t) {
+        int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
+        if (e <= s) continue;
+        std::sort(keys.begin() + s, keys.begin() + e);
+        int64_t c = t / n_tiles, tile = t - c * n_tiles;
+        int64_t hi = (c << (tile_bits + 32)) | (tile << 32);
+        for (int64_t i = s; i < e; ++i) {
+            isect_ids[i] = hi | (int64_t)(keys[i] >> 32);
+            flatten_ids[i] = (int32_t)(keys[i] & 0xFFFFFFFFu);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ compositing
+// means2d [C,N,2], conics [C,N,3], colors [C,N,D], opacities [C,N], backgrounds [C,D]
+// (nullable), tile_offsets [C*th*tw + 1], flatten_ids [M], tile_mask (nullable).
+// Outputs (preset by the caller to 0 for tiles not rendered): out_colors [C,H,W,D],
+// out_alphas [C,H,W], last_ids [C,H,W] (index into the isect list of the last
+// Gaussian that contributed, -1 for none).
+void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_size, int tw, int th,
+                         const float* means2d, const float* conics, const float* colors, const float* opacities,
+                         const float* backgrounds, const int64_t* tile_offsets, const int32_t* flatten_ids,
+                         const uint8_t* tile_mask, float* out_colors, float* out_alphas, int32_t* last_ids) {
+    const int64_t n_tiles = (int64_t)tw * th;
+    const int64_t T_all = C * n_tiles;
+    const int P = tile_size * tile_size;
+#pragma omp parallel
+    {
+        std::vector<float> px(P), py(P), T(P), w(P), acc((size_t)P * D), col;
+        std::vector<int32_t> last(P), active(P);
+        std::vector<float> gx, gy, ga, gb, gc, go;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < T_all; ++t) {
+            if (tile_mask && !tile_mask[t]) continue;
+            const int c = (int)(t / n_tiles);
+            const int tile = (int)(t - (int64_t)c * n_tiles);
+            const int tx0 = (tile % tw) * tile_size, ty0 = (tile / tw) * tile_size;
+            const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
+            const int K = (int)(e - s);
+            // gather this tile's Gaussians, front to back
+            gx.resize(K); gy.resize(K); ga.resize(K); gb.resize(K); gc.resize(K); go.resize(K);
+            col.resize((size_t)K * D);
+            for (int k = 0; k < K; ++k) {
+                const int64_t g = flatten_ids[s + k];
+                gx[k] = means2d[2 * g]; gy[k] = means2d[2 * g + 1];
+                ga[k] = conics[3 * g]; gb[k] = conics[3 * g + 1]; gc[k] = conics[3 * g + 2];
+                go[k] = opacities[g];
+                memcpy(&col[(size_t)k * D], colors + g * D, sizeof(float) * D);
+            }
+            int any = 0;
+            for (int p = 0; p < P; ++p) {
+                int x = tx0 + p % tile_size, y = ty0 + p / tile_size;
+                px[p] = x + 0.5f;
+                py[p] = y + 0.5f;
+                T[p] = 1.f;
+                last[p] = -1;
+                active[p] = (x < width && y < height) ? 1 : 0;
+                any |= active[p];
+            }
+            std::fill(acc.begin(), acc.end(), 0.f);
+            for (int k = 0; k < K && any; ++k) {
+                any = blend_step(P, px.data(), py.data(), T.data(), w.data(), last.data(), active.data(), gx[k],
+                                 gy[k], ga[k], gb[k], gc[k], go[k], (int32_t)(s + k));
+                const float* ck = &col[(size_t)k * D];
+                for (int d = 0; d < D; ++d) {
+                    const float cv = ck[d];
+                    float* ad = &acc[(size_t)d * P];
+#pragma omp simd
+                    for (int p = 0; p < P; ++p) ad[p] += w[p] * cv;
+                }
+            }
+            const float* bg = backgrounds ? backgrounds + (int64_t)c * D : nullptr;
+            for (int p = 0; p < P; ++p) {
+                int x = tx0 + p % tile_size, y = ty0 + p / tile_size;
+                if (x >= width || y >= height) continue;
+                int64_t pix = ((int64_t)c * height + y) * width + x;
+                for (int d = 0; d < D; ++d)
+                    out_colors[pix * D + d] = acc[(size_t)d * P + p] + (bg ? T[p] * bg[d] : 0.f);
+                out_alphas[pix] = 1.f - T[p];
+                last_ids[pix] = last[p];
+            }
+        }
+    }
+}
+
+// Backward of splat_rasterize_fwd. v_colors_out [C,H,W,D], v_alphas_out [C,H,W];
+// out_alphas and last_ids from the forward. Writes (overwrites) v_means2d [C,N,2],
+// v_conics [C,N,3], v_colors [C,N,D], v_opacities [C,N], v_means2d_abs [C,N,2]
+// (nullable). Gradients go to a slot per intersection and are then summed per
+// Gaussian in a fixed order, so results are deterministic.
+void splat_rasterize_bwd(int C, int N, int D, int width, int height, int tile_size, int tw, int th,
+                         const float* means2d, const float* conics, const float* colors, const float* opacities,
+                         const float* backgrounds, const int64_t* tile_offsets, const int32_t* flatten_ids,
+                         const uint8_t* tile_mask, const float* out_alphas, const int32_t* last_ids,
+                         const float* v_colors_out, const float* v_alphas_out, float* v_means2d, float* v_conics,
+                         float* v_colors, float* v_opacities, float* v_means2d_abs) {
+    const int64_t n_tiles = (int64_t)tw * th;
+    const int64_t T_all = C * n_tiles;
+    const int64_t M = tile_offsets[T_all];
+    const int P = tile_size * tile_size;
+    const bool want_abs = v_means2d_abs != nullptr;
+    const int G = 6 + (want_abs ? 2 : 0) + D;  // slot: mx, my, a, b, c, opacity, [|mx|, |my|], colour
+    std::vector<float> slots((size_t)M * G, 0.f);
+#pragma omp parallel
+    {
+        std::vector<float> px(P), py(P), T(P), Tf(P), sdot(P), va(P), cdot(P), fac(P), vC((size_t)P * D);
+        std::vector<float> gbuf((size_t)8 * P);
+        std::vector<int32_t> last(P);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < T_all; ++t) {
+            if (tile_mask && !tile_mask[t]) continue;
+            const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
+            if (e <= s) continue;
+            const int c = (int)(t / n_tiles);
+            const int tile = (int)(t - (int64_t)c * n_tiles);
+            const int tx0 = (tile % tw) * tile_size, ty0 = (tile / tw) * tile_size;
+            const float* bg = backgrounds ? backgrounds + (int64_t)c * D : nullptr;
+            int32_t max_last = -1;
+            for (int p = 0; p < P; ++p) {
+                int x = tx0 + p % tile_size, y = ty0 + p / tile_size;
+                px[p] = x + 0.5f;
+                py[p] = y + 0.5f;
+                if (x >= width || y >= height) {
+                    last[p] = -1;
+                    T[p] = Tf[p] = 0.f; sdot[p] = va[p] = 0.f;
+                    for (int d = 0; d < D; ++d) vC[(size_t)d * P + p] = 0.f;
+                    continue;
+                }
+                int64_t pix = ((int64_t)c * height + y) * width + x;
+                last[p] = last_ids[pix];
+                max_last = std::max(max_last, last[p]);
+                Tf[p] = 1.f - out_alphas[pix];
+                T[p] = Tf[p];
+                sdot[p] = 0.f;
+                float bgdot = 0.f;
+                for (int d = 0; d < D; ++d) {
+                    float v = v_colors_out[pix * D + d];
+                    vC[(size_t)d * P + p] = v;
+                    if (bg) bgdot += bg[d] * v;
+                }
+                // terms of dL/dalpha_k that depend only on the pixel: the alpha output and the background
+                va[p] = (v_alphas_out ? v_alphas_out[pix] : 0.f) - bgdot;
+            }
+            for (int64_t i = max_last; i >= s; --i) {
+                const int64_t g = flatten_ids[i];
+                const float mx = means2d[2 * g], my = means2d[2 * g + 1];
+                const float a = conics[3 * g], b = conics[3 * g + 1], cc = conics[3 * g + 2];
+                const float o = opacities[g];
+                const float* ck = colors + g * D;
+                // cdot[p] = colour . dL/dC(p)
+                std::fill(cdot.begin(), cdot.end(), 0.f);
+                for (int d = 0; d < D; ++d) {
+                    const float cv = ck[d];
+                    const float* vd = &vC[(size_t)d * P];
+#pragma omp simd
+                    for (int p = 0; p < P; ++p) cdot[p] += cv * vd[p];
+                }
+                float sums[8];
+                backward_step(P, px.data(), py.data(), T.data(), Tf.data(), sdot.data(), va.data(), cdot.data(),
+                              fac.data(), last.data(), gbuf.data(), mx, my, a, b, cc, o, (int32_t)i, sums);
+                const float s_mx = sums[0], s_my = sums[1], s_a = sums[2], s_b = sums[3], s_c = sums[4],
+                            s_o = sums[5], s_ax = sums[6], s_ay = sums[7];
+                float* slot = &slots[(size_t)i * G];
+                slot[0] = s_mx; slot[1] = s_my; slot[2] = s_a; slot[3] = s_b; slot[4] = s_c; slot[5] = s_o;
+                int off = 6;
+                if (want_abs) { slot[6] = s_ax; slot[7] = s_ay; off = 8; }
+                for (int d = 0; d < D; ++d) {
+                    const float* vd = &vC[(size_t)d * P];
+                    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+                    for (int p = 0; p < P; ++p) sum += fac[p] * vd[p];
+                    slot[off + d] = sum;
+                }
+            }
+        }
+    }
+    // sum the slots per Gaussian
+    const int64_t CN = (int64_t)C * N;
+    memset(v_means2d, 0, sizeof(float) * 2 * CN);
+    memset(v_conics, 0, sizeof(float) * 3 * CN);
+    memset(v_colors, 0, sizeof(float) * D * CN);
+    memset(v_opacities, 0, sizeof(float) * CN);
+    if (want_abs) memset(v_means2d_abs, 0, sizeof(float) * 2 * CN);
+    const int off = want_abs ? 8 : 6;
+    for (int64_t i = 0; i < M; ++i) {
+        const int64_t g = flatten_ids[i];
+        const float* slot = &slots[(size_t)i * G];
+        v_means2d[2 * g] += slot[0];
+        v_means2d[2 * g + 1] += slot[1];
+        v_conics[3 * g] += slot[2];
+        v_conics[3 * g + 1] += slot[3];
+        v_conics[3 * g + 2] += slot[4];
+        v_opacities[g] += slot[5];
+        if (want_abs) { v_means2d_abs[2 * g] += slot[6]; v_means2d_abs[2 * g + 1] += slot[7]; }
+        for (int d = 0; d < D; ++d) v_colors[g * D + d] += slot[off + d];
+    }
+}
+
+}  // extern "C"

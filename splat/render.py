@@ -1,0 +1,256 @@
+"""The public functional API: `rasterize(...)`, a drop-in for `gsplat.rasterization`.
+
+Every backend provides the same four stages (see `splat.backends.torch_ref`):
+project, spherical_harmonics, isect_tiles and rasterize_to_pixels. This module
+checks the inputs, picks a backend and glues the stages together, so that the
+glue (render modes, backgrounds, antialiasing, the info dict) is written once.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Dict, Literal, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import backends
+
+RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
+RasterizeMode = Literal["classic", "antialiased"]
+Backend = Literal["auto", "torch", "cpu", "cuda"]
+
+_RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+_RASTERIZE_MODES = ("classic", "antialiased")
+
+
+def rasterize(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    sh_degree: Optional[int] = None,
+    packed: bool = False,
+    tile_size: int = 16,
+    backgrounds: Optional[Tensor] = None,
+    render_mode: RenderMode = "RGB",
+    absgrad: bool = False,
+    rasterize_mode: RasterizeMode = "classic",
+    channel_chunk: int = 32,
+    backend: Backend = "auto",
+    tiles: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Dict]:
+    """Rasterize N 3D Gaussians into C cameras.
+
+    Arguments and results follow `gsplat.rasterization` (unpacked layout):
+
+    Args:
+        means: [N, 3] centres. quats: [N, 4] (w, x, y, z), any norm.
+        scales: [N, 3] linear scales. opacities: [N] in [0, 1].
+        colors: [N, D] or [C, N, D] features, or SH coefficients [N, K, 3] or
+            [C, N, K, 3] when `sh_degree` is given ((sh_degree + 1)^2 <= K <= 16).
+            SH colours are evaluated along camera->Gaussian and offset by 0.5,
+            clamped at 0, as in 3DGS.
+        viewmats: [C, 4, 4] world-to-camera (OpenCV). Ks: [C, 3, 3].
+        width, height: image size in pixels.
+        near_plane, far_plane: depth culling. radius_clip: cull Gaussians whose
+            projected radius is at most this many pixels.
+        eps2d: low-pass filter added to the 2D covariance.
+        packed: only False (the [C, N, ...] layout) is supported.
+        tile_size: tile edge in pixels (1..32).
+        backgrounds: [C, D] colours behind the Gaussians.
+        render_mode: "RGB", "D" (accumulated depth), "ED" (expected depth),
+            "RGB+D", "RGB+ED": depth is appended as the last channel.
+        absgrad: also accumulate |d loss / d means2d| per pixel into
+            `info["means2d"].absgrad` on backward (AbsGS).
+        rasterize_mode: "classic" or "antialiased" (Mip-Splatting's opacity
+            compensation for the eps2d blur).
+        channel_chunk: features are rendered this many channels at a time.
+        backend: "auto" (cuda for CUDA tensors, else the native cpu backend,
+            else torch), "torch" (reference), "cpu", "cuda".
+        tiles: optional LongTensor of flat tile indices in
+            [0, C * tile_height * tile_width) to render; other pixels are 0
+            (for pixel-partitioned multi-GPU training).
+
+    Returns:
+        render_colors [C, H, W, D'], render_alphas [C, H, W, 1], info: a dict
+        with radii [C, N, 2], means2d [C, N, 2] (retain_grad() it to read 2D
+        gradients), depths, conics, opacities [C, N], tiles_per_gauss [C, N],
+        isect_ids, flatten_ids, isect_offsets [C, th, tw], tile_width,
+        tile_height, tile_size, width, height, n_cameras, backend, and
+        visibility [C, N] bool.
+    """
+    N = _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                      backgrounds, render_mode, rasterize_mode, tile_size, packed, tiles, near_plane, eps2d)
+    C = viewmats.shape[0]
+    impl = backends.get(backend, means.device, means.dtype)
+    antialiased = rasterize_mode == "antialiased"
+
+    radii, means2d, depths, conics, compensations = impl.project(
+        means, quats, scales, opacities.detach(), viewmats, Ks, width, height,
+        eps2d, near_plane, far_plane, radius_clip, antialiased,
+    )
+    visible = (radii > 0).all(dim=-1)
+    opac = opacities[None, :].expand(C, N)
+    if antialiased:
+        opac = opac * compensations
+
+    if sh_degree is None:
+        feats = colors if colors.dim() == 3 else colors[None].expand(C, N, colors.shape[-1])
+    else:
+        campos = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # -R^T t
+        dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
+        feats = impl.spherical_harmonics(sh_degree, dirs, colors, visible)
+        feats = torch.clamp_min(feats + 0.5, 0.0)
+
+    if render_mode in ("RGB+D", "RGB+ED"):
+        feats = torch.cat([feats, depths[..., None]], dim=-1)
+        if backgrounds is not None:
+            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)
+    elif render_mode in ("D", "ED"):
+        feats = depths[..., None]
+        if backgrounds is not None:
+            backgrounds = backgrounds.new_zeros(C, 1)
+
+    tile_width = math.ceil(width / tile_size)
+    tile_height = math.ceil(height / tile_size)
+    tile_mask = None
+    if tiles is not None:
+        tile_mask = torch.zeros(C * tile_width * tile_height, dtype=torch.bool, device=means.device)
+        tile_mask[tiles.to(means.device).long()] = True
+    tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = impl.isect_tiles(
+        means2d, radii, depths, tile_size, tile_width, tile_height, tile_mask
+    )
+
+    D = feats.shape[-1]
+    chunks = []
+    for lo in range(0, D, channel_chunk):
+        bg = None if backgrounds is None else backgrounds[:, lo : lo + channel_chunk]
+        chunks.append(
+            impl.rasterize_to_pixels(
+                means2d, conics, feats[..., lo : lo + channel_chunk].contiguous(), opac, width, height,
+                tile_size, isect_offsets, flatten_ids, bg, tile_mask, absgrad,
+            )
+        )
+    render_colors = torch.cat([c for c, _ in chunks], dim=-1) if len(chunks) > 1 else chunks[0][0]
+    render_alphas = chunks[0][1]
+
+    if render_mode in ("ED", "RGB+ED"):
+        render_colors = torch.cat(
+            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
+        )
+
+    info = {
+        "camera_ids": None,
+        "gaussian_ids": None,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": opac,
+        "visibility": visible,
+        "tile_width": tile_width,
+        "tile_height": tile_height,
+        "tiles_per_gauss": tiles_per_gauss,
+        "isect_ids": isect_ids,
+        "flatten_ids": flatten_ids,
+        "isect_offsets": isect_offsets,
+        "width": width,
+        "height": height,
+        "tile_size": tile_size,
+        "n_cameras": C,
+        "backend": impl.NAME,
+    }
+    return render_colors, render_alphas, info
+
+
+def _fail(msg: str):
+    raise ValueError(f"splat.rasterize: {msg}")
+
+
+def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                  backgrounds, render_mode, rasterize_mode, tile_size, packed, tiles, near_plane, eps2d) -> int:
+    tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
+               "viewmats": viewmats, "Ks": Ks}
+    if backgrounds is not None:
+        tensors["backgrounds"] = backgrounds
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            _fail(f"{name} must be a floating-point tensor, got {t.dtype}")
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) > 1:
+        _fail("all tensors must share one dtype, got " + ", ".join(f"{k}={v.dtype}" for k, v in tensors.items()))
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        _fail("all tensors must be on one device, got " + ", ".join(f"{k}={v.device}" for k, v in tensors.items()))
+    if packed:
+        _fail("packed=True is not supported; pass packed=False (info is returned in the [C, N, ...] layout)")
+    if means.dim() != 2 or means.shape[-1] != 3:
+        _fail(f"means must be [N, 3], got {list(means.shape)}")
+    N = means.shape[0]
+    if quats.shape != (N, 4):
+        _fail(f"quats must be [N, 4] = [{N}, 4], got {list(quats.shape)}")
+    if scales.shape != (N, 3):
+        _fail(f"scales must be [N, 3] = [{N}, 3], got {list(scales.shape)}")
+    if opacities.shape != (N,):
+        _fail(f"opacities must be [N] = [{N}], got {list(opacities.shape)}")
+    if viewmats.dim() != 3 or viewmats.shape[1:] != (4, 4):
+        _fail(f"viewmats must be [C, 4, 4], got {list(viewmats.shape)}")
+    C = viewmats.shape[0]
+    if C == 0:
+        _fail("viewmats holds no cameras")
+    if Ks.shape != (C, 3, 3):
+        _fail(f"Ks must be [C, 3, 3] = [{C}, 3, 3], got {list(Ks.shape)}")
+    if sh_degree is None:
+        if not ((colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N))):
+            _fail(f"colors must be [N, D] or [C, N, D] (N={N}, C={C}) without sh_degree, got {list(colors.shape)}")
+        D = colors.shape[-1]
+    else:
+        if not isinstance(sh_degree, int) or not 0 <= sh_degree <= 3:
+            _fail(f"sh_degree must be an int in 0..3, got {sh_degree!r}")
+        ok = (colors.dim() == 3 and colors.shape[0] == N) or (colors.dim() == 4 and colors.shape[:2] == (C, N))
+        if not ok or colors.shape[-1] != 3:
+            _fail(f"SH colors must be [N, K, 3] or [C, N, K, 3] (N={N}, C={C}), got {list(colors.shape)}")
+        K = colors.shape[-2]
+        if K < (sh_degree + 1) ** 2:
+            _fail(f"sh_degree={sh_degree} needs at least {(sh_degree + 1) ** 2} SH coefficients, colors has {K}")
+        D = 3
+    if not (isinstance(width, int) and isinstance(height, int)) or width <= 0 or height <= 0:
+        _fail(f"width and height must be positive ints, got {width!r} x {height!r}")
+    if not isinstance(tile_size, int) or not 1 <= tile_size <= 32:
+        _fail(f"tile_size must be an int in 1..32, got {tile_size!r}")
+    if render_mode not in _RENDER_MODES:
+        _fail(f"render_mode must be one of {_RENDER_MODES}, got {render_mode!r}")
+    if rasterize_mode not in _RASTERIZE_MODES:
+        _fail(f"rasterize_mode must be one of {_RASTERIZE_MODES}, got {rasterize_mode!r}")
+    if backgrounds is not None:
+        if backgrounds.shape != (C, D):
+            _fail(f"backgrounds must be [C, D] = [{C}, {D}], got {list(backgrounds.shape)}")
+    if not near_plane > 0:
+        _fail(f"near_plane must be > 0, got {near_plane}")
+    if not eps2d >= 0:
+        _fail(f"eps2d must be >= 0, got {eps2d}")
+    if tiles is not None:
+        n_tiles = C * math.ceil(width / tile_size) * math.ceil(height / tile_size)
+        if not isinstance(tiles, Tensor) or tiles.dim() != 1 or tiles.is_floating_point():
+            _fail("tiles must be a 1-D integer tensor of flat tile indices")
+        if tiles.numel() and (int(tiles.min()) < 0 or int(tiles.max()) >= n_tiles):
+            _fail(f"tiles must lie in [0, {n_tiles}) for {C} camera(s) of {math.ceil(width / tile_size)}x"
+                  f"{math.ceil(height / tile_size)} tiles")
+    for name, t in tensors.items():
+        if t.numel() and not torch.isfinite(t).all():
+            _fail(f"{name} contains NaN or Inf values")
+    if N and (opacities.min() < 0 or opacities.max() > 1):
+        _fail("opacities must lie in [0, 1] (apply a sigmoid to logits first)")
+    return N

@@ -1,0 +1,48 @@
+"""Small random scenes and cameras for the tests."""
+import math
+
+import torch
+
+
+def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, -1.0, 0.0)):
+    """World->camera (OpenCV) viewmat of a camera at `eye` looking at `target`."""
+    eye, target, up = (torch.tensor(v, dtype=torch.float64) for v in (eye, target, up))
+    z = target - eye
+    z = z / z.norm()
+    x = torch.linalg.cross(z, up)
+    if x.norm() < 1e-9:
+        x = torch.linalg.cross(z, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    x = x / x.norm()
+    y = torch.linalg.cross(z, x)
+    R = torch.stack([x, y, z])  # rows: camera axes in world coordinates
+    V = torch.eye(4, dtype=torch.float64)
+    V[:3, :3] = R
+    V[:3, 3] = -R @ eye
+    return V
+
+
+def cameras(C=1, width=64, height=48, radius=4.0, fov_deg=60.0, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed + 1000)
+    views, Ks = [], []
+    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    for i in range(C):
+        ang = 2 * math.pi * i / max(C, 1) + 0.3 * float(torch.rand(1, generator=g))
+        eye = (radius * math.cos(ang), 0.6 * float(torch.randn(1, generator=g)), radius * math.sin(ang))
+        views.append(look_at(eye))
+        K = torch.tensor([[f, 0, width / 2 + 0.7], [0, f * 1.05, height / 2 - 0.4], [0, 0, 1]], dtype=torch.float64)
+        Ks.append(K)
+    return torch.stack(views).to(dtype), torch.stack(Ks).to(dtype)
+
+
+def gaussians(N, seed=0, sh_degree=None, D=3, extent=1.0, scale=(0.02, 0.2), dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(N, 3, generator=g) * 2 - 1) * extent
+    quats = torch.randn(N, 4, generator=g)
+    lo, hi = math.log(scale[0]), math.log(scale[1])
+    scales = torch.exp(torch.rand(N, 3, generator=g) * (hi - lo) + lo)
+    opacities = torch.rand(N, generator=g) * 0.9 + 0.05
+    if sh_degree is None:
+        colors = torch.rand(N, D, generator=g)
+    else:
+        colors = torch.randn(N, (sh_degree + 1) ** 2, 3, generator=g) * 0.3
+    return [t.to(dtype) for t in (means, quats, scales, opacities, colors)]
