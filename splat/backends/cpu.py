@@ -60,6 +60,8 @@ def load():
 
 
 def _ptr(t: Optional[Tensor]):
+    """Raw pointer of a tensor for ctypes. The caller must hold a reference to
+    the tensor until the C call returns: never pass a temporary."""
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
@@ -108,13 +110,14 @@ def _project_backward(ctx, g_radii, g_means2d, g_depths, g_conics, g_comps):
     want_view = ctx.needs_input_grad[4]
     v_view = torch.zeros_like(viewmats) if want_view else None
     if C * N:
+        # keep every buffer in a local: a temporary would be freed before the C call reads it
+        g_means2d = _zeros_if_none(g_means2d, torch.empty(C, N, 2))
+        g_depths = _zeros_if_none(g_depths, torch.empty(C, N))
+        g_conics = _zeros_if_none(g_conics, torch.empty(C, N, 3))
+        g_comps = None if g_comps is None else g_comps.contiguous()
         load().splat_project_bwd(
             C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(viewmats), _ptr(Ks), width, height, eps2d,
-            int(antialiased), _ptr(radii),
-            _ptr(_zeros_if_none(g_means2d, radii.new_empty(C, N, 2, dtype=torch.float32))),
-            _ptr(_zeros_if_none(g_depths, radii.new_empty(C, N, dtype=torch.float32))),
-            _ptr(_zeros_if_none(g_conics, radii.new_empty(C, N, 3, dtype=torch.float32))),
-            _ptr(None if g_comps is None else g_comps.contiguous()),
+            int(antialiased), _ptr(radii), _ptr(g_means2d), _ptr(g_depths), _ptr(g_conics), _ptr(g_comps),
             _ptr(v_means), _ptr(v_quats), _ptr(v_scales), _ptr(v_view),
         )
     return v_means, v_quats, v_scales, None, v_view, None, None, None, None, None, None, None, None
@@ -158,8 +161,9 @@ def _sh_backward(ctx, g_out):
     v_coeffs = torch.zeros_like(coeffs)
     v_dirs = torch.zeros_like(dirs) if ctx.needs_input_grad[1] else None
     if C * N:
+        g_out = g_out.contiguous()  # a local, so that it outlives the call
         load().splat_sh_bwd(C, N, coeffs.shape[-2], ctx.degree, _ptr(dirs), _ptr(coeffs), int(coeffs.dim() == 4),
-                            _ptr(masks), _ptr(g_out.contiguous()), _ptr(v_coeffs), _ptr(v_dirs))
+                            _ptr(masks), _ptr(g_out), _ptr(v_coeffs), _ptr(v_dirs))
     return None, v_dirs, v_coeffs, None
 
 

@@ -289,6 +289,11 @@ def composite_tile(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: T
     return rgb, T
 
 
+def _accumulate_abs(acc: Tensor, ids: Tensor, grad: Tensor) -> None:
+    """Tensor hook: add each pixel's |d loss / d mean2d| ([P, K, 2]) into acc [C*N, 2]."""
+    acc.index_add_(0, ids, grad.abs().sum(0))
+
+
 def rasterize_to_pixels(
     means2d: Tensor,  # [C, N, 2]
     conics: Tensor,  # [C, N, 3]
@@ -335,7 +340,7 @@ def rasterize_to_pixels(
         mk = m2[ids]
         if absgrad:  # a per-pixel copy whose gradient is each pixel's own contribution
             mk = mk[None].repeat(P, 1, 1)
-            mk.register_hook(lambda g, ids=ids: abs_acc.index_add_(0, ids, g.abs().sum(0)))
+            mk.register_hook(lambda g, ids=ids: _accumulate_abs(abs_acc, ids, g))
         args = (mk, cn[ids], cl[ids], op[ids], pix)
         if torch.is_grad_enabled():
             # recompute the tile in backward rather than keep its [P, K] intermediates
