@@ -367,6 +367,9 @@ def rasterize_to_pixels(
         return x.reshape(C, th * tile_size, tw * tile_size, -1)[:, :height, :width]
 
     img, trans, rendered = to_image(img), to_image(trans), to_image(rendered)
+    if torch.is_grad_enabled() and not img.requires_grad:
+        # nothing was composited: stay in the autograd graph (zero gradients), as the native backends do
+        img = img + 0.0 * (means2d.sum() + conics.sum() + colors.sum() + opacities.sum())
     alphas = (1.0 - trans) * rendered
     if backgrounds is not None:
         img = img + trans * backgrounds[:, None, None, :] * rendered
