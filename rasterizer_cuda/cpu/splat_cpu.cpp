@@ -305,6 +305,7 @@ int64_t splat_isect_count(int C, int N, const float* means2d, const int32_t* rad
     const int64_t n_tiles = (int64_t)tw * th;
     memset(tile_counts, 0, sizeof(int64_t) * C * n_tiles);
     int64_t total = 0;
+#pragma omp parallel for schedule(dynamic, 4096) reduction(+ : total)
     for (int64_t idx = 0; idx < (int64_t)C * N; ++idx) {
         tiles_per_gauss[idx] = 0;
         if (!visible(radii, idx)) continue;
@@ -316,7 +317,7 @@ int64_t splat_isect_count(int C, int N, const float* means2d, const int32_t* rad
             for (int tx = x0; tx < x1; ++tx) {
                 int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
                 if (tile_mask && !tile_mask[t]) continue;
-                ++tile_counts[t];
+                __atomic_fetch_add(&tile_counts[t], (int64_t)1, __ATOMIC_RELAXED);
                 ++cnt;
             }
         tiles_per_gauss[idx] = cnt;
@@ -326,29 +327,55 @@ int64_t splat_isect_count(int C, int N, const float* means2d, const int32_t* rad
 }
 
 // Pass 2: fill the intersection list, grouped by (camera, tile) in order, each
-// group sorted by depth (ties by Gaussian index). tile_offsets [C*th*tw + 1]
-// is the exclusive prefix sum of tile_counts. Writes isect_ids [M] (gsplat's
-// keys), flatten_ids [M] (c * N + n).
+// group sorted by depth, ties by Gaussian index. tile_offsets [C*th*tw + 1] is the
+// exclusive prefix sum of tile_counts. Writes isect_ids [M] (gsplat's keys) and
+// flatten_ids [M] (c * N + n).
 void splat_isect_fill(int C, int N, const float* means2d, const int32_t* radii, const float* depths, int tile_size,
                       int tw, int th, const uint8_t* tile_mask, const int64_t* tile_offsets, int64_t* isect_ids,
                       int32_t* flatten_ids) {
     const int64_t n_tiles = (int64_t)tw * th;
     const int64_t T = C * n_tiles;
     const int64_t M = tile_offsets[T];
-    std::vector<uint64_t> keys(M);
-    std::vector<int64_t> cursor(tile_offsets, tile_offsets + T);
-    for (int64_t idx = 0; idx < (int64_t)C * N; ++idx) {
-        if (!visible(radii, idx)) continue;
-        int c = (int)(idx / N);
-        int x0, x1, y0, y1;
-        tile_rect(means2d, radii, idx, tile_size, tw, th, x0, x1, y0, y1);
-        uint64_t key = ((uint64_t)float_bits(depths[idx]) << 32) | (uint64_t)(uint32_t)idx;
-        for (int ty = y0; ty < y1; ++ty)
-            for (int tx = x0; tx < x1; ++tx) {
-                int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
-                if (tile_mask && !tile_mask[t]) continue;
-                keys[cursor[t]++] = key;
+    std::vector<uint64_t> keys(M);  // depth bits << 32 | Gaussian index
+    // Each thread takes a contiguous block of Gaussians and writes its entries of
+    // every tile to a slot range of its own (its per-tile counts, prefix-summed
+    // over the threads): no atomics, no shared cursors.
+    const int64_t CN = (int64_t)C * N;
+    const int nt = omp_get_max_threads();
+    std::vector<int64_t> start((size_t)nt * T, 0);  // [thread][tile]
+#pragma omp parallel num_threads(nt)
+    {
+        const int me = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int64_t lo = CN * me / nth, hi = CN * (me + 1) / nth;
+        int64_t* mine = &start[(size_t)me * T];
+        auto each = [&](auto&& emit) {
+            for (int64_t idx = lo; idx < hi; ++idx) {
+                if (!visible(radii, idx)) continue;
+                int c = (int)(idx / N);
+                int x0, x1, y0, y1;
+                tile_rect(means2d, radii, idx, tile_size, tw, th, x0, x1, y0, y1);
+                for (int ty = y0; ty < y1; ++ty)
+                    for (int tx = x0; tx < x1; ++tx) {
+                        int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
+                        if (tile_mask && !tile_mask[t]) continue;
+                        emit(t, idx);
+                    }
             }
+        };
+        each([&](int64_t t, int64_t) { ++mine[t]; });
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; ++t) {  // counts -> starting slots, thread by thread
+            int64_t pos = tile_offsets[t];
+            for (int j = 0; j < nth; ++j) {
+                int64_t cnt = start[(size_t)j * T + t];
+                start[(size_t)j * T + t] = pos;
+                pos += cnt;
+            }
+        }
+        each([&](int64_t t, int64_t idx) {
+            keys[mine[t]++] = ((uint64_t)float_bits(depths[idx]) << 32) | (uint64_t)(uint32_t)idx;
+        });
     }
     const int tile_bits = bit_length(n_tiles);
 #pragma omp parallel for schedule(dynamic, 16)
@@ -370,11 +397,13 @@ void splat_isect_fill(int C, int N, const float* means2d, const int32_t* radii, 
 // (nullable), tile_offsets [C*th*tw + 1], flatten_ids [M], tile_mask (nullable).
 // Outputs (preset by the caller to 0 for tiles not rendered): out_colors [C,H,W,D],
 // out_alphas [C,H,W], last_ids [C,H,W] (index into the isect list of the last
-// Gaussian that contributed, -1 for none).
+// Gaussian that contributed, -1 for none), tile_work [C*th*tw] (nullable): how many
+// Gaussians each tile evaluated before all its pixels were done (for benchmarks).
 void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_size, int tw, int th,
                          const float* means2d, const float* conics, const float* colors, const float* opacities,
                          const float* backgrounds, const int64_t* tile_offsets, const int32_t* flatten_ids,
-                         const uint8_t* tile_mask, float* out_colors, float* out_alphas, int32_t* last_ids) {
+                         const uint8_t* tile_mask, float* out_colors, float* out_alphas, int32_t* last_ids,
+                         int32_t* tile_work) {
     const int64_t n_tiles = (int64_t)tw * th;
     const int64_t T_all = C * n_tiles;
     const int P = tile_size * tile_size;
@@ -412,7 +441,8 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
                 any |= active[p];
             }
             std::fill(acc.begin(), acc.end(), 0.f);
-            for (int k = 0; k < K && any; ++k) {
+            int k = 0;
+            for (; k < K && any; ++k) {
                 any = blend_step(P, px.data(), py.data(), T.data(), w.data(), last.data(), active.data(), gx[k],
                                  gy[k], ga[k], gb[k], gc[k], go[k], (int32_t)(s + k));
                 const float* ck = &col[(size_t)k * D];
@@ -423,6 +453,7 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
                     for (int p = 0; p < P; ++p) ad[p] += w[p] * cv;
                 }
             }
+            if (tile_work) tile_work[t] = k;
             const float* bg = backgrounds ? backgrounds + (int64_t)c * D : nullptr;
             for (int p = 0; p < P; ++p) {
                 int x = tx0 + p % tile_size, y = ty0 + p / tile_size;

@@ -33,7 +33,7 @@ _SIGNATURES = {
     "splat_sh_bwd": ([_I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P], None),
     "splat_isect_count": ([_I, _I, _P, _P, _I, _I, _I, _P, _P, _P], _I64),
     "splat_isect_fill": ([_I, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P], None),
-    "splat_rasterize_fwd": ([_I] * 8 + [_P] * 11, None),
+    "splat_rasterize_fwd": ([_I] * 8 + [_P] * 12, None),
     "splat_rasterize_bwd": ([_I] * 8 + [_P] * 17, None),
 }
 
@@ -217,7 +217,7 @@ def _rasterize_op(
     offsets = _tile_offsets(isect_offsets, flatten_ids.numel())
     load().splat_rasterize_fwd(C, N, D, width, height, tile_size, tw, th, _ptr(means2d), _ptr(conics), _ptr(colors),
                                _ptr(opacities), _ptr(backgrounds), _ptr(offsets), _ptr(flatten_ids), _ptr(tile_mask),
-                               _ptr(out_colors), _ptr(out_alphas), _ptr(last_ids))
+                               _ptr(out_colors), _ptr(out_alphas), _ptr(last_ids), None)
     return out_colors, out_alphas, last_ids
 
 
@@ -264,6 +264,23 @@ def _rasterize_backward(ctx, g_colors, g_alphas, g_last):
 
 
 torch.library.register_autograd("splat::cpu_rasterize", _rasterize_backward, setup_context=_rasterize_setup)
+
+@torch.no_grad()
+def blend_work(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets, flatten_ids) -> Tensor:
+    """Forward blend only, returning how many Gaussians each tile evaluated before
+    all its pixels were done ([C * th * tw] int32): the pair count for benchmarks."""
+    C, N, D = colors.shape
+    th, tw = isect_offsets.shape[1:]
+    args = [_f32(t, "") for t in (means2d, conics, colors, opacities)]
+    out_colors, out_alphas = torch.zeros(C, height, width, D), torch.zeros(C, height, width, 1)
+    last_ids = torch.empty(C, height, width, dtype=torch.int32)
+    work = torch.zeros(C * th * tw, dtype=torch.int32)
+    offsets = _tile_offsets(isect_offsets, flatten_ids.numel())
+    flat = flatten_ids.contiguous()
+    load().splat_rasterize_fwd(C, N, D, width, height, tile_size, tw, th, *map(_ptr, args), None, _ptr(offsets),
+                               _ptr(flat), None, _ptr(out_colors), _ptr(out_alphas), _ptr(last_ids), _ptr(work))
+    return work
+
 
 # means2d tensors that asked for absgrad, by id, while their op is being recorded
 _absgrad_target: dict = {}

@@ -1,0 +1,1 @@
+"""Scenes: definitions and generators of the scenes splat ships with."""
