@@ -448,11 +448,9 @@ SPLAT_HD void sh_basis_grad(int degree, float x, float y, float z, float dx[16],
     dx[4] = 2.f * cA * y; dy[4] = 2.f * cA * x;
     if (degree < 3) return;
     float fC1 = x * x - y * y, fS1 = 2.f * x * y;
-    float fC2 = x * fC1 - y * fS1, fS2 = x * fS1 + y * fC1;
     // d fC1 = (2x, -2y, 0); d fS1 = (2y, 2x, 0)
     float dC2x = fC1 + x * 2.f * x - y * 2.f * y, dC2y = x * (-2.f * y) - fS1 - y * 2.f * x;
     float dS2x = fS1 + x * 2.f * y + y * 2.f * x, dS2y = x * 2.f * x + fC1 + y * (-2.f * y);
-    (void)fC2; (void)fS2;
     const float c12a = 1.865881662950577f, c12b = -1.119528997770346f;
     const float cCa = -2.285228997322329f, cCb = 0.4570457994644658f;
     const float cB3 = 1.445305721320277f, cA3 = -0.5900435899266435f;
