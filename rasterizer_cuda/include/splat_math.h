@@ -36,12 +36,6 @@ struct vec2 { float x, y; };
 struct vec3 { float x, y, z; };
 struct mat3 { float m[3][3]; };  // row-major
 
-SPLAT_HD mat3 mat3_zero() {
-    mat3 r;
-    for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) r.m[i][j] = 0.f;
-    return r;
-}
 SPLAT_HD mat3 mul(const mat3& a, const mat3& b) {
     mat3 r;
     for (int i = 0; i < 3; ++i)

@@ -29,8 +29,11 @@ def get(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
     if name == "cuda":
         if device.type != "cuda":
             raise ValueError(f"splat.rasterize: backend='cuda' needs CUDA tensors, got tensors on {device}")
-        from . import cuda
-
+        try:
+            from . import cuda
+        except ImportError as e:
+            raise ValueError("splat.rasterize: the CUDA backend is not part of this version yet; "
+                             "use backend='torch' for CUDA tensors") from e
         return cuda
     if name == "cpu":
         if device.type != "cpu":
