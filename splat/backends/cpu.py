@@ -209,6 +209,13 @@ def _rasterize_op(
     isect_offsets: Tensor, flatten_ids: Tensor, tile_mask: Optional[Tensor], width: int, height: int,
     tile_size: int, absgrad: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
+    return _blend_forward(means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, tile_mask,
+                          width, height, tile_size)
+
+
+def _blend_forward(means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, tile_mask, width,
+                   height, tile_size, tile_work=None):
+    """The native forward blend (inputs already float32 and contiguous); fills `tile_work` if given."""
     C, N, D = colors.shape
     th, tw = isect_offsets.shape[1:]
     out_colors = torch.zeros(C, height, width, D)
@@ -217,7 +224,7 @@ def _rasterize_op(
     offsets = _tile_offsets(isect_offsets, flatten_ids.numel())
     load().splat_rasterize_fwd(C, N, D, width, height, tile_size, tw, th, _ptr(means2d), _ptr(conics), _ptr(colors),
                                _ptr(opacities), _ptr(backgrounds), _ptr(offsets), _ptr(flatten_ids), _ptr(tile_mask),
-                               _ptr(out_colors), _ptr(out_alphas), _ptr(last_ids), None)
+                               _ptr(out_colors), _ptr(out_alphas), _ptr(last_ids), _ptr(tile_work))
     return out_colors, out_alphas, last_ids
 
 
@@ -269,16 +276,11 @@ torch.library.register_autograd("splat::cpu_rasterize", _rasterize_backward, set
 def blend_work(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets, flatten_ids) -> Tensor:
     """Forward blend only, returning how many Gaussians each tile evaluated before
     all its pixels were done ([C * th * tw] int32): the pair count for benchmarks."""
-    C, N, D = colors.shape
     th, tw = isect_offsets.shape[1:]
-    args = [_f32(t, "") for t in (means2d, conics, colors, opacities)]
-    out_colors, out_alphas = torch.zeros(C, height, width, D), torch.zeros(C, height, width, 1)
-    last_ids = torch.empty(C, height, width, dtype=torch.int32)
-    work = torch.zeros(C * th * tw, dtype=torch.int32)
-    offsets = _tile_offsets(isect_offsets, flatten_ids.numel())
-    flat = flatten_ids.contiguous()
-    load().splat_rasterize_fwd(C, N, D, width, height, tile_size, tw, th, *map(_ptr, args), None, _ptr(offsets),
-                               _ptr(flat), None, _ptr(out_colors), _ptr(out_alphas), _ptr(last_ids), _ptr(work))
+    work = torch.zeros(colors.shape[0] * th * tw, dtype=torch.int32)
+    _blend_forward(_f32(means2d, "means2d"), _f32(conics, "conics"), _f32(colors, "colors"),
+                   _f32(opacities, "opacities"), None, isect_offsets.contiguous(), flatten_ids.contiguous(), None,
+                   width, height, tile_size, work)
     return work
 
 
