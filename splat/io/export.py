@@ -1,0 +1,102 @@
+"""``splat-export``: convert Gaussian-splat files between formats.
+
+    splat-export INPUT OUTPUT [--format ply|compressed_ply|splat|spz] [--spz-version 3]
+
+INPUT is a .ply (standard or PlayCanvas compressed), .splat, .spz, or a
+training checkpoint (.pt/.pth/.ckpt holding ``{"splats": {...}}``). The output
+format comes from OUTPUT's name unless ``--format`` is given. Prints the
+number of Gaussians, the SH degree, both sizes and the compression ratio;
+bad input exits with status 1 and a one-line message, and leaves no output.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Sequence
+
+import tyro
+
+__all__ = ["main", "convert", "ExportArgs"]
+
+
+@dataclass
+class ExportArgs:
+    """Convert a Gaussian-splat file (or a training checkpoint) to another format."""
+
+    input: Annotated[Path, tyro.conf.arg(metavar="INPUT")]
+    """Input file: .ply, .compressed.ply, .splat, .spz, or a .pt/.pth/.ckpt checkpoint."""
+    output: Annotated[Path, tyro.conf.arg(metavar="OUTPUT")]
+    """Output file; its name picks the format unless --format is given."""
+    format: Optional[Literal["ply", "compressed_ply", "splat", "spz"]] = None
+    """Output format (default: from the output name: *.compressed.ply, *.ply, *.splat, *.spz)."""
+    input_format: Optional[Literal["ply", "compressed_ply", "splat", "spz", "checkpoint"]] = None
+    """Input format (default: from the input name, sniffing .ply and unknown names)."""
+    spz_version: Literal[2, 3, 4] = 3
+    """spz version to write: 3 (gzip, smallest-three rotations), 2 (older readers) or 4 (zstd; needs zstandard)."""
+    antialiased: bool = False
+    """spz: set the 'trained with antialiasing' flag."""
+    ply_normals: bool = True
+    """ply: write the zero nx/ny/nz properties graphdeco writes (off: gsplat's exact layout)."""
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes ({n / 1e6:.2f} MB)"
+
+
+def convert(args: ExportArgs, out=print) -> dict:
+    """Run one conversion; returns a summary dict. Raises FormatError."""
+    from . import detect_format, load, save, sh_degree
+
+    fmt = args.format or detect_format(args.output)
+    options: dict = {}
+    if fmt == "spz":
+        options = dict(version=args.spz_version, antialiased=args.antialiased)
+    elif fmt == "ply":
+        options = dict(normals=args.ply_normals)
+    splats = load(args.input, format=args.input_format)
+    n = int(splats["means"].shape[0])
+    deg_in = sh_degree(splats)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = save(args.output, splats, format=fmt, **options)
+    in_size, out_size = os.path.getsize(args.input), os.path.getsize(path)
+    deg_out = 0 if fmt == "splat" else deg_in
+    label = f"spz v{args.spz_version}" if fmt == "spz" else fmt
+    out(f"input:        {args.input} ({_size(in_size)})")
+    out(f"gaussians:    {n:,}")
+    note = "" if deg_out == deg_in else f" (output keeps degree {deg_out}: .splat stores DC colour only)"
+    out(f"sh degree:    {deg_in}{note}")
+    out(f"output:       {path} [{label}] ({_size(out_size)})")
+    out(f"compression:  {in_size / out_size:.2f}x (input size / output size)")
+    for w in caught:
+        out(f"warning:      {w.message}")
+    return dict(num_gaussians=n, sh_degree=deg_in, input_bytes=in_size, output_bytes=out_size,
+                ratio=in_size / out_size, format=fmt)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point (``splat.io.export:main``); returns the exit status."""
+    from . import FormatError
+
+    args = tyro.cli(
+        ExportArgs,
+        args=list(argv) if argv is not None else None,
+        prog="splat-export",
+        config=(tyro.conf.PositionalRequiredArgs,),
+    )
+    try:
+        convert(args)
+    except FormatError as e:
+        print(f"splat-export: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a full disk or a read-only output directory
+        print(f"splat-export: error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
