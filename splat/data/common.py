@@ -1,0 +1,681 @@
+"""Pieces shared by the dataset loaders: containers, image reading, downscaling, undistortion,
+scene normalisation, initial points and clear errors.
+
+Conventions
+-----------
+* Cameras are OpenCV (x right, y down, z forward); ``viewmats`` are world->camera ``[4, 4]``;
+  ``Ks`` are pinhole intrinsics in pixels of the (downscaled, undistorted) image.
+* Pixel coordinates use the corner convention: the image spans ``[0, W] x [0, H]`` and the centre
+  of pixel ``(row i, col j)`` is at ``(j + 0.5, i + 0.5)``. COLMAP, nerfstudio, gsplat's rasterizer
+  and PIL's resize all use it, so downscaling an image by ``W -> W'`` scales ``fx`` and ``cx`` by
+  exactly ``W' / W`` (and ``fy``, ``cy`` by ``H' / H``) with no half-pixel correction. For an
+  integer factor ``f`` and divisible sizes this is ``fx / f``, ``cx / f``.
+* The downscaled size is ``round(W / f)`` (halves round up) unless a pre-downscaled copy
+  (``images_f/``) exists whose size is within one pixel of ``W / f``; then its own size is used
+  and K is scaled by its real ratio. Shrinking uses PIL's BOX filter (area averaging, exact
+  block means for divisible sizes).
+* RGBA images are composited on ``background`` (in float, rounded to uint8) and their alpha is
+  kept in ``Split.alphas``; greyscale, palette, LA and 16-bit images are converted to 8-bit RGB
+  (16-bit greyscale by ``round(v / 257)``; Pillow itself reduces 16-bit colour PNGs to 8 bits).
+  EXIF orientation is ignored, as COLMAP does.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .distortion import Distortion, DistortionError, build_undistort_map
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be loaded: the message names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------
+# containers
+
+
+@dataclass
+class Split:
+    """One split of a dataset (train or test), views in a fixed order."""
+
+    names: list[str]
+    images: list[np.ndarray]  # uint8 [H, W, 3]
+    viewmats: np.ndarray  # float32 [M, 4, 4] world->camera (OpenCV)
+    Ks: np.ndarray  # float32 [M, 3, 3]
+    widths: list[int]
+    heights: list[int]
+    alphas: list[np.ndarray | None] | None = None  # uint8 [H, W] for RGBA sources, else None entries
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Dataset:
+    """A loaded scene: splits, initial points and the coordinate normalisation that was applied."""
+
+    train: Split
+    test: Split
+    points: np.ndarray  # float32 [P, 3], in the normalised world
+    points_rgb: np.ndarray  # uint8 [P, 3]
+    points_random: bool
+    scene_scale: float  # 1.1 * max distance of train camera centres from their mean (3DGS cameras_extent)
+    transform: np.ndarray  # float64 [4, 4]: normalised = transform @ original world (a similarity)
+    background: np.ndarray  # float32 [3] in [0, 1]: what RGBA images were composited on
+    format: str
+    root: Path
+    meta: dict = field(default_factory=dict)  # loader-specific extras (camera models, applied_transform, ...)
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON helpers
+
+
+def load_json(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read: {e}") from None
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text: {e}") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def require(obj: Any, key: str, path: Path, where: str = "") -> Any:
+    """``obj[key]`` or a DatasetError naming the file, the key and where it was expected."""
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a JSON object{where} holding key '{key}', got {type(obj).__name__}")
+    if key not in obj:
+        raise DatasetError(f"{path}: missing key '{key}'{where}")
+    return obj[key]
+
+
+def as_float(value: Any, key: str, path: Path, where: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DatasetError(f"{path}: key '{key}'{where} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def as_int(value: Any, key: str, path: Path, where: str = "") -> int:
+    v = as_float(value, key, path, where)
+    if v != int(v) or v <= 0:
+        raise DatasetError(f"{path}: key '{key}'{where} must be a positive integer, got {value!r}")
+    return int(v)
+
+
+def as_matrix(value: Any, rows: Sequence[int], cols: int, key: str, path: Path, where: str = "") -> np.ndarray:
+    """A numeric matrix with one of ``rows`` rows and ``cols`` columns (e.g. 3x4 or 4x4)."""
+    try:
+        m = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        m = None
+    if m is None or m.ndim != 2 or m.shape[0] not in rows or m.shape[1] != cols or not np.all(np.isfinite(m)):
+        shapes = " or ".join(f"{r}x{cols}" for r in rows)
+        raise DatasetError(f"{path}: key '{key}'{where} must be a {shapes} matrix of finite numbers, got {value!r:.80}")
+    return m
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+
+
+def read_image(path: Path, background: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an image as uint8 RGB ``[H, W, 3]``; RGBA sources are composited on ``background``
+    (float RGB in [0, 1]) and their alpha is returned too (else None)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb, alpha = _pil_to_rgb_alpha(im)
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+    except IsADirectoryError:
+        raise DatasetError(f"image path is a directory, not a file: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+    if alpha is not None:
+        a = alpha.astype(np.float32)[..., None] / 255.0
+        out = rgb.astype(np.float32) * a + (255.0 * background.astype(np.float32)) * (1.0 - a)
+        rgb = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return rgb, alpha
+
+
+def _pil_to_rgb_alpha(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy(), None
+    if mode == "RGBA":
+        a = np.asarray(im, dtype=np.uint8)
+        return a[..., :3].copy(), a[..., 3].copy()
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        return _pil_to_rgb_alpha(im)
+    if mode in ("L", "1"):
+        g = np.asarray(im.convert("L"), dtype=np.uint8)
+        return np.repeat(g[..., None], 3, axis=2), None
+    if mode in ("LA", "La", "PA", "RGBa"):
+        return _pil_to_rgb_alpha(im.convert("RGBA"))
+    if mode.startswith("I"):  # I, I;16, I;16B, I;16L, ...: 16-bit greyscale
+        g = np.asarray(im).astype(np.float64)
+        g = np.clip(np.rint(g / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2), None
+    if mode == "F":  # float greyscale: [0, 1] when it fits, else taken as [0, 255]
+        g = np.asarray(im).astype(np.float64)
+        if np.nanmax(g, initial=0.0) <= 1.0:
+            g = g * 255.0
+        g = np.clip(np.rint(np.nan_to_num(g)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2), None
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy(), None
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 [H, W] or [H, W, 3] array to ``size = (w, h)`` (area when shrinking)."""
+    w, h = size
+    shrink = w <= arr.shape[1] and h <= arr.shape[0]
+    resample = Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS
+    return np.asarray(Image.fromarray(arr).resize((w, h), resample=resample), dtype=np.uint8).copy()
+
+
+def downscaled_size(width: int, height: int, factor: int) -> tuple[int, int]:
+    return max(1, int(math.floor(width / factor + 0.5))), max(1, int(math.floor(height / factor + 0.5)))
+
+
+def integer_scale(full: tuple[int, int], img: tuple[int, int]) -> int | None:
+    """The integer k >= 1 with ``img`` within one pixel of ``full / k`` in both axes (exact for k = 1),
+    or None."""
+    (W, H), (w, h) = full, img
+    if w <= 0 or h <= 0:
+        return None
+    for k in sorted({max(1, round(W / w)), max(1, round(H / h))}):
+        if k == 1:
+            if (w, h) == (W, H):
+                return 1
+        elif abs(w - W / k) < 1.0 and abs(h - H / k) < 1.0:
+            return k
+    return None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# views
+
+
+@dataclass
+class ViewSpec:
+    """One image to load and its camera at full resolution, as the loaders describe it."""
+
+    name: str
+    path: Path  # the full-resolution image
+    viewmat: np.ndarray  # [4, 4] world->camera (OpenCV)
+    K: np.ndarray | None = None  # [3, 3] at full resolution; None -> make_K(width, height)
+    width: int | None = None  # the camera's full-resolution size; None -> the full-resolution image's size
+    height: int | None = None
+    distortion: Distortion | None = None
+    camera_key: Any = None  # views sharing a key share K, size and distortion (one undistortion map)
+    camera_label: str = "the camera"  # for messages, e.g. "camera 3 (OPENCV)"
+    downscaled_path: Path | None = None  # a pre-downscaled copy to use when downscaling, if it exists
+    make_K: Callable[[int, int], np.ndarray] | None = None
+
+
+@dataclass
+class LoadedView:
+    name: str
+    image: np.ndarray
+    alpha: np.ndarray | None
+    K: np.ndarray  # float64 [3, 3]
+    width: int
+    height: int
+    viewmat: np.ndarray  # float64 [4, 4]
+
+
+def check_distortion(specs: Sequence[ViewSpec], undistort: bool) -> None:
+    """With ``undistort=False``, refuse views whose camera has a (non-zero) distortion model."""
+    if undistort:
+        return
+    for s in specs:
+        if s.distortion is not None and not s.distortion.is_identity:
+            raise DatasetError(
+                f"{s.camera_label} (image {s.name}) has lens distortion ({s.distortion.describe()}), and the "
+                f"rasterizer renders pinhole cameras only; load with undistort=True to undistort the images to a "
+                f"pinhole camera, or undistort them beforehand (e.g. `colmap image_undistorter`)"
+            )
+
+
+def load_views(specs: Sequence[ViewSpec], *, downscale: int, background: np.ndarray, undistort: bool) -> list[LoadedView]:
+    """Decode, downscale and undistort every view (a thread pool; PIL decodes without the GIL)."""
+    check_distortion(specs, undistort)
+    maps: dict[Any, list] = {}  # camera key -> [lock, UndistortMap | None]
+    lock = threading.Lock()
+
+    def one(spec: ViewSpec) -> LoadedView:
+        return _load_one(spec, downscale, background, maps, lock)
+
+    workers = max(1, min(8, os.cpu_count() or 1, len(specs)))
+    if workers == 1 or len(specs) < 4:
+        return [one(s) for s in specs]
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(one, specs))
+
+
+def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict, lock: threading.Lock) -> LoadedView:
+    src = spec.path
+    from_downscaled = False
+    if downscale > 1 and spec.downscaled_path is not None and spec.downscaled_path.is_file():
+        src, from_downscaled = spec.downscaled_path, True
+    elif not spec.path.is_file():
+        extra = ""
+        if downscale > 1 and spec.downscaled_path is not None:
+            extra = f" (nor its downscaled copy {spec.downscaled_path})"
+        if spec.path.exists():
+            raise DatasetError(f"image path is not a file: {spec.path}")
+        raise DatasetError(f"image file not found: {spec.path}{extra}, needed for view '{spec.name}'")
+    rgb, alpha = read_image(src, background)
+    h, w = rgb.shape[:2]
+
+    if spec.width is not None and spec.height is not None:
+        W, H = spec.width, spec.height
+    elif from_downscaled:
+        W, H = image_size(spec.path) if spec.path.is_file() else (w * downscale, h * downscale)
+    else:
+        W, H = w, h
+    k = integer_scale((W, H), (w, h))
+    if k is None:
+        raise DatasetError(
+            f"image {src} has size {w}x{h}, but {spec.camera_label} is {W}x{H} "
+            f"(and {w}x{h} is not an integer downscale of it)"
+        )
+    if k == downscale:
+        tw, th = w, h
+    else:
+        tw, th = downscaled_size(W, H, downscale)
+        if k > downscale:  # the image is smaller than asked for: use it as it is (no upsampling)
+            warnings.warn(
+                "some images are smaller than the requested downscale asks for; they are used at their own "
+                "resolution, with K scaled to match",
+                stacklevel=2,
+            )
+            tw, th = w, h
+        else:
+            rgb = _resize(rgb, (tw, th))
+            if alpha is not None:
+                alpha = _resize(alpha, (tw, th))
+
+    K = spec.K if spec.K is not None else spec.make_K(W, H)
+    K = np.array(K, dtype=np.float64)
+    K[0, :] *= tw / W
+    K[1, :] *= th / H
+    K[2, :] = (0.0, 0.0, 1.0)
+
+    dist = spec.distortion
+    if dist is not None and not dist.is_identity:
+        key = (spec.camera_key if spec.camera_key is not None else spec.name, tw, th, tuple(K.ravel()))
+        with lock:  # one lock per camera, so that different cameras build their maps in parallel
+            entry = maps.setdefault(key, [threading.Lock(), None])
+        with entry[0]:
+            if entry[1] is None:
+                try:
+                    entry[1] = build_undistort_map(K, dist, tw, th)
+                except DistortionError as e:
+                    raise DatasetError(f"{spec.camera_label}: cannot undistort image {src}: {e}") from None
+            umap = entry[1]
+        rgb = umap.apply(rgb)
+        if alpha is not None:
+            alpha = umap.apply(alpha)
+        K = umap.K_new.copy()
+    return LoadedView(spec.name, rgb, alpha, K, tw, th, np.asarray(spec.viewmat, dtype=np.float64))
+
+
+def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np.ndarray) -> Split:
+    """A Split of ``views[indices]`` with the (normalised) ``viewmats`` of all views."""
+    idx = list(indices)
+    alphas = [views[i].alpha for i in idx]
+    return Split(
+        names=[views[i].name for i in idx],
+        images=[views[i].image for i in idx],
+        viewmats=viewmats[idx].astype(np.float32).reshape(len(idx), 4, 4),
+        Ks=np.stack([views[i].K for i in idx]).astype(np.float32) if idx else np.zeros((0, 3, 3), np.float32),
+        widths=[views[i].width for i in idx],
+        heights=[views[i].height for i in idx],
+        alphas=alphas if any(a is not None for a in alphas) else None,
+    )
+
+
+def every_nth_split(names: Sequence[str], test_every: int) -> tuple[list[int], list[int]]:
+    """gsplat / 3DGS ``--eval``: sort by name, index % test_every == 0 -> test; 0 -> no test split.
+    Returns indices into ``names`` (each list in name order)."""
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    if test_every <= 0:
+        return order, []
+    train = [i for r, i in enumerate(order) if r % test_every != 0]
+    test = [i for r, i in enumerate(order) if r % test_every == 0]
+    return train, test
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+
+
+def opengl_c2w_to_viewmat(c2w: np.ndarray, where: str = "a camera") -> np.ndarray:
+    """Camera-to-world in the OpenGL/Blender convention (x right, y up, z back) -> OpenCV world->camera."""
+    m = np.eye(4)
+    m[: c2w.shape[0], :4] = c2w[:, :4]
+    m[:3, 1:3] *= -1.0  # flip the camera's y and z axes
+    return invert_rigid(m, where)
+
+
+def invert_rigid(m: np.ndarray, where: str = "a camera") -> np.ndarray:
+    """Inverse of a [4, 4] rotation+translation (re-orthonormalising the rotation first)."""
+    u, sv, vt = np.linalg.svd(m[:3, :3])
+    if sv.min() <= 1e-8 or sv.max() / sv.min() > 1.05:
+        raise DatasetError(f"{where}: the rotation part is not a rotation (singular values {np.round(sv, 4).tolist()})")
+    R = u @ vt
+    if np.linalg.det(R) < 0:
+        raise DatasetError(f"{where}: the rotation part has negative determinant (a reflection)")
+    out = np.eye(4)
+    out[:3, :3] = R.T
+    out[:3, 3] = -R.T @ m[:3, 3]
+    return out
+
+
+def camera_centres(viewmats: np.ndarray) -> np.ndarray:
+    R = viewmats[:, :3, :3]
+    t = viewmats[:, :3, 3]
+    return -np.einsum("nji,nj->ni", R, t)
+
+
+def similarity_from_cameras(viewmats: np.ndarray) -> np.ndarray:
+    """The normalising similarity ``T`` (``p_new = T @ p``) used for COLMAP and nerfstudio scenes.
+
+    1. rotate the world so that the mean camera "up" (the cameras' -y axis, averaged) becomes +z;
+    2. centre on the point the cameras look at: the least-squares closest point to all optical
+       axes, when the axes converge (their directions spread enough for a well-conditioned
+       solution and the point lies in front of at least half of the cameras), else the median of
+       the camera centres (forward-facing captures; gsplat's ``center_method="poses"``);
+    3. scale so that the median distance of the camera centres from that centre is 1
+       (gsplat's non-strict scaling).
+    """
+    R_wc = viewmats[:, :3, :3]  # world->camera rotations; camera axes in world = rows
+    ups = -R_wc[:, 1, :]  # camera -y axis in world coordinates
+    up = ups.mean(0)
+    n = np.linalg.norm(up)
+    A = rotation_between(up / n, np.array([0.0, 0.0, 1.0])) if n > 1e-8 else np.eye(3)
+    C = camera_centres(viewmats)
+    centre = focus_point(C, R_wc[:, 2, :])
+    if centre is None:
+        centre = np.median(C, axis=0)
+    d = np.linalg.norm(C - centre, axis=1)
+    med = float(np.median(d)) if len(d) else 0.0
+    s = 1.0 / med if med > 1e-12 else 1.0
+    T = np.eye(4)
+    T[:3, :3] = s * A
+    T[:3, 3] = -s * A @ centre
+    return T
+
+
+def focus_point(centres: np.ndarray, dirs: np.ndarray, min_spread: float = 0.02) -> np.ndarray | None:
+    """The least-squares closest point to the rays ``centres + t dirs``, or None when the rays are
+    close to parallel (smallest eigenvalue of ``mean(I - d d^T)`` below ``min_spread``) or the point
+    is behind more than half of the cameras."""
+    if len(centres) < 2:
+        return None
+    d = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]
+    M = P.mean(0)
+    if np.linalg.eigvalsh(M)[0] < min_spread:
+        return None
+    p = np.linalg.solve(M, np.einsum("nij,nj->i", P, centres) / len(centres))
+    in_front = np.einsum("ni,ni->n", p - centres, d) > 0
+    return p if in_front.mean() >= 0.5 else None
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The rotation taking unit vector a onto unit vector b (Rodrigues)."""
+    v = np.cross(a, b)
+    c = float(np.dot(a, b))
+    if c < -1.0 + 1e-10:  # opposite: rotate 180 degrees about any axis orthogonal to a
+        axis = np.cross(a, [1.0, 0.0, 0.0])
+        if np.linalg.norm(axis) < 1e-6:
+            axis = np.cross(a, [0.0, 1.0, 0.0])
+        axis /= np.linalg.norm(axis)
+        return 2.0 * np.outer(axis, axis) - np.eye(3)
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)
+
+
+def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ T[:3, :3].T + T[:3, 3]
+
+
+def transform_viewmats(T: np.ndarray, viewmats: np.ndarray) -> np.ndarray:
+    """World->camera matrices for the world ``p' = T p`` (T a similarity ``s A | b``): the camera
+    coordinates are scaled by ``s`` too, so every image projection is unchanged."""
+    M = T[:3, :3]
+    s = float(np.cbrt(np.linalg.det(M)))
+    A = M / s
+    b = T[:3, 3]
+    out = np.tile(np.eye(4), (len(viewmats), 1, 1))
+    Rv = viewmats[:, :3, :3]
+    out[:, :3, :3] = Rv @ A.T
+    out[:, :3, 3] = s * viewmats[:, :3, 3] - np.einsum("nij,j->ni", Rv @ A.T, b)
+    return out
+
+
+def scene_scale_from(viewmats: np.ndarray, points: np.ndarray | None = None) -> float:
+    """3DGS's cameras_extent: 1.1 * the largest distance of a camera centre from their mean.
+    With a single camera (extent 0): 1.1 * the median camera-to-point distance, else 1.0."""
+    C = camera_centres(viewmats)
+    if len(C) == 0:
+        return 1.0
+    r = float(np.max(np.linalg.norm(C - C.mean(0), axis=1)))
+    if r > 1e-9:
+        return 1.1 * r
+    if points is not None and len(points):
+        return 1.1 * float(np.median(np.linalg.norm(points - C[0], axis=1)))
+    return 1.0
+
+
+def random_points(n: int, rng: np.random.Generator, half_extent: float = 1.3) -> tuple[np.ndarray, np.ndarray]:
+    """3DGS's random initialisation: ``n`` points uniform in ``[-1.3, 1.3]^3`` with random colours."""
+    pts = rng.uniform(-half_extent, half_extent, size=(n, 3))
+    rgb = rng.integers(0, 256, size=(n, 3), dtype=np.uint8)
+    return pts, rgb
+
+
+def subsample_points(points: np.ndarray, rgb: np.ndarray, max_points: int | None, rng: np.random.Generator):
+    if max_points is None or len(points) <= max_points:
+        return points, rgb
+    if max_points < 0:
+        raise DatasetError(f"max_init_points must be >= 0, got {max_points}")
+    keep = np.sort(rng.choice(len(points), size=max_points, replace=False))
+    return points[keep], rgb[keep]
+
+
+def finish_dataset(
+    *,
+    fmt: str,
+    root: Path,
+    views: Sequence[LoadedView],
+    train_idx: Sequence[int],
+    test_idx: Sequence[int],
+    points: np.ndarray | None,
+    points_rgb: np.ndarray | None,
+    normalize: bool,
+    similarity: np.ndarray | None,
+    num_random_points: int,
+    max_init_points: int | None,
+    seed: int,
+    background: np.ndarray,
+    meta: dict | None = None,
+) -> Dataset:
+    """Apply the normalisation (``similarity`` when ``normalize``, else identity) to cameras and points,
+    fill in random points when there are none (uniform in the cube [-1.3, 1.3]^3 of the frame
+    ``similarity`` defines, or of the world when it is None), subsample and build the Dataset."""
+    rng = np.random.default_rng(seed)
+    if len(views) and not len(train_idx):
+        warnings.warn(
+            f"{root}: the test split would hold every image ({len(views)}); using them all for training instead",
+            stacklevel=2,
+        )
+        train_idx, test_idx = sorted(set(train_idx) | set(test_idx)), []
+    viewmats = np.stack([v.viewmat for v in views]) if views else np.zeros((0, 4, 4))
+    T = similarity if (normalize and similarity is not None) else np.eye(4)
+    points_random = points is None or len(points) == 0
+    if points_random:
+        if num_random_points <= 0:
+            raise DatasetError(f"{root}: the scene has no initial points and num_random_points is {num_random_points}")
+        pts, rgb = random_points(int(num_random_points), rng)
+        if similarity is not None:  # the cube lives in the normalised frame; express it in the world
+            pts = transform_points(np.linalg.inv(similarity), pts)
+        points, points_rgb = pts, rgb
+    points, points_rgb = subsample_points(np.asarray(points, np.float64), np.asarray(points_rgb, np.uint8), max_init_points, rng)
+    vm = transform_viewmats(T, viewmats) if len(viewmats) else viewmats
+    pts = transform_points(T, points)
+    train_vm = vm[list(train_idx)]
+    return Dataset(
+        train=make_split(views, train_idx, vm),
+        test=make_split(views, test_idx, vm),
+        points=pts.astype(np.float32),
+        points_rgb=points_rgb.astype(np.uint8),
+        points_random=bool(points_random),
+        scene_scale=scene_scale_from(train_vm, None if points_random else pts),
+        transform=T,
+        background=background.astype(np.float32),
+        format=fmt,
+        root=root,
+        meta=meta or {},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# PLY points (x, y, z and red, green, blue; a small reader so this package does not depend on splat.io)
+
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+
+
+def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Vertex positions (float64 [P, 3]) and colours (uint8 [P, 3], or None when the file has none)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DatasetError(f"point cloud file not found: {path}") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read point cloud: {e}") from None
+    end = data.find(b"end_header")
+    if not data.startswith(b"ply") or end < 0:
+        raise DatasetError(f"{path}: not a PLY file (no 'ply' magic or no 'end_header')")
+    body_start = data.index(b"\n", end) + 1
+    header = data[:end].decode("ascii", errors="replace").splitlines()
+    fmt = None
+    elements: list[tuple[str, int, list]] = []
+    for line in header[1:]:
+        tok = line.split()
+        if not tok or tok[0] in ("comment", "obj_info"):
+            continue
+        if tok[0] == "format":
+            fmt = tok[1] if len(tok) > 1 else None
+        elif tok[0] == "element" and len(tok) == 3:
+            elements.append((tok[1], int(tok[2]), []))
+        elif tok[0] == "property" and elements:
+            if len(tok) == 5 and tok[1] == "list":
+                elements[-1][2].append(("list", tok[2], tok[3], tok[4]))
+            elif len(tok) == 3 and tok[1] in _PLY_TYPES:
+                elements[-1][2].append((tok[2], _PLY_TYPES[tok[1]]))
+            else:
+                raise DatasetError(f"{path}: unsupported PLY property line {line!r}")
+    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
+        raise DatasetError(f"{path}: unsupported PLY format {fmt!r}")
+    names = [e[0] for e in elements]
+    if "vertex" not in names:
+        raise DatasetError(f"{path}: PLY file has no 'vertex' element")
+    body = data[body_start:]
+    vi = names.index("vertex")
+    count, props = elements[vi][1], elements[vi][2]
+    if any(p[0] == "list" for p in props):
+        raise DatasetError(f"{path}: list properties in the PLY 'vertex' element are not supported")
+    pnames = [p[0] for p in props]
+    for c in ("x", "y", "z"):
+        if c not in pnames:
+            raise DatasetError(f"{path}: PLY 'vertex' element has no '{c}' property")
+    if fmt == "ascii":
+        lines = body.decode("ascii", errors="replace").splitlines()
+        skip = sum(e[1] for e in elements[:vi])
+        rows = [ln for ln in lines[skip : skip + count]]
+        try:
+            arr = np.array([[float(t) for t in ln.split()[: len(props)]] for ln in rows], dtype=np.float64)
+        except ValueError as e:
+            raise DatasetError(f"{path}: malformed PLY vertex data: {e}") from None
+        if arr.shape != (count, len(props)):
+            raise DatasetError(f"{path}: PLY file is truncated (expected {count} vertices of {len(props)} values)")
+        cols = {n: arr[:, i] for i, n in enumerate(pnames)}
+    else:
+        endian = "<" if fmt == "binary_little_endian" else ">"
+        offset = 0
+        for name, n, eprops in elements[:vi]:
+            if any(p[0] == "list" for p in eprops):
+                raise DatasetError(f"{path}: PLY element '{name}' with list properties before 'vertex' is not supported")
+            offset += n * np.dtype([(p[0], endian + p[1]) for p in eprops]).itemsize
+        dt = np.dtype([(p[0], endian + p[1]) for p in props])
+        if len(body) < offset + count * dt.itemsize:
+            raise DatasetError(f"{path}: PLY file is truncated (expected {count} vertices)")
+        rec = np.frombuffer(body, dtype=dt, count=count, offset=offset)
+        cols = {n: rec[n].astype(np.float64) for n in pnames}
+    xyz = np.stack([cols["x"], cols["y"], cols["z"]], 1)
+    rgb = None
+    for trio in (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue")):
+        if all(c in cols for c in trio):
+            c = np.stack([cols[t] for t in trio], 1)
+            ptype = dict((p[0], p[1]) for p in props)[trio[0]]
+            if ptype.startswith("f") and np.nanmax(c, initial=0.0) <= 1.0:
+                c = c * 255.0
+            rgb = np.clip(np.rint(np.nan_to_num(c)), 0, 255).astype(np.uint8)
+            break
+    if not np.all(np.isfinite(xyz)):
+        raise DatasetError(f"{path}: PLY vertex positions contain NaN or Inf")
+    return xyz, rgb
+
+
+def load_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """PLY points with colours (mid-grey 128 where the file has none)."""
+    xyz, rgb = read_ply_points(path)
+    if rgb is None:
+        warnings.warn(f"{path}: no red/green/blue vertex properties; initial colours set to grey", stacklevel=2)
+        rgb = np.full((len(xyz), 3), 128, np.uint8)
+    return xyz, rgb
+
+
+def check_background(background) -> np.ndarray:
+    bg = np.asarray(background, dtype=np.float64).reshape(-1)
+    if bg.shape != (3,) or not np.all(np.isfinite(bg)) or np.any(bg < 0) or np.any(bg > 1):
+        raise DatasetError(f"background must be 3 numbers in [0, 1], got {background!r}")
+    return bg.astype(np.float32)
