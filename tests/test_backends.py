@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import splat
-from scenes import cameras, gaussians
+from scene_utils import cameras, gaussians
 
 
 def _render_both(inputs, V, K, W, H, weights_seed=0, **kw):

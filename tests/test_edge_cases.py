@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import splat
-from scenes import cameras, gaussians, look_at
+from scene_utils import cameras, gaussians, look_at
 
 BACKENDS = ["torch", "cpu"]
 
@@ -211,7 +211,7 @@ def test_build_failure_is_clear_and_auto_falls_back(tmp_path):
         sys.path.insert(0, "tests")
         import splat
         from splat.backends._build import NativeBuildError
-        from scenes import cameras, gaussians
+        from scene_utils import cameras, gaussians
         m, q, s, o, c = gaussians(5); V, K = cameras(1, 8, 8)
         try:
             splat.rasterize(m, q, s, o, c, V, K, 8, 8, backend="cpu")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from splat.backends import torch_ref
-from scenes import cameras, gaussians
+from scene_utils import cameras, gaussians
 
 gs = pytest.importorskip("gsplat.cuda._torch_impl")
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import splat
-from scenes import cameras, gaussians
+from scene_utils import cameras, gaussians
 
 W, H = 20, 14
 
