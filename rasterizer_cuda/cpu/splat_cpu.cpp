@@ -21,6 +21,23 @@
 
 #include "../include/splat_math.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+// Flush denormals to zero (FTZ) and read them as zero (DAZ) inside the blend
+// loops, restoring the caller's mode after. Far from its centre a Gaussian's
+// alpha is exp(-sigma) * opacity, which underflows into the denormal range;
+// x86 handles those in microcode at ~100x the cost, which made the backward
+// several times slower on partly transparent scenes. Values under 1.2e-38 are
+// far below the 1/255 alpha threshold, so results do not change.
+struct FlushDenormals {
+    unsigned int saved;
+    FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+    ~FlushDenormals() { _mm_setcsr(saved); }
+};
+#else
+struct FlushDenormals {};
+#endif
+
 using namespace splat;
 
 namespace {
@@ -186,6 +203,7 @@ void splat_project_bwd(int C, int N, const float* means, const float* quats, con
     if (v_viewmats) memset(v_viewmats, 0, sizeof(float) * 16 * C);
 #pragma omp parallel
     {
+        FlushDenormals ftz;
         std::vector<double> vview(v_viewmats ? 12 * C : 0, 0.0);
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; ++n) {
@@ -409,6 +427,7 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
     const int P = tile_size * tile_size;
 #pragma omp parallel
     {
+        FlushDenormals ftz;
         std::vector<float> px(P), py(P), T(P), w(P), acc((size_t)P * D), col;
         std::vector<int32_t> last(P), active(P);
         std::vector<float> gx, gy, ga, gb, gc, go;
@@ -488,6 +507,7 @@ void splat_rasterize_bwd(int C, int N, int D, int width, int height, int tile_si
     std::vector<float> slots((size_t)M * G, 0.f);
 #pragma omp parallel
     {
+        FlushDenormals ftz;
         std::vector<float> px(P), py(P), T(P), Tf(P), sdot(P), va(P), cdot(P), fac(P), vC((size_t)P * D);
         std::vector<float> gbuf((size_t)8 * P);
         std::vector<int32_t> last(P);
