@@ -4,8 +4,8 @@ For now it renders the garden point cloud (../shared/data/garden_points.npz) as
 Gaussians from its 3 cameras, on the chosen backend, and reports the time of
 each backend asked for:
 
-    python render.py --backend cpu --out runs/render
-    python render.py --backend cpu torch --mode RGB+ED
+    python bench/render_garden.py --backend cpu --out runs/render
+    python bench/render_garden.py --backend cpu torch --mode RGB+ED
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import tyro
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import splat  # noqa: E402
 from scenes.garden import garden_scene  # noqa: E402

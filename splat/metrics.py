@@ -1,0 +1,57 @@
+"""Image metrics: PSNR and SSIM (Gaussian window 11, sigma 1.5, as 3DGS and torchmetrics).
+
+LPIPS is not here: its reference implementation needs torchvision's pretrained
+networks, which have no CPU build on the package index this project installs from.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def psnr(a: Tensor, b: Tensor, data_range: float = 1.0) -> Tensor:
+    """PSNR in dB of images in [0, data_range]; [..., H, W, C] -> [...] (per image)."""
+    mse = ((a - b) ** 2).flatten(-3).mean(-1)
+    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-20))
+
+
+@functools.lru_cache(maxsize=8)
+def _gauss_1d(size: int, sigma: float, dtype: torch.dtype) -> Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    return (g / g.sum()).to(dtype)
+
+
+def _blur(x: Tensor, g: Tensor, padding: int) -> Tensor:
+    # separable Gaussian on [B, C, H, W]; zero padding like 3DGS's ssim when padding > 0
+    C = x.shape[1]
+    k = g.numel()
+    x = F.conv2d(x, g.view(1, 1, 1, k).expand(C, 1, 1, k), padding=(0, padding), groups=C)
+    return F.conv2d(x, g.view(1, 1, k, 1).expand(C, 1, k, 1), padding=(padding, 0), groups=C)
+
+
+def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5, padding: str = "valid",
+         data_range: float = 1.0) -> Tensor:
+    """Mean SSIM per image of [..., H, W, C] images -> [...].
+
+    padding="valid" averages over windows fully inside the image (torchmetrics,
+    gsplat's evaluation); "same" zero-pads (the 3DGS training loss).
+    """
+    lead = a.shape[:-3]
+    H, W, C = a.shape[-3:]
+    x = a.reshape(-1, H, W, C).permute(0, 3, 1, 2)
+    y = b.reshape(-1, H, W, C).permute(0, 3, 1, 2)
+    g = _gauss_1d(window, sigma, x.dtype).to(x.device)
+    p = window // 2 if padding == "same" else 0
+    if padding == "valid" and (H < window or W < window):
+        raise ValueError(f"ssim: images of {H}x{W} are smaller than the {window}x{window} window")
+    mu_x, mu_y = _blur(x, g, p), _blur(y, g, p)
+    sxx = _blur(x * x, g, p) - mu_x ** 2
+    syy = _blur(y * y, g, p) - mu_y ** 2
+    sxy = _blur(x * y, g, p) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    m = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return m.flatten(1).mean(1).reshape(lead)

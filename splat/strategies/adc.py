@@ -1,0 +1,136 @@
+"""Adaptive density control (3DGS; defaults of gsplat's DefaultStrategy).
+
+Every `refine_every` steps between `refine_start_iter` and `refine_stop_iter`:
+- the view-space positional gradient of each Gaussian (its 2D-mean gradient in
+  NDC-like units: pixels * 2 / image size) is averaged over the views that saw it;
+- where it exceeds `grow_grad2d`, small Gaussians (max scale <= grow_scale3d *
+  scene_scale) are cloned and large ones split in two (scales / 1.6);
+- Gaussians with opacity below `prune_opa` are removed, and after the first
+  opacity reset also those larger than `prune_scale3d * scene_scale`.
+Every `reset_every` steps opacities are clamped to 2 * prune_opa.
+`absgrad=True` accumulates |gradient| per pixel instead (AbsGS; use a higher
+threshold, e.g. 0.0008).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict
+
+import torch
+
+from . import ops
+from .base import Strategy
+
+
+@dataclasses.dataclass
+class ADCStrategy(Strategy):
+    prune_opa: float = 0.005
+    """Remove Gaussians whose opacity falls below this."""
+    grow_grad2d: float = 0.0002
+    """Average 2D-mean gradient above which a Gaussian is cloned or split."""
+    grow_scale3d: float = 0.01
+    """Gaussians with max scale up to this fraction of the scene scale are cloned, larger ones split."""
+    prune_scale3d: float = 0.1
+    """After the first opacity reset, remove Gaussians larger than this fraction of the scene scale."""
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 15_000
+    refine_every: int = 100
+    reset_every: int = 3000
+    """Clamp opacities to 2 * prune_opa every this many steps (0: never)."""
+    absgrad: bool = False
+    """Use AbsGS's absolute 2D-mean gradient (the renderer must be called with absgrad=True)."""
+    revised_opacity: bool = False
+    """Split with the opacity correction of 'Revising Densification in Gaussian Splatting'."""
+    max_gaussians: int = 0
+    """Stop growing beyond this many Gaussians (0: no limit)."""
+
+    def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
+        return {"scene_scale": float(scene_scale), "grad2d": None, "count": None}
+
+    def step_pre_backward(self, params, optimizers, state, step, info) -> None:
+        if not info["means2d"].requires_grad:
+            raise ValueError("ADCStrategy: info['means2d'] does not require grad; render with gradients enabled")
+        info["means2d"].retain_grad()
+
+    def step_post_backward(self, params, optimizers, state, step, info, generator=None) -> Dict[str, int]:
+        events: Dict[str, int] = {}
+        if step >= self.refine_stop_iter:
+            return events
+        self._update_state(params, state, info)
+        if step > self.refine_start_iter and step % self.refine_every == 0:
+            events.update(self._grow(params, optimizers, state, step, generator))
+            events.update(self._prune(params, optimizers, state, step))
+            state["grad2d"].zero_()
+            state["count"].zero_()
+        if self.reset_every > 0 and step % self.reset_every == 0 and step > 0:
+            ops.reset_opacity(params, optimizers, state, 2.0 * self.prune_opa)
+            events["reset"] = 1
+        return events
+
+    @torch.no_grad()
+    def _update_state(self, params, state, info) -> None:
+        m2d = info["means2d"]
+        g = m2d.absgrad if self.absgrad else m2d.grad
+        if g is None:
+            raise ValueError("ADCStrategy: no gradient on info['means2d']"
+                             + (" (absgrad=True needs rasterize(..., absgrad=True))" if self.absgrad else ""))
+        g = g.clone()
+        C = g.shape[0]
+        g[..., 0] *= info["width"] / 2.0 * C
+        g[..., 1] *= info["height"] / 2.0 * C
+        n = params["means"].shape[0]
+        if state["grad2d"] is None or state["grad2d"].shape[0] != n:
+            state["grad2d"] = torch.zeros(n)
+            state["count"] = torch.zeros(n)
+        sel = (info["radii"] > 0).all(-1)  # [C, N]
+        cam, gid = sel.nonzero(as_tuple=True)
+        state["grad2d"].index_add_(0, gid, g[cam, gid].norm(dim=-1).float())
+        state["count"].index_add_(0, gid, torch.ones_like(gid, dtype=torch.float32))
+
+    @torch.no_grad()
+    def _grow(self, params, optimizers, state, step, generator) -> Dict[str, int]:
+        grads = state["grad2d"] / state["count"].clamp_min(1)
+        high = grads > self.grow_grad2d
+        small = torch.exp(params["scales"]).max(-1).values <= self.grow_scale3d * state["scene_scale"]
+        dup = high & small
+        spl = high & ~small
+        if self.max_gaussians > 0:
+            room = self.max_gaussians - params["means"].shape[0]
+            if room <= 0:
+                return {"clone": 0, "split": 0}
+            # keep the strongest candidates that fit
+            cand = (dup | spl).nonzero().squeeze(1)
+            if len(cand) > room:
+                keep = cand[grads[cand].argsort(descending=True)[:room]]
+                mask = torch.zeros_like(dup)
+                mask[keep] = True
+                dup &= mask
+                spl &= mask
+        n_dup, n_split = int(dup.sum()), int(spl.sum())
+        if n_dup:
+            ops.duplicate(params, optimizers, state, dup)
+        spl = torch.cat([spl, torch.zeros(n_dup, dtype=torch.bool)])
+        if n_split:
+            ops.split(params, optimizers, state, spl, generator=generator, revised_opacity=self.revised_opacity)
+        return {"clone": n_dup, "split": n_split}
+
+    @torch.no_grad()
+    def _prune(self, params, optimizers, state, step) -> Dict[str, int]:
+        prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
+        if self.reset_every > 0 and step > self.reset_every:
+            prune |= torch.exp(params["scales"]).max(-1).values > self.prune_scale3d * state["scene_scale"]
+        n = int(prune.sum())
+        if n:
+            ops.remove(params, optimizers, state, prune)
+        return {"prune": n}
+
+    def scaled(self, factor: float) -> "ADCStrategy":
+        """The same schedule for a run `factor` times as long as 30k steps: start, stop and
+        reset steps are multiplied by `factor`. `refine_every` shrinks no lower than 100
+        steps, so each decision still averages gradients over many views (scaling it
+        down with short runs makes the count grow geometrically)."""
+        return dataclasses.replace(
+            self, refine_start_iter=int(self.refine_start_iter * factor),
+            refine_stop_iter=int(self.refine_stop_iter * factor),
+            refine_every=max(min(self.refine_every, 100), int(self.refine_every * factor)),
+            reset_every=int(self.reset_every * factor))

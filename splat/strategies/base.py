@@ -1,0 +1,44 @@
+"""The density-control interface.
+
+A strategy sees the parameters (a `torch.nn.ParameterDict` with the splats layout),
+one optimizer per parameter (`dict[str, torch.optim.Optimizer]`, as gsplat does),
+its own state dict and the renderer's `info`, at two points of each step:
+
+    state = strategy.initialize_state(scene_scale)
+    ...render -> info
+    strategy.step_pre_backward(params, optimizers, state, step, info)
+    loss.backward()
+    strategy.step_post_backward(params, optimizers, state, step, info)   # may add/remove Gaussians
+    for opt in optimizers.values(): opt.step()
+
+Strategies that change the number of Gaussians must keep the optimizer state aligned
+with the parameters (see `ops.py`). The state dict holds tensors and plain numbers
+only, so checkpoints can save it with `torch.save`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+
+
+class Strategy:
+    def check_sanity(self, params: torch.nn.ParameterDict, optimizers: Dict[str, torch.optim.Optimizer]) -> None:
+        missing = [k for k in ("means", "scales", "quats", "opacities") if k not in params]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: params lack {missing}")
+        if set(params.keys()) != set(optimizers.keys()):
+            raise ValueError(f"{type(self).__name__}: params {sorted(params.keys())} and optimizers "
+                             f"{sorted(optimizers.keys())} must have the same keys")
+        for k, opt in optimizers.items():
+            if len(opt.param_groups) != 1 or len(opt.param_groups[0]["params"]) != 1:
+                raise ValueError(f"{type(self).__name__}: optimizer for {k!r} must hold exactly that one parameter")
+
+    def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
+        return {"scene_scale": float(scene_scale)}
+
+    def step_pre_backward(self, params, optimizers, state, step: int, info: Dict[str, Any]) -> None:
+        pass
+
+    def step_post_backward(self, params, optimizers, state, step: int, info: Dict[str, Any]) -> Dict[str, int]:
+        return {}

@@ -1,0 +1,255 @@
+"""The trainer, the density strategy, metrics, checkpoints and the render CLI."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthetic_data import make_views, write_blender
+
+import splat.io
+from splat.metrics import psnr, ssim
+from splat.strategies import ADCStrategy, ops
+from splat.trainer import TrainConfig, Trainer, main as train_main, train
+
+
+@pytest.fixture(scope="module")
+def blender_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return write_blender(root, make_views(n_views=32, width=48, height=40, n_gauss=300), test_ids=(0, 8, 16, 24))
+
+
+def small_cfg(data, out, **kw):
+    strat = ADCStrategy(refine_start_iter=20, refine_stop_iter=150, refine_every=20, reset_every=100,
+                        max_gaussians=3000)
+    base = dict(data=data, out=out, iterations=120, scale_schedule=False, strategy=strat, sh_degree=1,
+                sh_degree_interval=40, progress=False, save_every=30, export=["ply"], save_renders=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_ssim_matches_skimage():
+    skm = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(40, 52, 3, generator=g, dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(a.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ref = skm.structural_similarity(a.numpy(), b.numpy(), gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=1.0, channel_axis=2)
+    assert ssim(a, b).item() == pytest.approx(ref, abs=1e-10)
+    assert ssim(a, a).item() == pytest.approx(1.0)
+    # "same" padding (the training loss) differs only near the border and has a gradient
+    b.requires_grad_(True)
+    s = ssim(a, b, padding="same")
+    s.backward()
+    assert abs(s.item() - ref) < 0.05 and b.grad.abs().sum() > 0
+
+
+def test_psnr_known_value():
+    a = torch.zeros(4, 4, 3)
+    assert psnr(a, a + 0.1).item() == pytest.approx(20.0, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- strategy ops
+
+
+def _params_and_opts(N=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = torch.nn.ParameterDict({
+        "means": torch.nn.Parameter(torch.randn(N, 3, generator=g)),
+        "scales": torch.nn.Parameter(torch.randn(N, 3, generator=g) * 0.1 - 2),
+        "quats": torch.nn.Parameter(torch.randn(N, 4, generator=g)),
+        "opacities": torch.nn.Parameter(torch.randn(N, generator=g)),
+        "sh0": torch.nn.Parameter(torch.randn(N, 1, 3, generator=g)),
+        "shN": torch.nn.Parameter(torch.randn(N, 3, 3, generator=g)),
+    })
+    opts = {k: torch.optim.Adam([params[k]], lr=1e-2) for k in params}
+    loss = sum((p ** 2).sum() for p in params.values())
+    loss.backward()
+    for o in opts.values():
+        o.step()
+    return params, opts
+
+
+def test_duplicate_and_remove_keep_optimizer_state_aligned():
+    params, opts = _params_and_opts()
+    before = {k: (p.detach().clone(), opts[k].state[p]["exp_avg"].clone()) for k, p in params.items()}
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[2, 7]] = True
+    state = {"grad2d": torch.arange(10.0)}
+    ops.duplicate(params, opts, state, mask)
+    for k, p in params.items():
+        assert p.shape[0] == 12
+        assert torch.equal(p[:10], before[k][0]) and torch.equal(p[10:], before[k][0][[2, 7]])
+        m = opts[k].state[p]["exp_avg"]
+        assert torch.equal(m[:10], before[k][1]) and torch.all(m[10:] == 0)
+        assert opts[k].param_groups[0]["params"][0] is p
+    assert torch.equal(state["grad2d"], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 2, 7.0]))
+    rm = torch.zeros(12, dtype=torch.bool)
+    rm[[0, 10]] = True
+    ops.remove(params, opts, state, rm)
+    assert params["means"].shape[0] == 10
+    assert torch.equal(params["means"][0], before["means"][0][1])
+    assert torch.equal(opts["means"].state[params["means"]]["exp_avg"][0], before["means"][1][1])
+    # the optimizer still steps the new tensors
+    (params["means"] ** 2).sum().backward()
+    opts["means"].step()
+
+
+def test_split_samples_inside_the_parent():
+    params, opts = _params_and_opts(N=2000)
+    mask = torch.zeros(2000, dtype=torch.bool)
+    mask[:1000] = True
+    parent_means = params["means"][:1000].detach().clone()
+    parent_scales = params["scales"][:1000].detach().clone()
+    ops.split(params, opts, {}, mask, generator=torch.Generator().manual_seed(0))
+    assert params["means"].shape[0] == 3000
+    kids = params["means"][1000:].detach().reshape(2, 1000, 3)
+    # children are N(parent mean, parent covariance): the mean offset is ~0, and their scales are / 1.6
+    off = (kids - parent_means).reshape(-1, 3)
+    assert off.mean(0).abs().max() < 0.02
+    assert torch.allclose(params["scales"][1000:2000].detach(), parent_scales - np.log(1.6), atol=1e-6)
+    # Mahalanobis distance of the offsets under the parent covariance is chi-square(3): mean 3
+    from splat.strategies.ops import _quat_to_rotmat
+
+    R = _quat_to_rotmat(params["quats"][1000:2000].detach())
+    s = torch.exp(parent_scales)
+    local = torch.einsum("nji,bnj->bni", R, kids - parent_means) / s
+    assert (local ** 2).sum(-1).mean().item() == pytest.approx(3.0, rel=0.1)
+
+
+def test_adc_clones_splits_and_prunes():
+    params, opts = _params_and_opts(N=6)
+    with torch.no_grad():
+        params["scales"][:] = torch.log(torch.tensor([0.001, 0.001, 0.5, 0.5, 0.001, 0.001]))[:, None]
+        params["opacities"][:] = torch.logit(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.001, 0.5]))
+    strat = ADCStrategy(refine_start_iter=0, refine_every=1, reset_every=0)
+    state = strat.initialize_state(scene_scale=1.0)
+    means2d = torch.zeros(1, 6, 2, requires_grad=True)
+    # pixel gradients: Gaussians 0 and 2 high, the others low
+    means2d.grad = torch.tensor([[[0.01, 0], [0, 0], [0.01, 0], [0, 0], [0, 0], [0, 0]]])
+    info = {"means2d": means2d, "radii": torch.ones(1, 6, 2, dtype=torch.int32), "width": 100, "height": 100}
+    ev = strat.step_post_backward(params, opts, state, 1, info, generator=torch.Generator().manual_seed(0))
+    assert ev == {"clone": 1, "split": 1, "prune": 1}
+    assert params["means"].shape[0] == 6 + 1 + 1 - 1
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_raises_psnr_well_above_its_start(blender_dir, tmp_path):
+    strat = ADCStrategy(refine_start_iter=20, refine_stop_iter=300, refine_every=20, reset_every=200,
+                        max_gaussians=3000)
+    cfg = small_cfg(blender_dir, tmp_path / "run", iterations=500, strategy=strat)
+    t = Trainer(cfg, log=lambda *a: None)
+    start = t.evaluate(0)["psnr"]
+    m = t.train()
+    assert m["psnr"] > start + 6, (start, m["psnr"])
+    assert m["psnr"] > 25
+    assert m["num_gaussians"] > 300  # density control grew the model
+    for k in ("psnr", "ssim", "num_gaussians", "train_seconds"):
+        assert k in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # the exported model renders exactly like the trained parameters
+    loaded = splat.io.load(tmp_path / "run" / "model.ply")
+    for k, v in t.params.items():
+        assert torch.equal(loaded[k], v.detach()), k
+
+
+def _ckpt_params(path):
+    return torch.load(path, weights_only=False)["splats"]
+
+
+def test_resume_continues_bit_for_bit(blender_dir, tmp_path, monkeypatch):
+    a = tmp_path / "a"
+    train(small_cfg(blender_dir, a, export=[]), log=lambda *x: None)
+    ref = _ckpt_params(a / "ckpts" / "ckpt_120.pt")
+
+    # interrupt at step 75 (Ctrl-C): a checkpoint is written, --resume continues from it
+    b = tmp_path / "b"
+    orig = Trainer.train_step
+
+    def interrupting(self, step):
+        if step == 75:
+            raise KeyboardInterrupt
+        return orig(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_cfg(blender_dir, b, export=[]), log=lambda *x: None)
+    monkeypatch.setattr(Trainer, "train_step", orig)
+    assert (b / "ckpts" / "ckpt_75.pt").exists()
+    # resuming uses the saved config, whatever else the command line says
+    train(TrainConfig(out=b, resume=True, iterations=999, progress=False), log=lambda *x: None)
+    got = _ckpt_params(b / "ckpts" / "ckpt_120.pt")
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+
+
+def test_cli_writes_run_directory_and_bad_inputs_fail_clearly(blender_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    train_main(["--data", str(blender_dir), "--out", str(out), "--iterations", "30", "--no-progress",
+                "--export", "ply", "spz"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["iterations"] == 30 and m["num_gaussians"] > 0 and m["psnr"] > 10
+    assert (out / "model.spz").exists() and (out / "config.json").exists()
+    assert sorted(p.name for p in (out / "renders").iterdir()) == [f"test_{i:03d}.png" for i in range(4)]
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as e:
+        train_main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--no-progress"])
+    assert e.value.code == 2
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing written for a run that could not start
+
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path / "empty"), "--resume", "--no-progress"])
+    assert "no checkpoint" in capsys.readouterr().err
+
+    bad = tmp_path / "bad"
+    shutil.copytree(blender_dir, bad)
+    (bad / "train" / "r_3.png").unlink()
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(bad), "--out", str(tmp_path / "y"), "--no-progress"])
+    assert "r_3" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
+    ck = tmp_path / "run" / "ckpts"
+    ck.mkdir(parents=True)
+    (ck / "ckpt_10.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path / "run"), "--resume", "--no-progress"])
+    assert "ckpt_10.pt" in capsys.readouterr().err
+    assert (ck / "ckpt_10.pt").read_bytes() == b"not a checkpoint"
+
+
+# ----------------------------------------------------------------------------- render CLI
+
+
+def test_render_cli_test_views_orbit_and_modes(blender_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from splat.render_cli import RenderConfig, main as render_main, render
+
+    run = tmp_path / "run"
+    m = train(small_cfg(blender_dir, run, iterations=60), log=lambda *x: None)
+    r = render(RenderConfig(model=run), log=lambda *x: None)
+    assert r["views"] == 4 and r["psnr"] == pytest.approx(m["psnr"], abs=0.05)  # same views, 8-bit PNG aside
+    r = render(RenderConfig(model=run / "model.ply", data=blender_dir, mode="depth"), log=lambda *x: None)
+    depth = np.asarray(Image.open(sorted(Path(r["folder"]).glob("*depth.png"))[0]))
+    assert depth.std() > 5  # a colour-mapped depth image, not a flat one
+    r = render(RenderConfig(model=run, cameras="orbit", frames=6, mode="alpha", video=tmp_path / "o.gif"),
+               log=lambda *x: None)
+    frames = Image.open(tmp_path / "o.gif")
+    assert frames.n_frames == 6 and frames.size == (48, 40)
+    r = render(RenderConfig(model=run, cameras="path", frames=8), log=lambda *x: None)
+    assert Path(r["video"]).stat().st_size > 1000
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        render_main([str(tmp_path / "missing.ply")])
+    assert "missing.ply" in capsys.readouterr().err
