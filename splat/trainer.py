@@ -14,7 +14,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
@@ -386,9 +388,17 @@ class Trainer:
                        mininterval=0.5, file=sys.stdout)
         step = self.start_step
         ema_loss = ema_psnr = None
+        # Ctrl-C between steps: let the current step finish, so the checkpoint written
+        # on interrupt is a consistent state that --resume continues exactly
+        interrupted = []
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
         try:
             t_last = time.perf_counter()
             while step < self.iterations:
+                if interrupted:
+                    raise KeyboardInterrupt
                 r = self.train_step(step)
                 step += 1
                 now = time.perf_counter()
@@ -416,6 +426,9 @@ class Trainer:
             path = self.save_checkpoint(step)
             self.log(f"interrupted at step {step}: saved {path}; continue with --out {self.out} --resume")
             raise
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
         if bar is not None:
             bar.close()
         self.save_checkpoint(step)

@@ -253,3 +253,32 @@ def test_render_cli_test_views_orbit_and_modes(blender_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         render_main([str(tmp_path / "missing.ply")])
     assert "missing.ply" in capsys.readouterr().err
+
+
+def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130(blender_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sig"
+    p = subprocess.Popen([sys.executable, "-m", "splat.trainer", "--data", str(blender_dir), "--out", str(out),
+                          "--iterations", "100000", "--save-every", "20", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while not (out / "ckpts" / "ckpt_20.pt").exists():
+            assert p.poll() is None and time.time() < deadline, p.communicate()
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        stdout, _ = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130
+    assert "interrupted at step" in stdout and "--resume" in stdout
+    step = int(stdout.split("interrupted at step ")[1].split(":")[0])
+    ck = torch.load(out / "ckpts" / f"ckpt_{step}.pt", weights_only=False)
+    assert ck["step"] == step >= 20
+    assert not list((out / "ckpts").glob("*.tmp*"))
