@@ -22,6 +22,7 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
+from tyro.conf import Positional
 
 from .models.static import render_splats, sh_degree_of
 
@@ -30,7 +31,7 @@ from .models.static import render_splats, sh_degree_of
 class RenderConfig:
     """Render a trained Gaussian model to images or a video."""
 
-    model: Path
+    model: Positional[Path]
     """Run directory, checkpoint (.pt) or model file (.ply, .compressed.ply, .splat, .spz)."""
     out: Optional[Path] = None
     """Output folder (default: <run>/render, or render/ beside the model file)."""
@@ -94,7 +95,7 @@ def load_model(path: Path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
 def _look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
     z = target - eye
     z = z / np.linalg.norm(z)
-    x = np.cross(z, -up)
+    x = np.cross(z, up)  # OpenCV: y = -up (down), x = y x z = z x up (right)
     if np.linalg.norm(x) < 1e-9:
         x = np.cross(z, np.array([1.0, 0.0, 0.0]))
     x = x / np.linalg.norm(x)
@@ -118,10 +119,13 @@ def _camera_frame(viewmats: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndar
         P = np.eye(3) - np.outer(d, d)
         A += P
         b += P @ c
-    try:
+    # nearly parallel viewing axes (forward-facing captures) leave the meeting point
+    # undetermined: look at a point one median camera spread ahead instead
+    if np.linalg.cond(A) > 1e4:
+        spread = float(np.median(np.linalg.norm(centres - np.median(centres, 0), axis=1))) or 1.0
+        target = np.median(centres, 0) + dirs.mean(0) / np.linalg.norm(dirs.mean(0)) * 3 * spread
+    else:
         target = np.linalg.solve(A, b)
-    except np.linalg.LinAlgError:
-        target = centres.mean(0) + dirs.mean(0)
     return centres, up, target
 
 
@@ -227,7 +231,7 @@ def depth_range_of(colors: torch.Tensor, alphas: torch.Tensor) -> Tuple[float, f
     d = colors[..., 0][alphas[..., 0] > 0.5]
     if d.numel() == 0:
         return 0.0, 1.0
-    lo, hi = torch.quantile(d.float(), torch.tensor([0.02, 0.98])).tolist()
+    lo, hi = np.quantile(d.float().numpy(), [0.02, 0.98]).tolist()
     return lo, hi if hi > lo else lo + 1.0
 
 
@@ -237,9 +241,13 @@ def depth_range_of(colors: torch.Tensor, alphas: torch.Tensor) -> Tuple[float, f
 def _write_png(path: Path, arr: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_video(path: Path, frames: List[np.ndarray], fps: int) -> None:
@@ -293,7 +301,7 @@ def render(cfg: RenderConfig, log=print) -> dict:
         kw = {}
         if run_cfg:
             kw = dict(downscale=run_cfg.get("downscale", 1), test_every=run_cfg.get("test_every", 8),
-                      normalize=run_cfg.get("normalize", True))
+                      normalize=run_cfg.get("normalize", True), format=run_cfg.get("data_format", "auto"))
         data = load_dataset(data_path, background=bg, **kw)
 
     render_mode = {"rgb": "RGB", "depth": "ED", "alpha": "RGB"}[cfg.mode]

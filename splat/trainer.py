@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -169,7 +170,10 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -214,14 +218,19 @@ def config_from_json(d: dict) -> TrainConfig:
     return TrainConfig(**d)
 
 
+def _checkpoints(out: Path) -> List[Path]:
+    ck = [p for p in (out / "ckpts").glob("ckpt_*.pt") if re.fullmatch(r"ckpt_\d+\.pt", p.name)]
+    return sorted(ck, key=lambda p: int(p.stem.split("_")[1]))
+
+
 def latest_checkpoint(out: Path) -> Optional[Path]:
-    ck = sorted((out / "ckpts").glob("ckpt_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    ck = _checkpoints(out)
     return ck[-1] if ck else None
 
 
 def load_checkpoint(path: Path) -> dict:
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"{path}: not a readable splat checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("version") != CKPT_VERSION or "splats" not in ck:
@@ -264,7 +273,8 @@ class Trainer:
         self.test_views = Views(self.data.test, self.device)
         if len(self.train_views) == 0:
             raise ValueError("the dataset has no training views")
-        self.scene_scale = float(self.data.scene_scale)
+        # on resume, keep the scene scale the run started with (learning rate and thresholds depend on it)
+        self.scene_scale = float(ck["scene_scale"]) if ck is not None else float(self.data.scene_scale)
         self.background = torch.tensor(np.asarray(self.data.background, dtype=np.float32), device=self.device)
         log(f"data: {self.data.format} {self.data.root}: {len(self.train_views)} train / {len(self.test_views)} test "
             f"views, {len(self.data.points):,} initial points{' (random)' if self.data.points_random else ''}, "
@@ -286,7 +296,8 @@ class Trainer:
         if ck is not None:
             for k, opt in self.optimizers.items():
                 opt.load_state_dict(ck["optimizers"][k])
-            self.state.update(ck["strategy_state"])
+            self.state.update({k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                               for k, v in ck["strategy_state"].items()})
         self.history: List[dict] = ck["history"] if ck is not None else []
 
     # ------------------------------------------------------------------ one step
@@ -353,14 +364,14 @@ class Trainer:
         path = ckdir / f"ckpt_{step}.pt"
         _atomic_torch_save({
             "version": CKPT_VERSION, "step": step, "train_seconds": self.train_seconds,
+            "scene_scale": self.scene_scale,
             "splats": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "strategy_state": {k: v for k, v in self.state.items() if k != "scene_scale"},
             "config": config_to_json(self.cfg), "history": self.history,
             "transform": np.asarray(self.data.transform).tolist(),
         }, path)
-        old = sorted(ckdir.glob("ckpt_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for p in old[:-max(1, self.cfg.keep_checkpoints)]:
+        for p in _checkpoints(self.out)[:-max(1, self.cfg.keep_checkpoints)]:
             p.unlink()
         return path
 
@@ -371,7 +382,8 @@ class Trainer:
         paths = []
         for fmt in self.cfg.export:
             ext = {"ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply"}[fmt]
-            paths.append(splat_io.save(self.out / f"model{ext}", splats, format=fmt))
+            opts = {"antialiased": self.cfg.rasterize_mode == "antialiased"} if fmt == "spz" else {}
+            paths.append(splat_io.save(self.out / f"model{ext}", splats, format=fmt, **opts))
         return paths
 
     # ------------------------------------------------------------------ the loop
@@ -391,9 +403,10 @@ class Trainer:
         # Ctrl-C between steps: let the current step finish, so the checkpoint written
         # on interrupt is a consistent state that --resume continues exactly
         interrupted = []
-        old_handler = None
+        old_handlers = {}
         if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
         try:
             t_last = time.perf_counter()
             while step < self.iterations:
@@ -420,6 +433,8 @@ class Trainer:
                 if cfg.save_every > 0 and step % cfg.save_every == 0 and step < self.iterations:
                     self.save_checkpoint(step)
                 t_last = time.perf_counter()
+            if interrupted:
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             if bar is not None:
                 bar.close()
@@ -427,8 +442,8 @@ class Trainer:
             self.log(f"interrupted at step {step}: saved {path}; continue with --out {self.out} --resume")
             raise
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
         if bar is not None:
             bar.close()
         self.save_checkpoint(step)
@@ -449,12 +464,9 @@ class Trainer:
 
 
 def _save_png(path: Path, img: torch.Tensor) -> None:
-    from PIL import Image
+    from .render_cli import _write_png
 
-    arr = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    _write_png(path, (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
 
 
 def train(cfg: TrainConfig, log=print) -> dict:

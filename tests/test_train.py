@@ -250,9 +250,12 @@ def test_render_cli_test_views_orbit_and_modes(blender_dir, tmp_path, capsys):
     r = render(RenderConfig(model=run, cameras="path", frames=8), log=lambda *x: None)
     assert Path(r["video"]).stat().st_size > 1000
     capsys.readouterr()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         render_main([str(tmp_path / "missing.ply")])
-    assert "missing.ply" in capsys.readouterr().err
+    assert e.value.code == 2
+    assert "missing.ply: no such model file" in capsys.readouterr().err
+    render_main([str(run), "--cameras", "orbit", "--frames", "3", "--video", str(tmp_path / "cli.gif")])
+    assert Image.open(tmp_path / "cli.gif").n_frames == 3
 
 
 def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130(blender_dir, tmp_path):
@@ -282,3 +285,38 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130(blender_dir,
     ck = torch.load(out / "ckpts" / f"ckpt_{step}.pt", weights_only=False)
     assert ck["step"] == step >= 20
     assert not list((out / "ckpts").glob("*.tmp*"))
+
+
+def test_orbit_and_path_cameras_are_upright_opencv_cameras(blender_dir):
+    from splat.data import load_dataset
+    from splat.render_cli import orbit_cameras, path_cameras
+
+    ds = load_dataset(blender_dir)
+    V = ds.train.viewmats.astype(np.float64)
+    centres = -np.einsum("nji,nj->ni", V[:, :3, :3], V[:, :3, 3])
+    for Vs in (orbit_cameras(12, V, None, 25.0), path_cameras(12, V)):
+        for Vo in Vs:
+            R = Vo[:3, :3]
+            assert np.allclose(R @ R.T, np.eye(3), atol=1e-6) and np.linalg.det(R) > 0
+            c = -R.T @ Vo[:3, 3]
+            k = int(np.argmin(np.linalg.norm(centres - c, axis=1)))
+            # same handedness and orientation as the nearest training camera: right is right, down is down
+            assert R[0] @ V[k, 0, :3] > 0.7 and R[1] @ V[k, 1, :3] > 0.7, (R, V[k, :3, :3])
+
+
+def test_depth_mode_on_an_orbit_without_data(blender_dir, tmp_path):
+    from splat.render_cli import RenderConfig, render
+
+    run = tmp_path / "run"
+    train(small_cfg(blender_dir, run, iterations=20, export=["ply", "spz"], rasterize_mode="antialiased"),
+          log=lambda *x: None)
+    from splat.io.spz import read_header
+
+    assert read_header(run / "model.spz")["antialiased"]  # the flag follows --rasterize-mode
+    # a bare model file with no run config and no --data: the orbit comes from the Gaussians alone
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(run / "model.ply", bare / "m.ply")
+    r = render(RenderConfig(model=bare / "m.ply", cameras="orbit", frames=4, mode="depth", resolution=(64, 48),
+                            video=tmp_path / "d.gif"), log=lambda *x: None)
+    assert r["frames"] == 4

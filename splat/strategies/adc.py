@@ -80,8 +80,8 @@ class ADCStrategy(Strategy):
         g[..., 1] *= info["height"] / 2.0 * C
         n = params["means"].shape[0]
         if state["grad2d"] is None or state["grad2d"].shape[0] != n:
-            state["grad2d"] = torch.zeros(n)
-            state["count"] = torch.zeros(n)
+            state["grad2d"] = torch.zeros(n, device=g.device)
+            state["count"] = torch.zeros(n, device=g.device)
         sel = (info["radii"] > 0).all(-1)  # [C, N]
         cam, gid = sel.nonzero(as_tuple=True)
         state["grad2d"].index_add_(0, gid, g[cam, gid].norm(dim=-1).float())
@@ -109,7 +109,7 @@ class ADCStrategy(Strategy):
         n_dup, n_split = int(dup.sum()), int(spl.sum())
         if n_dup:
             ops.duplicate(params, optimizers, state, dup)
-        spl = torch.cat([spl, torch.zeros(n_dup, dtype=torch.bool)])
+        spl = torch.cat([spl, torch.zeros(n_dup, dtype=torch.bool, device=spl.device)])
         if n_split:
             ops.split(params, optimizers, state, spl, generator=generator, revised_opacity=self.revised_opacity)
         return {"clone": n_dup, "split": n_split}

@@ -8,8 +8,12 @@ its own state dict and the renderer's `info`, at two points of each step:
     ...render -> info
     strategy.step_pre_backward(params, optimizers, state, step, info)
     loss.backward()
-    strategy.step_post_backward(params, optimizers, state, step, info)   # may add/remove Gaussians
-    for opt in optimizers.values(): opt.step()
+    for opt in optimizers.values(): opt.step(); opt.zero_grad()
+    strategy.step_post_backward(params, optimizers, state, step, info, generator)  # may add/remove Gaussians
+
+(`optimizer.step` first, as gsplat does.) `generator` is a torch.Generator the
+trainer derives from the seed and the step, so that random choices (split
+positions, MCMC relocation) are reproducible across --resume.
 
 Strategies that change the number of Gaussians must keep the optimizer state aligned
 with the parameters (see `ops.py`). The state dict holds tensors and plain numbers
@@ -17,7 +21,7 @@ only, so checkpoints can save it with `torch.save`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -40,5 +44,6 @@ class Strategy:
     def step_pre_backward(self, params, optimizers, state, step: int, info: Dict[str, Any]) -> None:
         pass
 
-    def step_post_backward(self, params, optimizers, state, step: int, info: Dict[str, Any]) -> Dict[str, int]:
+    def step_post_backward(self, params, optimizers, state, step: int, info: Dict[str, Any],
+                           generator: Optional[torch.Generator] = None) -> Dict[str, int]:
         return {}

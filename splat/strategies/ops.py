@@ -50,7 +50,7 @@ def duplicate(params, optimizers, state: Dict, mask: Tensor) -> None:
     idx = mask.nonzero().squeeze(1)
     n = params["means"].shape[0]
     update_params(params, optimizers, lambda _, p: torch.cat([p, p[idx]]),
-                  lambda _, v: torch.cat([v, torch.zeros((len(idx),) + v.shape[1:], dtype=v.dtype)]))
+                  lambda _, v: torch.cat([v, torch.zeros((len(idx),) + v.shape[1:], dtype=v.dtype, device=v.device)]))
     _mask_state(state, lambda v: torch.cat([v, v[idx]]), n)
 
 
@@ -63,7 +63,8 @@ def split(params, optimizers, state: Dict, mask: Tensor, generator: Optional[tor
     n = params["means"].shape[0]
     scales = torch.exp(params["scales"][sel])
     R = _quat_to_rotmat(params["quats"][sel])
-    noise = torch.randn((2, len(sel), 3), generator=generator)
+    # drawn on the generator's device (the CPU for the trainer's), so runs are reproducible anywhere
+    noise = torch.randn((2, len(sel), 3), generator=generator).to(scales.device)
     samples = torch.einsum("nij,bnj->bni", R, scales * noise)
 
     def param_fn(name: str, p: Tensor) -> Tensor:
@@ -78,7 +79,7 @@ def split(params, optimizers, state: Dict, mask: Tensor, generator: Optional[tor
         return torch.cat([p[rest], new])
 
     update_params(params, optimizers, param_fn,
-                  lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype)]))
+                  lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype, device=v.device)]))
     _mask_state(state, lambda v: torch.cat([v[rest], v[sel].repeat((2,) + (1,) * (v.dim() - 1))]), n)
 
 
