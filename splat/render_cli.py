@@ -12,6 +12,7 @@ need the dataset take it from --data or from the run's config.json.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -158,12 +159,6 @@ def orbit_cameras(n: int, viewmats: Optional[np.ndarray], splats: Dict[str, torc
     return np.stack(out)
 
 
-def _quat_from_R(R: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(R).as_quat()
-
-
 def path_cameras(n: int, viewmats: np.ndarray) -> np.ndarray:
     """n cameras on a smooth closed path through the training cameras (ordered by angle
     around the scene), positions by Catmull-Rom spline and rotations by slerp."""
@@ -241,13 +236,11 @@ def depth_range_of(colors: torch.Tensor, alphas: torch.Tensor) -> Tuple[float, f
 def _write_png(path: Path, arr: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .io import atomic_write
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
 
 
 def write_video(path: Path, frames: List[np.ndarray], fps: int) -> None:

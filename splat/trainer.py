@@ -11,9 +11,9 @@ model as a standard 3DGS .ply (model.ply).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
-import os
 import re
 import signal
 import sys
@@ -168,26 +168,17 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .io import atomic_write  # temporary file, fsync, rename
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .io import atomic_write
+
+    atomic_write(path, text.encode("utf-8"))
 
 
 def config_to_json(cfg: TrainConfig) -> dict:

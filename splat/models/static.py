@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..io import SH_C0
+from ..io import sh_degree as sh_degree_of  # SH degree of a splats dict, from the shN shape
 from ..render import rasterize
 
-SH_C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 
@@ -35,14 +36,6 @@ def sh_to_rgb(sh: Tensor) -> Tensor:
 
 def num_sh_bases(degree: int) -> int:
     return (degree + 1) ** 2
-
-
-def sh_degree_of(splats: Dict[str, Tensor]) -> int:
-    K = 1 + splats["shN"].shape[1]
-    d = int(round(math.sqrt(K))) - 1
-    if (d + 1) ** 2 != K:
-        raise ValueError(f"shN holds {K - 1} coefficients per channel; expected 0, 3, 8 or 15")
-    return d
 
 
 def init_splats(points: np.ndarray | Tensor, rgb: np.ndarray | Tensor, sh_degree: int = 3,

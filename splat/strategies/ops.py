@@ -6,15 +6,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor
 
-
-def _quat_to_rotmat(q: Tensor) -> Tensor:
-    q = torch.nn.functional.normalize(q, dim=-1)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(q.shape[:-1] + (3, 3))
+from ..backends.torch_ref import quat_to_rotmat
 
 
 @torch.no_grad()
@@ -62,7 +54,7 @@ def split(params, optimizers, state: Dict, mask: Tensor, generator: Optional[tor
     rest = (~mask).nonzero().squeeze(1)
     n = params["means"].shape[0]
     scales = torch.exp(params["scales"][sel])
-    R = _quat_to_rotmat(params["quats"][sel])
+    R = quat_to_rotmat(params["quats"][sel])
     # drawn on the generator's device (the CPU for the trainer's), so runs are reproducible anywhere
     noise = torch.randn((2, len(sel), 3), generator=generator).to(scales.device)
     samples = torch.einsum("nij,bnj->bni", R, scales * noise)
