@@ -132,12 +132,13 @@ def rasterize(
     )
 
     D = feats.shape[-1]
+    chunk = min(channel_chunk, getattr(impl, "MAX_CHANNELS", channel_chunk))
     chunks = []
-    for lo in range(0, D, channel_chunk):
-        bg = None if backgrounds is None else backgrounds[:, lo : lo + channel_chunk]
+    for lo in range(0, D, chunk):
+        bg = None if backgrounds is None else backgrounds[:, lo : lo + chunk]
         chunks.append(
             impl.rasterize_to_pixels(
-                means2d, conics, feats[..., lo : lo + channel_chunk].contiguous(), opac, width, height,
+                means2d, conics, feats[..., lo : lo + chunk].contiguous(), opac, width, height,
                 tile_size, isect_offsets, flatten_ids, bg, tile_mask, absgrad,
             )
         )

@@ -16,3 +16,30 @@ def cpu_backend():
 
     cpu.load()
     return cpu
+
+
+def _prepare(name):
+    """Build and load a native backend; skip where CUDA is absent (a failing build fails loudly)."""
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("backend 'cuda': no CUDA device on this machine")
+        from splat.backends import cuda
+
+        cuda.load()
+    elif name == "cpu":
+        from splat.backends import cpu
+
+        cpu.load()
+    return name
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def native(request):
+    """Each native backend in turn (compared against the torch reference)."""
+    return _prepare(request.param)
+
+
+@pytest.fixture(params=["torch", "cpu", "cuda"])
+def any_backend(request):
+    """Every backend in turn."""
+    return _prepare(request.param)

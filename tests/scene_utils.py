@@ -46,3 +46,12 @@ def gaussians(N, seed=0, sh_degree=None, D=3, extent=1.0, scale=(0.02, 0.2), dty
     else:
         colors = torch.randn(N, (sh_degree + 1) ** 2, 3, generator=g) * 0.3
     return [t.to(dtype) for t in (means, quats, scales, opacities, colors)]
+
+
+# the device each backend renders on
+DEVICES = {"torch": "cpu", "cpu": "cpu", "cuda": "cuda"}
+
+
+def on(backend, *tensors):
+    """The tensors moved to the device of `backend` (a list)."""
+    return [t.to(DEVICES[backend]) for t in tensors]

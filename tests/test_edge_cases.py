@@ -8,9 +8,7 @@ import pytest
 import torch
 
 import splat
-from scene_utils import cameras, gaussians, look_at
-
-BACKENDS = ["torch", "cpu"]
+from scene_utils import DEVICES, cameras, gaussians, look_at, on
 
 
 def _grads_finite(inputs, img, alpha):
@@ -20,11 +18,11 @@ def _grads_finite(inputs, img, alpha):
             assert torch.isfinite(t.grad).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_no_gaussians(cpu_backend, backend):
-    inputs = [t.requires_grad_(True) for t in gaussians(0)]
-    V, K = cameras(2, 20, 10)
-    bg = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
+def test_no_gaussians(any_backend):
+    backend = any_backend
+    inputs = [t.requires_grad_(True) for t in on(backend, *gaussians(0))]
+    V, K = on(backend, *cameras(2, 20, 10))
+    bg = on(backend, torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]))[0]
     img, alpha, info = splat.rasterize(*inputs, V, K, 20, 10, backend=backend, backgrounds=bg)
     assert img.shape == (2, 10, 20, 3) and alpha.shape == (2, 10, 20, 1)
     assert (alpha == 0).all()
@@ -33,21 +31,22 @@ def test_no_gaussians(cpu_backend, backend):
     img.sum().backward()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_all_culled_behind_camera(cpu_backend, backend):
+def test_all_culled_behind_camera(any_backend):
+    backend = any_backend
     m, q, s, o, c = gaussians(50)
     V = look_at((0.0, 0.0, -5.0)).float()[None]  # looks at +z; put every Gaussian behind it
     m = m.clone()
     m[:, 2] = -8.0 + m[:, 2]
     _, K = cameras(1, 32, 32)
-    inputs = [t.requires_grad_(True) for t in (m, q, s, o, c)]
+    V, K = on(backend, V, K)
+    inputs = [t.requires_grad_(True) for t in on(backend, m, q, s, o, c)]
     img, alpha, info = splat.rasterize(*inputs, V, K, 32, 32, backend=backend)
     assert (info["radii"] == 0).all() and (alpha == 0).all() and (img == 0).all()
     _grads_finite(inputs, img, alpha)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_straddling_near_plane(cpu_backend, backend):
+def test_straddling_near_plane(any_backend):
+    backend = any_backend
     # Gaussians from behind the camera through the near plane to in front of it
     V = look_at((0.0, 0.0, -2.0)).float()[None]
     _, K = cameras(1, 32, 32)
@@ -59,41 +58,42 @@ def test_straddling_near_plane(cpu_backend, backend):
     s = torch.full((N, 3), 0.2)
     o = torch.full((N,), 0.5)
     c = torch.rand(N, 3)
-    inputs = [t.requires_grad_(True) for t in (m, q, s, o, c)]
-    img, alpha, info = splat.rasterize(*inputs, V, K, 32, 32, backend=backend, near_plane=0.05)
-    depth = (m[:, 2] + 2.0).detach()
+    inputs = [t.requires_grad_(True) for t in on(backend, m, q, s, o, c)]
+    img, alpha, info = splat.rasterize(*inputs, *on(backend, V, K), 32, 32, backend=backend, near_plane=0.05)
+    depth = (m[:, 2] + 2.0).to(DEVICES[backend])
     assert (info["radii"][0, depth < 0.05] == 0).all()
     assert (info["radii"][0, depth > 0.1] > 0).any()
     assert torch.isfinite(img).all()
     _grads_finite(inputs, img, alpha)
 
 
-def test_near_plane_backends_agree(cpu_backend):
+def test_near_plane_backends_agree(native):
     V = look_at((0.0, 0.0, -2.0)).float()[None]
     _, K = cameras(1, 32, 32)
     m, q, s, o, c = gaussians(200, seed=3, extent=2.0)
-    outs = [splat.rasterize(m, q, s, o, c, V, K, 32, 32, backend=b, near_plane=0.3) for b in BACKENDS]
-    assert torch.equal(outs[0][2]["radii"], outs[1][2]["radii"])
-    assert (outs[0][0] - outs[1][0]).abs().max() < 1e-5
+    outs = [splat.rasterize(*on(b, m, q, s, o, c, V, K), 32, 32, backend=b, near_plane=0.3)
+            for b in ("torch", native)]
+    assert torch.equal(outs[0][2]["radii"], outs[1][2]["radii"].cpu())
+    assert (outs[0][0] - outs[1][0].cpu()).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_huge_and_degenerate_scales(cpu_backend, backend):
+def test_huge_and_degenerate_scales(any_backend):
+    backend = any_backend
     m, q, s, o, c = gaussians(30, seed=4)
     s = s.clone()
     s[0] = 1e3  # covers everything
     s[1] = torch.tensor([0.0, 0.0, 0.0])  # a point: only the eps2d blur is left
     s[2] = torch.tensor([0.3, 0.0, 0.3])  # a flat disc
     s[3] = 1e-12
-    V, K = cameras(2, 24, 24, seed=4)
-    inputs = [t.requires_grad_(True) for t in (m, q, s, o, c)]
+    V, K = on(backend, *cameras(2, 24, 24, seed=4))
+    inputs = [t.requires_grad_(True) for t in on(backend, m, q, s, o, c)]
     img, alpha, info = splat.rasterize(*inputs, V, K, 24, 24, backend=backend)
     assert torch.isfinite(img).all() and torch.isfinite(alpha).all()
     assert (info["radii"][:, 0] > 0).all()  # the huge one is seen by both cameras
     _grads_finite(inputs, img, alpha)
 
 
-def test_huge_and_degenerate_scales_agree(cpu_backend):
+def test_huge_and_degenerate_scales_agree(native):
     m, q, s, o, c = gaussians(30, seed=4)
     s = s.clone()
     s[0] = 50.0
@@ -101,29 +101,29 @@ def test_huge_and_degenerate_scales_agree(cpu_backend):
     s[2] = torch.tensor([0.3, 0.0, 0.3])
     V, K = cameras(2, 24, 24, seed=4)
     a = splat.rasterize(m, q, s, o, c, V, K, 24, 24, backend="torch")
-    b = splat.rasterize(m, q, s, o, c, V, K, 24, 24, backend="cpu")
-    assert (a[0] - b[0]).abs().max() < 1e-5
+    b = splat.rasterize(*on(native, m, q, s, o, c, V, K), 24, 24, backend=native)
+    assert (a[0] - b[0].cpu()).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("size", [(1, 1), (37, 23), (17, 16), (16, 33)])
-def test_odd_image_sizes(cpu_backend, backend, size):
+def test_odd_image_sizes(any_backend, size):
+    backend = any_backend
     W, H = size
-    inputs = gaussians(80, seed=5)
-    V, K = cameras(1, W, H, seed=5)
+    inputs = on(backend, *gaussians(80, seed=5))
+    V, K = on(backend, *cameras(1, W, H, seed=5))
     img, alpha, info = splat.rasterize(*inputs, V, K, W, H, backend=backend)
     assert img.shape == (1, H, W, 3)
     assert info["isect_offsets"].shape == (1, math.ceil(H / 16), math.ceil(W / 16))
 
 
 @pytest.mark.parametrize("size", [(1, 1), (37, 23)])
-@pytest.mark.parametrize("tile_size", [8, 16, 5])
-def test_odd_sizes_agree(cpu_backend, size, tile_size):
+@pytest.mark.parametrize("tile_size", [8, 16, 5, 32, 1])
+def test_odd_sizes_agree(native, size, tile_size):
     W, H = size
     inputs = gaussians(200, seed=6, scale=(0.05, 0.5))
     V, K = cameras(2, W, H, seed=6)
     a = splat.rasterize(*inputs, V, K, W, H, backend="torch", tile_size=tile_size)
-    b = splat.rasterize(*inputs, V, K, W, H, backend="cpu", tile_size=tile_size)
+    b = [t.cpu() for t in splat.rasterize(*on(native, *inputs, V, K), W, H, backend=native, tile_size=tile_size)[:2]]
     assert (a[0] - b[0]).abs().max() < 1e-5 and (a[1] - b[1]).abs().max() < 1e-5
     assert a[1].max() > 0
 
@@ -201,6 +201,22 @@ def test_cpu_backend_rejects_float64(cpu_backend):
 def test_cuda_backend_needs_cuda_tensors():
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         splat.rasterize(**_good(), backend="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is present")
+def test_cuda_backend_without_a_gpu_says_so():
+    from splat.backends import cuda
+    from splat.backends._build import NativeBuildError
+
+    with pytest.raises(NativeBuildError, match="needs a CUDA device"):
+        cuda.load()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_backend_rejects_float64():
+    args = {k: (v.double().cuda() if isinstance(v, torch.Tensor) else v) for k, v in _good().items()}
+    with pytest.raises(ValueError, match="float32 only"):
+        splat.rasterize(**args, backend="cuda")
 
 
 def test_build_failure_is_clear_and_auto_falls_back(tmp_path):

@@ -44,27 +44,8 @@ namespace {
 
 inline bool visible(const int32_t* radii, int64_t i) { return radii[2 * i] > 0 && radii[2 * i + 1] > 0; }
 
-// Tile rectangle [x0, x1) x [y0, y1) of a Gaussian's bounding box (same as the torch reference).
-inline void tile_rect(const float* means2d, const int32_t* radii, int64_t i, int tile_size, int tw, int th,
-                      int& x0, int& x1, int& y0, int& y1) {
-    float mx = means2d[2 * i] / tile_size, my = means2d[2 * i + 1] / tile_size;
-    float rx = (float)radii[2 * i] / tile_size, ry = (float)radii[2 * i + 1] / tile_size;
-    x0 = std::min(std::max((int)floorf(mx - rx), 0), tw);
-    x1 = std::min(std::max((int)ceilf(mx + rx), 0), tw);
-    y0 = std::min(std::max((int)floorf(my - ry), 0), th);
-    y1 = std::min(std::max((int)ceilf(my + ry), 0), th);
-}
-
-inline uint32_t float_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-inline int bit_length(int64_t v) {
-    int b = 0;
-    while (v > 0) { ++b; v >>= 1; }
-    return b;
+inline TileRect tile_rect_of(const float* means2d, const int32_t* radii, int64_t i, int tile_size, int tw, int th) {
+    return tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1], tile_size, tw, th);
 }
 
 // One Gaussian over the P pixels of a tile (the pixels are the SIMD lanes):
@@ -121,25 +102,20 @@ __attribute__((noinline)) void backward_step(int P, const float* __restrict px, 
         float sigma = gaussian_sigma(a, b, c, dx, dy);
         float vis = fast_exp(-sigma);
         float raw = o * vis;
-        float alpha = clamp_alpha(raw);
         int32_t take = (id <= last[p] ? 1 : 0) & alpha_contributes(sigma, raw);
-        float ra = 1.f / (1.f - alpha);
-        float Tb = T[p] * ra;  // transmittance in front of this Gaussian
-        float f = alpha * Tb;
-        float v_alpha = Tb * cdot[p] - sdot[p] * ra + Tf[p] * ra * va[p];
-        AlphaGrad gr = gaussian_alpha_vjp(o, vis, a, b, c, dx, dy, v_alpha);
+        PairGrad r = composite_backward_pair(o, vis, a, b, c, dx, dy, T[p], Tf[p], cdot[p], sdot[p], va[p]);
         float k = take ? 1.f : 0.f;
-        g_a[p] = k * gr.v_a;
-        g_b[p] = k * gr.v_b;
-        g_c[p] = k * gr.v_c;
-        g_mx[p] = k * gr.v_mx;
-        g_my[p] = k * gr.v_my;
-        g_o[p] = k * gr.v_opacity;
-        g_ax[p] = k * fabsf(gr.v_mx);
-        g_ay[p] = k * fabsf(gr.v_my);
-        fac[p] = k * f;
-        sdot[p] += k * f * cdot[p];
-        T[p] = take ? Tb : T[p];
+        g_a[p] = k * r.g.v_a;
+        g_b[p] = k * r.g.v_b;
+        g_c[p] = k * r.g.v_c;
+        g_mx[p] = k * r.g.v_mx;
+        g_my[p] = k * r.g.v_my;
+        g_o[p] = k * r.g.v_opacity;
+        g_ax[p] = k * fabsf(r.g.v_mx);
+        g_ay[p] = k * fabsf(r.g.v_my);
+        fac[p] = k * r.weight;
+        sdot[p] += k * r.weight * cdot[p];
+        T[p] = take ? r.T_front : T[p];
     }
     for (int j = 0; j < 8; ++j) {
         const float* __restrict gj = g + j * P;
@@ -242,26 +218,13 @@ void splat_project_bwd(int C, int N, const float* means, const float* quats, con
 // mask [C, N] (nullable): entries with mask 0 get colour 0. out [C, N, 3].
 void splat_sh_fwd(int C, int N, int K, int degree, const float* dirs, const float* coeffs, int per_camera,
                   const uint8_t* mask, float* out) {
-    const int nb = (degree + 1) * (degree + 1);
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
         for (int c = 0; c < C; ++c) {
             int64_t idx = (int64_t)c * N + n;
             float* o = out + 3 * idx;
             if (mask && !mask[idx]) { o[0] = o[1] = o[2] = 0.f; continue; }
-            const float* d = dirs + 3 * idx;
-            float len = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
-            float inv = 1.f / fmaxf(len, 1e-12f);
-            float b[16];
-            sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, b);
-            const float* co = coeffs + (per_camera ? idx : n) * K * 3;
-            float r = 0.f, g = 0.f, bl = 0.f;
-            for (int k = 0; k < nb; ++k) {
-                r += b[k] * co[3 * k];
-                g += b[k] * co[3 * k + 1];
-                bl += b[k] * co[3 * k + 2];
-            }
-            o[0] = r; o[1] = g; o[2] = bl;
+            sh_color(degree, coeffs + (per_camera ? idx : n) * K * 3, dirs + 3 * idx, o);
         }
     }
 }
@@ -270,7 +233,6 @@ void splat_sh_fwd(int C, int N, int K, int degree, const float* dirs, const floa
 // v_dirs [C, N, 3] is overwritten (nullable).
 void splat_sh_bwd(int C, int N, int K, int degree, const float* dirs, const float* coeffs, int per_camera,
                   const uint8_t* mask, const float* v_out, float* v_coeffs, float* v_dirs) {
-    const int nb = (degree + 1) * (degree + 1);
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
         if (!per_camera) memset(v_coeffs + n * K * 3, 0, sizeof(float) * K * 3);
@@ -283,34 +245,7 @@ void splat_sh_bwd(int C, int N, int K, int degree, const float* dirs, const floa
                 if (vd) vd[0] = vd[1] = vd[2] = 0.f;
                 continue;
             }
-            const float* d = dirs + 3 * idx;
-            const float* vo = v_out + 3 * idx;
-            float len = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
-            float inv = 1.f / fmaxf(len, 1e-12f);
-            float x = d[0] * inv, y = d[1] * inv, z = d[2] * inv;
-            float b[16];
-            sh_basis(degree, x, y, z, b);
-            for (int k = 0; k < nb; ++k) {
-                vc[3 * k] += b[k] * vo[0];
-                vc[3 * k + 1] += b[k] * vo[1];
-                vc[3 * k + 2] += b[k] * vo[2];
-            }
-            if (!vd) continue;
-            float gx[16], gy[16], gz[16];
-            sh_basis_grad(degree, x, y, z, gx, gy, gz);
-            const float* co = coeffs + (per_camera ? idx : n) * K * 3;
-            float vx = 0.f, vy = 0.f, vz = 0.f;
-            for (int k = 1; k < nb; ++k) {
-                float dot = co[3 * k] * vo[0] + co[3 * k + 1] * vo[1] + co[3 * k + 2] * vo[2];
-                vx += gx[k] * dot;
-                vy += gy[k] * dot;
-                vz += gz[k] * dot;
-            }
-            // through the normalisation u = d / |d|
-            float ud = x * vx + y * vy + z * vz;
-            vd[0] = (vx - x * ud) * inv;
-            vd[1] = (vy - y * ud) * inv;
-            vd[2] = (vz - z * ud) * inv;
+            sh_color_vjp(degree, coeffs + (per_camera ? idx : n) * K * 3, dirs + 3 * idx, v_out + 3 * idx, vc, vd);
         }
     }
 }
@@ -328,11 +263,10 @@ int64_t splat_isect_count(int C, int N, const float* means2d, const int32_t* rad
         tiles_per_gauss[idx] = 0;
         if (!visible(radii, idx)) continue;
         int c = (int)(idx / N);
-        int x0, x1, y0, y1;
-        tile_rect(means2d, radii, idx, tile_size, tw, th, x0, x1, y0, y1);
+        TileRect r = tile_rect_of(means2d, radii, idx, tile_size, tw, th);
         int cnt = 0;
-        for (int ty = y0; ty < y1; ++ty)
-            for (int tx = x0; tx < x1; ++tx) {
+        for (int ty = r.y0; ty < r.y1; ++ty)
+            for (int tx = r.x0; tx < r.x1; ++tx) {
                 int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
                 if (tile_mask && !tile_mask[t]) continue;
                 __atomic_fetch_add(&tile_counts[t], (int64_t)1, __ATOMIC_RELAXED);
@@ -370,10 +304,9 @@ void splat_isect_fill(int C, int N, const float* means2d, const int32_t* radii, 
             for (int64_t idx = lo; idx < hi; ++idx) {
                 if (!visible(radii, idx)) continue;
                 int c = (int)(idx / N);
-                int x0, x1, y0, y1;
-                tile_rect(means2d, radii, idx, tile_size, tw, th, x0, x1, y0, y1);
-                for (int ty = y0; ty < y1; ++ty)
-                    for (int tx = x0; tx < x1; ++tx) {
+                TileRect r = tile_rect_of(means2d, radii, idx, tile_size, tw, th);
+                for (int ty = r.y0; ty < r.y1; ++ty)
+                    for (int tx = r.x0; tx < r.x1; ++tx) {
                         int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
                         if (tile_mask && !tile_mask[t]) continue;
                         emit(t, idx);
@@ -402,9 +335,11 @@ void splat_isect_fill(int C, int N, const float* means2d, const int32_t* radii, 
         if (e <= s) continue;
         std::sort(keys.begin() + s, keys.begin() + e);
         int64_t c = t / n_tiles, tile = t - c * n_tiles;
-        int64_t hi = (c << (tile_bits + 32)) | (tile << 32);
         for (int64_t i = s; i < e; ++i) {
-            isect_ids[i] = hi | (int64_t)(keys[i] >> 32);
+            uint32_t bits = (uint32_t)(keys[i] >> 32);
+            float depth;
+            memcpy(&depth, &bits, 4);
+            isect_ids[i] = isect_key(c, tile, depth, tile_bits);
             flatten_ids[i] = (int32_t)(keys[i] & 0xFFFFFFFFu);
         }
     }

@@ -462,6 +462,142 @@ SPLAT_HD void sh_basis_grad(int degree, float x, float y, float z, float dx[16],
     dx[9] = cA3 * dS2x; dy[9] = cA3 * dS2y;
 }
 
+// Colour of one Gaussian's SH coefficients `co` (K x 3, K >= (degree+1)^2)
+// seen along `d` (camera -> Gaussian, any length): out = sum_k basis_k(d/|d|) co_k.
+SPLAT_HD void sh_color(int degree, const float* co, const float d[3], float out[3]) {
+    const int nb = (degree + 1) * (degree + 1);
+    float len = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+    float inv = 1.f / fmaxf(len, 1e-12f);
+    float b[16];
+    sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, b);
+    float r = 0.f, g = 0.f, bl = 0.f;
+    for (int k = 0; k < nb; ++k) {
+        r += b[k] * co[3 * k];
+        g += b[k] * co[3 * k + 1];
+        bl += b[k] * co[3 * k + 2];
+    }
+    out[0] = r;
+    out[1] = g;
+    out[2] = bl;
+}
+
+// Gradient of sh_color: adds to v_co (same layout as co) and, when v_d is not
+// null, writes the gradient of the direction into v_d.
+SPLAT_HD void sh_color_vjp(int degree, const float* co, const float d[3], const float v_out[3], float* v_co,
+                           float* v_d) {
+    const int nb = (degree + 1) * (degree + 1);
+    float len = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+    float inv = 1.f / fmaxf(len, 1e-12f);
+    float x = d[0] * inv, y = d[1] * inv, z = d[2] * inv;
+    float b[16];
+    sh_basis(degree, x, y, z, b);
+    for (int k = 0; k < nb; ++k) {
+        v_co[3 * k] += b[k] * v_out[0];
+        v_co[3 * k + 1] += b[k] * v_out[1];
+        v_co[3 * k + 2] += b[k] * v_out[2];
+    }
+    if (!v_d) return;
+    float gx[16], gy[16], gz[16];
+    sh_basis_grad(degree, x, y, z, gx, gy, gz);
+    float vx = 0.f, vy = 0.f, vz = 0.f;
+    for (int k = 1; k < nb; ++k) {
+        float dot = co[3 * k] * v_out[0] + co[3 * k + 1] * v_out[1] + co[3 * k + 2] * v_out[2];
+        vx += gx[k] * dot;
+        vy += gy[k] * dot;
+        vz += gz[k] * dot;
+    }
+    // through the normalisation u = d / |d|
+    float ud = x * vx + y * vy + z * vz;
+    v_d[0] = (vx - x * ud) * inv;
+    v_d[1] = (vy - y * ud) * inv;
+    v_d[2] = (vz - z * ud) * inv;
+}
+
+// ------------------------------------------------------------------ tiles
+// The tiles [x0, x1) x [y0, y1) that a Gaussian's bounding box (centre m,
+// half-sizes rx, ry in pixels) overlaps, clamped to the tw x th grid.
+struct TileRect { int x0, x1, y0, y1; };
+SPLAT_HD int clamp_to_grid(float v, int n) { return (int)min_f(max_f(v, 0.f), (float)n); }
+SPLAT_HD TileRect tile_rect(float mx, float my, int rx, int ry, int tile_size, int tw, int th) {
+    float fx = mx / tile_size, fy = my / tile_size;
+    float frx = (float)rx / tile_size, fry = (float)ry / tile_size;
+    return {clamp_to_grid(floorf(fx - frx), tw), clamp_to_grid(ceilf(fx + frx), tw),
+            clamp_to_grid(floorf(fy - fry), th), clamp_to_grid(ceilf(fy + fry), th)};
+}
+
+SPLAT_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+#endif
+}
+
+// Number of bits needed to hold v (0 for v <= 0).
+SPLAT_HD int bit_length(int64_t v) {
+    int b = 0;
+    while (v > 0) {
+        ++b;
+        v >>= 1;
+    }
+    return b;
+}
+
+// gsplat's 64-bit intersection key: camera | tile | depth. Depths are
+// positive (beyond the near plane), so their IEEE bits sort like the values,
+// and sorting the keys orders by camera, then tile, then depth.
+SPLAT_HD int64_t isect_key(int64_t camera, int64_t tile, float depth, int tile_bits) {
+    return (int64_t)(((uint64_t)camera << (32 + tile_bits)) | ((uint64_t)tile << 32) | (uint64_t)float_bits(depth));
+}
+
+// The flat tile index (camera * n_tiles + tile) of an intersection key.
+SPLAT_HD int64_t isect_key_flat_tile(int64_t key, int tile_bits, int64_t n_tiles) {
+    uint64_t k = (uint64_t)key >> 32;
+    return (int64_t)(k >> tile_bits) * n_tiles + (int64_t)(k & ((1ull << tile_bits) - 1));
+}
+
+// The tile-intersection steps of the CUDA backend, per Gaussian and per
+// intersection (the CPU backend bins differently; tests run these on the host
+// against it).
+//
+// Number of tiles of rectangle r (camera c) that take part: all, or those set
+// in tile_mask [C * n_tiles].
+SPLAT_HD int count_isects(const TileRect& r, int64_t c, int64_t n_tiles, int tw, const uint8_t* tile_mask) {
+    if (!tile_mask) return (r.x1 - r.x0) * (r.y1 - r.y0);
+    int cnt = 0;
+    for (int ty = r.y0; ty < r.y1; ++ty)
+        for (int tx = r.x0; tx < r.x1; ++tx) cnt += tile_mask[c * n_tiles + (int64_t)ty * tw + tx] ? 1 : 0;
+    return cnt;
+}
+
+// Writes Gaussian `idx`'s (key, id) pairs from `slot` on, in tile order.
+SPLAT_HD void emit_isects(const TileRect& r, int64_t c, int64_t idx, float depth, int64_t n_tiles, int tw,
+                          int tile_bits, const uint8_t* tile_mask, int64_t slot, int64_t* keys, int32_t* ids) {
+    for (int ty = r.y0; ty < r.y1; ++ty)
+        for (int tx = r.x0; tx < r.x1; ++tx) {
+            const int64_t tile = (int64_t)ty * tw + tx;
+            if (tile_mask && !tile_mask[c * n_tiles + tile]) continue;
+            keys[slot] = isect_key(c, tile, depth, tile_bits);
+            ids[slot] = (int32_t)idx;
+            ++slot;
+        }
+}
+
+// For the i-th of M sorted keys: fills offsets[t] = i for the flat tiles t
+// after key i-1's tile up to key i's (and offsets[t] = M after the last key's
+// tile, up to offsets[T]). Run for every i, this gives each of the T flat
+// tiles its first intersection, with offsets[T] = M.
+SPLAT_HD void tile_offsets_at(int64_t i, int64_t M, const int64_t* keys, int tile_bits, int64_t n_tiles, int64_t T,
+                              int64_t* offsets) {
+    const int64_t cur = isect_key_flat_tile(keys[i], tile_bits, n_tiles);
+    const int64_t prev = i == 0 ? -1 : isect_key_flat_tile(keys[i - 1], tile_bits, n_tiles);
+    for (int64_t t = prev + 1; t <= cur; ++t) offsets[t] = i;
+    if (i == M - 1)
+        for (int64_t t = cur + 1; t <= T; ++t) offsets[t] = M;
+}
+
 // ------------------------------------------------------------------ per pixel
 // Gaussian exponent at pixel offset (dx, dy) = mean - pixel.
 SPLAT_HD float gaussian_sigma(float a, float b, float c, float dx, float dy) {
@@ -497,6 +633,36 @@ SPLAT_HD AlphaGrad gaussian_alpha_vjp(float opacity, float vis, float a, float b
     g.v_my = v_sigma * (b * dx + c * dy);
     g.v_opacity = open * vis * v_alpha;
     return g;
+}
+
+// One (pixel, Gaussian) pair of the backward pass, which walks a pixel's
+// Gaussians back to front. With C = sum_k w_k c_k + T_final bg and
+// alpha_out = 1 - T_final, for the Gaussian with alpha (from `opacity` and
+// `vis` = exp(-sigma)):
+//   T_behind    transmittance just behind it (T_final for the last one)
+//   color_dot   its colour . dL/dC
+//   behind_dot  sum over the Gaussians behind it of w_k (c_k . dL/dC)
+//   v_alpha_px  dL/dalpha_out - bg . dL/dC (the same for every Gaussian of the pixel)
+// Returns its blend weight w = alpha T_front, the transmittance in front of it
+// (the next pair's T_behind) and the gradients of alpha's inputs; the caller
+// adds w * dL/dC to the colour gradient and w * color_dot to behind_dot.
+struct PairGrad {
+    float weight, T_front;
+    AlphaGrad g;
+};
+SPLAT_HD PairGrad composite_backward_pair(float opacity, float vis, float a, float b, float c, float dx, float dy,
+                                          float T_behind, float T_final, float color_dot, float behind_dot,
+                                          float v_alpha_px) {
+    float alpha = clamp_alpha(opacity * vis);
+    float ra = 1.f / (1.f - alpha);
+    PairGrad r;
+    r.T_front = T_behind * ra;
+    r.weight = alpha * r.T_front;
+    // dC/dalpha = T_front c - (colour behind) / (1 - alpha); d alpha_out / dalpha = T_final / (1 - alpha),
+    // and the background term of C moves with -T_final / (1 - alpha)
+    float v_alpha = r.T_front * color_dot - behind_dot * ra + T_final * ra * v_alpha_px;
+    r.g = gaussian_alpha_vjp(opacity, vis, a, b, c, dx, dy, v_alpha);
+    return r;
 }
 
 }  // namespace splat

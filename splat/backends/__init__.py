@@ -29,11 +29,9 @@ def get(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
     if name == "cuda":
         if device.type != "cuda":
             raise ValueError(f"splat.rasterize: backend='cuda' needs CUDA tensors, got tensors on {device}")
-        try:
-            from . import cuda
-        except ImportError as e:
-            raise ValueError("splat.rasterize: the CUDA backend is not part of this version yet; "
-                             "use backend='torch' for CUDA tensors") from e
+        from . import cuda
+
+        cuda.load()  # raises NativeBuildError with the compiler output
         return cuda
     if name == "cpu":
         if device.type != "cpu":
@@ -43,7 +41,7 @@ def get(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
         cpu.load()  # raises NativeBuildError with the compiler output
         return cpu
     # auto
-    if device.type == "cuda":
+    if device.type == "cuda" and dtype == torch.float32:
         try:
             from . import cuda
 

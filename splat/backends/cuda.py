@@ -1,0 +1,188 @@
+"""CUDA backend: the kernels of rasterizer_cuda/cuda/splat_cuda.cu, compiled with
+plain nvcc on first use (no torch C++ headers) into the build cache, loaded with
+ctypes and run on torch's current stream; autograd as for the cpu backend
+(splat.backends._native). float32 only.
+
+Environment:
+    SPLAT_NVCC        the nvcc to use (default: $CUDA_HOME/bin/nvcc, nvcc on PATH,
+                      /usr/local/cuda/bin/nvcc)
+    SPLAT_CUDA_ARCH   compute capabilities to build for, e.g. "90" or "80;90"
+                      (default: the current device's)
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from ._build import NativeBuildError, build_library, load_library
+from ._native import make_ops, ptr
+
+NAME = "cuda"
+
+_lib = None
+_lock = threading.Lock()
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int
+_F = ctypes.c_float
+_I64 = ctypes.c_int64
+_SZ = ctypes.c_size_t
+
+# every entry point returns 0 or a cudaError_t; the last argument is the stream
+_SIGNATURES = {
+    "splatcu_error_string": ([_I], ctypes.c_char_p),
+    "splatcu_max_channels": ([], _I),
+    "splatcu_project_fwd": ([_I, _I, _P, _P, _P, _P, _P, _P, _I, _I, _F, _F, _F, _F, _I, _P, _P, _P, _P, _P, _P], _I),
+    "splatcu_project_bwd": ([_I, _I, _P, _P, _P, _P, _P, _I, _I, _F, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
+                            _I),
+    "splatcu_sh_fwd": ([_I, _I, _I, _I, _P, _P, _I, _P, _P, _P], _I),
+    "splatcu_sh_bwd": ([_I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P, _P], _I),
+    "splatcu_isect_count_temp_bytes": ([_I64, ctypes.POINTER(_SZ)], _I),
+    "splatcu_isect_count": ([_I, _I, _P, _P, _I, _I, _I, _P, _P, _P, _P, _SZ, _P], _I),
+    "splatcu_isect_key_bits": ([_I, _I, _I], _I),
+    "splatcu_isect_sort_temp_bytes": ([_I64, _I, _I, _I, ctypes.POINTER(_SZ)], _I),
+    "splatcu_isect_fill": ([_I, _I, _P, _P, _P, _I, _I, _I, _P, _P, _I64, _P, _P, _P, _P, _P, _SZ, _P,
+                            ctypes.POINTER(_I), _P], _I),
+    "splatcu_rasterize_fwd": ([_I] * 8 + [_P] * 13, _I),
+    "splatcu_rasterize_bwd": ([_I] * 8 + [_P] * 18, _I),
+}
+
+SOURCES = ["cuda/splat_cuda.cu"]
+NVCC_FLAGS = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+              "-lineinfo", "--cudart=static"]
+
+
+def find_nvcc() -> Optional[str]:
+    """The nvcc to build with, or None."""
+    if os.environ.get("SPLAT_NVCC"):
+        return os.environ["SPLAT_NVCC"]
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+            return os.path.join(home, "bin", "nvcc")
+    return shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+
+def _arch_flags(archs: Iterable[str]) -> list:
+    flags = []
+    for a in archs:
+        a = a.strip().replace("sm_", "").replace(".", "")
+        if not a.isdigit():
+            raise NativeBuildError(f"bad CUDA architecture {a!r} (expected e.g. '80' or '90')")
+        flags.append(f"-gencode=arch=compute_{a},code=sm_{a}")
+    return flags
+
+
+def build(archs: Sequence[str], extra_flags: Sequence[str] = ()) -> Path:
+    """Compile the CUDA library for the given compute capabilities (no GPU
+    needed) into the build cache and return its path; raises NativeBuildError."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise NativeBuildError("the CUDA backend needs nvcc: none found (set SPLAT_NVCC or CUDA_HOME)")
+    return build_library("splat_cuda", SOURCES, nvcc, NVCC_FLAGS + _arch_flags(archs) + list(extra_flags))
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Set the ctypes signatures of the library's entry points."""
+    for fn, (args, res) in _SIGNATURES.items():
+        f = getattr(lib, fn)
+        f.argtypes = args
+        f.restype = res
+    return lib
+
+
+def load():
+    """Build (first use only) and load the CUDA library for the current device;
+    raises NativeBuildError."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    with _lock:
+        if _lib is None:
+            if not torch.cuda.is_available():
+                raise NativeBuildError("the CUDA backend needs a CUDA device, and torch.cuda.is_available() is False")
+            env = os.environ.get("SPLAT_CUDA_ARCH")
+            if env:
+                archs = env.replace(",", ";").split(";")
+            else:
+                major, minor = torch.cuda.get_device_capability()
+                archs = [f"{major}{minor}"]
+            _lib = bind(load_library(build(archs)))
+    return _lib
+
+
+def check(lib, rc: int, fn: str) -> None:
+    """Raise a RuntimeError naming the entry point and the CUDA error for a non-zero return code."""
+    if rc:
+        msg = lib.splatcu_error_string(rc)
+        raise RuntimeError(f"splat CUDA backend: {fn} failed with CUDA error {rc}: "
+                           f"{msg.decode() if msg else 'unknown error'}")
+
+
+def _call(device, fn, *args):
+    lib = load()
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        check(lib, getattr(lib, "splatcu_" + fn)(*args, ctypes.c_void_p(stream)), fn)
+
+
+MAX_CHANNELS = 32  # splatcu_max_channels(): render.py chunks colours to this many
+_ops = make_ops("cuda", _call, max_channels=MAX_CHANNELS)
+project = _ops.project
+spherical_harmonics = _ops.spherical_harmonics
+rasterize_to_pixels = _ops.rasterize_to_pixels
+blend_work = _ops.blend_work
+
+
+def _temp(lib, device, fn: str, *args) -> torch.Tensor:
+    """A scratch buffer for CUB of the size `fn` asks for, from torch's allocator."""
+    size = _SZ(0)
+    check(lib, getattr(lib, fn)(*args, ctypes.byref(size)), fn)
+    return torch.empty(max(int(size.value), 1), dtype=torch.uint8, device=device)
+
+
+# ------------------------------------------------------------------ tiles
+@torch.no_grad()
+def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, tile_mask=None):
+    lib = load()
+    C, N = depths.shape
+    dev = depths.device
+    means2d, radii, depths = means2d.detach().contiguous(), radii.contiguous(), depths.detach().contiguous()
+    mask = None if tile_mask is None else tile_mask.to(torch.uint8).contiguous()
+    n_tiles = C * tile_width * tile_height
+    key_bits = lib.splatcu_isect_key_bits(C, tile_width, tile_height)
+    if key_bits > 63:
+        raise ValueError(f"splat.rasterize: {C} cameras of {tile_width}x{tile_height} tiles need {key_bits}-bit "
+                         "intersection keys (at most 63); render fewer cameras per call")
+    tiles_per_gauss = torch.zeros(C, N, dtype=torch.int32, device=dev)
+    offsets = torch.zeros(n_tiles + 1, dtype=torch.int64, device=dev)
+    M = 0
+    if C * N:
+        with torch.cuda.device(dev):
+            cum = torch.empty(C * N, dtype=torch.int64, device=dev)
+            temp = _temp(lib, dev, "splatcu_isect_count_temp_bytes", C * N)
+            _call(dev, "isect_count", C, N, ptr(means2d), ptr(radii), tile_size, tile_width, tile_height, ptr(mask),
+                  ptr(tiles_per_gauss), ptr(cum), ptr(temp), temp.numel())
+            M = int(cum[-1])  # waits for the GPU: the sizes below depend on it
+    if M >= 2 ** 31:
+        raise ValueError(f"splat.rasterize: {M:,} Gaussian-tile intersections exceed the int32 index range; "
+                         "render fewer cameras or Gaussians per call")
+    keys = [torch.empty(M, dtype=torch.int64, device=dev) for _ in range(2)]
+    ids = [torch.empty(M, dtype=torch.int32, device=dev) for _ in range(2)]
+    if M:
+        with torch.cuda.device(dev):
+            temp = _temp(lib, dev, "splatcu_isect_sort_temp_bytes", M, C, tile_width, tile_height)
+            which = _I(0)
+            _call(dev, "isect_fill", C, N, ptr(means2d), ptr(radii), ptr(depths), tile_size, tile_width,
+                  tile_height, ptr(mask), ptr(cum), M, ptr(keys[0]), ptr(ids[0]), ptr(keys[1]), ptr(ids[1]),
+                  ptr(temp), temp.numel(), ptr(offsets), ctypes.byref(which))
+        isect_ids, flatten_ids = keys[which.value], ids[which.value]
+    else:
+        isect_ids, flatten_ids = keys[0], ids[0]
+    isect_offsets = offsets[:-1].to(torch.int32).reshape(C, tile_height, tile_width)
+    return tiles_per_gauss, isect_ids, flatten_ids, isect_offsets
