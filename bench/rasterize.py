@@ -1,17 +1,24 @@
-"""Benchmark of splat.rasterize: the native cpu backend against the torch reference.
+"""Benchmark of splat.rasterize.
 
-For each scene: forward and forward+backward seconds of both backends (same
+On the CPU (default): the native cpu backend against the torch reference. For
+each scene: forward and forward+backward seconds of both backends (same
 process, same inputs), Gaussian-pixel pairs per second, the cpu/torch speed-up,
 and how close the cpu blend stage comes to the machine's arithmetic limit.
 
+On a GPU (--device cuda): the cuda backend against gsplat's rasterization (a
+peer installed on the same machine, same process, same inputs): forward and
+forward+backward milliseconds, peak GPU memory of each, the speed ratio and the
+largest pixel difference between the two images.
+
     python bench/rasterize.py                 # garden + random 10k, 100k, 1M
     python bench/rasterize.py --scenes garden --repeats 5
+    python bench/rasterize.py --device cuda --scenes garden 1M 5M --size 1920x1080 \
+        --json bench/results_rasterize_cuda.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -92,6 +99,110 @@ def bench_scene(name, scene, backends, repeats, torch_repeats):
                     f"{b}_{k}": v for b, r in rows.items() for k, v in r.items()})
 
 
+def _sync():
+    torch.cuda.synchronize()
+
+
+def gpu_timed(fn, repeats, warmup=3):
+    """Median wall-clock seconds of fn() on the GPU (synchronised around each run)."""
+    for _ in range(warmup):
+        fn()
+    _sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gpu_peak_bytes(fn):
+    """Peak GPU memory that fn() allocates beyond what was allocated before it."""
+    _sync()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    _sync()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def gpu_renderers(peers, gsplat_packed):
+    """name -> function(**scene) returning (image, alpha): ours, then the peers."""
+    out = {"cuda": lambda **sc: splat.rasterize(**sc, backend="cuda")[:2]}
+    if "gsplat" in peers:
+        import gsplat
+
+        out["gsplat"] = lambda **sc: gsplat.rasterization(**sc, packed=gsplat_packed)[:2]
+    return out
+
+
+def bench_gpu_scene(name, scene, renderers, repeats):
+    leaves = ["means", "quats", "scales", "opacities", "colors"]
+    row = dict(scene=name, gaussians=scene["means"].shape[0], cameras=scene["viewmats"].shape[0],
+               width=scene["width"], height=scene["height"])
+    images = {}
+    for rname, render in renderers.items():
+        def fwd():
+            with torch.no_grad():
+                return render(**scene)
+
+        def fwd_bwd():
+            inputs = {k: (v.detach().requires_grad_(True) if k in leaves else v) for k, v in scene.items()}
+            img, alpha = render(**inputs)
+            (img.sum() + alpha.sum()).backward()
+
+        images[rname] = fwd()[0].float()
+        row[f"{rname}_fwd_ms"] = gpu_timed(fwd, repeats) * 1e3
+        row[f"{rname}_fwd_bwd_ms"] = gpu_timed(fwd_bwd, repeats) * 1e3
+        row[f"{rname}_fwd_peak_mib"] = gpu_peak_bytes(fwd) / 2 ** 20
+        row[f"{rname}_fwd_bwd_peak_mib"] = gpu_peak_bytes(fwd_bwd) / 2 ** 20
+    if "gsplat" in images:
+        row["max_abs_diff_vs_gsplat"] = float((images["cuda"] - images["gsplat"]).abs().max())
+    return row
+
+
+def main_gpu(args):
+    from splat.backends import cuda
+
+    cuda.load()  # the first-use build, outside the timings
+    dev = torch.cuda.get_device_name()
+    peers = [] if args.no_peer else ["gsplat"]
+    versions = f"torch {torch.__version__}"
+    if peers:
+        import gsplat
+
+        versions += f", gsplat {gsplat.__version__} (packed={args.gsplat_packed})"
+    print(f"# {dev}, {versions}")
+    renderers = gpu_renderers(peers, args.gsplat_packed)
+    W, H = (int(v) for v in args.size.lower().split("x"))
+    results = []
+    for name in args.scenes:
+        if name == "garden":
+            scene = garden_scene()
+        else:
+            n = int(float(name.lower().replace("k", "e3").replace("m", "e6")))
+            scene = random_scene(n, width=W, height=H)
+        scene = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in scene.items()}
+        r = bench_gpu_scene(name, scene, renderers, args.repeats)
+        results.append(r)
+        line = (f"{name:>7}: N={r['gaussians']:>9,} C={r['cameras']} {r['width']}x{r['height']} | "
+                f"splat fwd {r['cuda_fwd_ms']:7.2f} ms  fwd+bwd {r['cuda_fwd_bwd_ms']:7.2f} ms  "
+                f"peak {r['cuda_fwd_bwd_peak_mib']:7.0f} MiB")
+        if "gsplat_fwd_ms" in r:
+            line += (f" | gsplat fwd {r['gsplat_fwd_ms']:7.2f} ms  fwd+bwd {r['gsplat_fwd_bwd_ms']:7.2f} ms  "
+                     f"peak {r['gsplat_fwd_bwd_peak_mib']:7.0f} MiB | gsplat/splat time fwd "
+                     f"{r['gsplat_fwd_ms'] / r['cuda_fwd_ms']:4.2f}x  fwd+bwd "
+                     f"{r['gsplat_fwd_bwd_ms'] / r['cuda_fwd_bwd_ms']:4.2f}x | max |diff| "
+                     f"{r['max_abs_diff_vs_gsplat']:.2e}")
+        print(line, flush=True)
+        del scene
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=dev, versions=versions, results=results), f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", nargs="+", default=["garden", "10k", "100k", "1M"],
@@ -101,7 +212,15 @@ def main():
     ap.add_argument("--skip-torch-above", type=float, default=float("inf"),
                     help="skip the torch reference for scenes with more Gaussians than this")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cpu: native cpu vs torch reference; cuda: cuda backend vs gsplat")
+    ap.add_argument("--size", default="640x480", help="image size of the random scenes, WxH (e.g. 1920x1080)")
+    ap.add_argument("--no-peer", action="store_true", help="--device cuda: time splat alone (no gsplat)")
+    ap.add_argument("--gsplat-packed", action=argparse.BooleanOptionalAction, default=True,
+                    help="--device cuda: gsplat's packed mode (its default)")
     args = ap.parse_args()
+    if args.device == "cuda":
+        return main_gpu(args)
 
     cpu.load()
     threads = torch.get_num_threads()
@@ -115,7 +234,8 @@ def main():
             scene = garden_scene()
         else:
             n = int(float(name.lower().replace("k", "e3").replace("m", "e6")))
-            scene = random_scene(n)
+            W, H = (int(v) for v in args.size.lower().split("x"))
+            scene = random_scene(n, width=W, height=H)
         backends = ["cpu"] + (["torch"] if scene["means"].shape[0] <= args.skip_torch_above else [])
         r = bench_scene(name, scene, backends, args.repeats, args.torch_repeats)
         results.append(r)

@@ -331,6 +331,7 @@ __global__ void __launch_bounds__(MAXT) rasterize_bwd_kernel(int D, int width, i
     __shared__ float4 s_gauss[kMaxBatch];
     __shared__ float4 s_conic[kMaxBatch];
     __shared__ int32_t s_id[kMaxBatch];
+    __shared__ float s_col[kMaxBatch * CMAX];  // the batch's colours, read by every pixel
     __shared__ int s_max_last;
 
     const int64_t n_tiles = (int64_t)tw * th;
@@ -373,6 +374,9 @@ __global__ void __launch_bounds__(MAXT) rasterize_bwd_kernel(int D, int width, i
             s_id[threadIdx.x] = g;
             s_gauss[threadIdx.x] = make_float4(means2d[2 * g], means2d[2 * g + 1], opacities[g], 0.f);
             s_conic[threadIdx.x] = make_float4(conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], 0.f);
+#pragma unroll
+            for (int d = 0; d < CMAX; ++d)
+                if (d < D) s_col[threadIdx.x * CMAX + d] = colors[(int64_t)g * D + d];
         }
         __syncthreads();
         const int n = (int)min((int64_t)batch, b1 - s + 1);
@@ -384,7 +388,7 @@ __global__ void __launch_bounds__(MAXT) rasterize_bwd_kernel(int D, int width, i
             const bool take = px.inside && b1 - j <= last && alpha_contributes(sigma, gm.z * vis);
             if (!__any_sync(kFullMask, take)) continue;
             const int32_t g = s_id[j];
-            const float* col = colors + (int64_t)g * D;
+            const float* col = s_col + j * CMAX;
             float v_rgb[CMAX];
             float v_a = 0.f, v_b = 0.f, v_c = 0.f, v_mx = 0.f, v_my = 0.f, v_o = 0.f, v_ax = 0.f, v_ay = 0.f;
 #pragma unroll

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks that need a GPU (CI has none). Run from the
+# repository root on a machine with an NVIDIA GPU, nvcc, torch and (for the
+# comparison) gsplat 1.5.x importable; writes the logs and the benchmark
+# results under ${OUT:-gpu_validation}.
+#   1. the backend tests (forward and gradients against the torch reference and
+#      the CPU backend, edge cases), cuda parameters included;
+#   2. compute-sanitizer memcheck and racecheck on a forward and backward pass;
+#   3. bench/rasterize.py side by side with gsplat: garden, 1M and 5M random
+#      Gaussians at 1080p, forward and forward+backward ms and peak memory.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_validation}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import splat.backends.cuda as c, time; t = time.time(); c.load(); print(f'CUDA build {time.time() - t:.1f} s')" \
+    2>&1 | tee "$OUT/build.log" || status=1
+python3 -m pytest -q -rs tests/test_backends.py tests/test_edge_cases.py tests/test_cuda_build.py 2>&1 \
+    | tee "$OUT/tests.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+for tool in memcheck racecheck; do
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool "$tool" --error-exitcode 99 \
+        python3 scripts/cuda_smoke.py --n 1500 2>&1 | tee "$OUT/sanitizer_$tool.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+done
+python3 bench/rasterize.py --device cuda --scenes garden 1M 5M --size 1920x1080 --repeats 20 \
+    --json "$OUT/results_rasterize_cuda.json" 2>&1 | tee "$OUT/bench.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+echo "gpu_validate: exit $status"
+exit $status
