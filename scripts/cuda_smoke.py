@@ -43,22 +43,28 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=3000, help="Gaussians")
     args = ap.parse_args()
-    names = ["image", "alpha", "means", "quats", "scales", "opacities", "sh", "viewmats", "means2d", "absgrad"]
+    names = ["image", "alpha", "means", "quats", "scales", "opacities", "colors", "viewmats", "means2d", "absgrad"]
     worst = 0.0
+    # D: plain colour channels instead of SH degree 3 (1 and 32 are the smallest and largest kernels)
     cases = [dict(tile_size=16, W=96, H=72), dict(tile_size=32, W=70, H=50), dict(tile_size=5, W=33, H=21),
-             dict(tile_size=1, W=9, H=7), dict(tile_size=8, W=64, H=48, tiles=torch.tensor([0, 3, 9, 50, 63]))]
+             dict(tile_size=1, W=9, H=7), dict(tile_size=8, W=64, H=48, tiles=torch.tensor([0, 3, 9, 50, 63])),
+             dict(tile_size=17, W=40, H=36, D=1), dict(tile_size=16, W=48, H=32, D=32),
+             dict(tile_size=32, W=48, H=40, D=32)]
     for case in cases:
-        W, H, ts = case.pop("W"), case.pop("H"), case.pop("tile_size")
-        inputs = gaussians(args.n, seed=ts, sh_degree=3, scale=(0.01, 0.3))
+        W, H, ts, D = case.pop("W"), case.pop("H"), case.pop("tile_size"), case.pop("D", None)
+        inputs = gaussians(args.n, seed=ts, sh_degree=None if D else 3, D=D or 3, scale=(0.01, 0.3))
         V, K = cameras(2, W, H, seed=ts)
-        kw = dict(sh_degree=3, rasterize_mode="antialiased", backgrounds=torch.rand(2, 3), tile_size=ts, **case)
+        kw = dict(rasterize_mode="antialiased", backgrounds=torch.rand(2, D or 3), tile_size=ts, **case)
+        if D is None:
+            kw["sh_degree"] = 3
         ref = run("cpu", inputs, V, K, W, H, **kw)
         got = run("cuda", inputs, V, K, W, H, **kw)
         for name, a, b in zip(names, ref, got):
             err = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-6)
             worst = max(worst, err)
             flag = "" if err < 1e-3 else "   <-- MISMATCH"
-            print(f"tile {ts:2d} {W}x{H}{' subset' if 'tiles' in case else ''}: {name:9s} rel. error {err:.2e}{flag}")
+            what = f"tile {ts:2d} {W}x{H} {'D=%d' % D if D else 'SH3'}{' subset' if 'tiles' in case else ''}"
+            print(f"{what}: {name:9s} rel. error {err:.2e}{flag}")
     print(f"worst relative error {worst:.2e}")
     sys.exit(0 if worst < 1e-3 else 1)
 

@@ -5,7 +5,7 @@
 # results under ${OUT:-gpu_validation}.
 #   1. the backend tests (forward and gradients against the torch reference and
 #      the CPU backend, edge cases), cuda parameters included;
-#   2. compute-sanitizer memcheck and racecheck on a forward and backward pass;
+#   2. compute-sanitizer memcheck, racecheck and synccheck on forward and backward passes;
 #   3. bench/rasterize.py side by side with gsplat: garden, 1M and 5M random
 #      Gaussians at 1080p, forward and forward+backward ms and peak memory.
 set -uo pipefail
@@ -20,7 +20,7 @@ python3 -c "import splat.backends.cuda as c, time; t = time.time(); c.load(); pr
 python3 -m pytest -q -rs tests/test_backends.py tests/test_edge_cases.py tests/test_cuda_build.py 2>&1 \
     | tee "$OUT/tests.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-for tool in memcheck racecheck; do
+for tool in memcheck racecheck synccheck; do
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool "$tool" --error-exitcode 99 \
         python3 scripts/cuda_smoke.py --n 1500 2>&1 | tee "$OUT/sanitizer_$tool.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1

@@ -8,7 +8,6 @@ glue (render modes, backgrounds, antialiasing, the info dict) is written once.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Dict, Literal, Optional, Tuple
 
 import torch
@@ -91,6 +90,8 @@ def rasterize(
     """
     N = _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
                       backgrounds, render_mode, rasterize_mode, tile_size, packed, tiles, near_plane, eps2d)
+    if not isinstance(channel_chunk, int) or channel_chunk < 1:
+        _fail(f"channel_chunk must be a positive int, got {channel_chunk!r}")
     C = viewmats.shape[0]
     impl = backends.get(backend, means.device, means.dtype)
     antialiased = rasterize_mode == "antialiased"
@@ -211,6 +212,9 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
     C = viewmats.shape[0]
     if C == 0:
         _fail("viewmats holds no cameras")
+    if C * N >= 2 ** 31:
+        _fail(f"{C} cameras x {N} Gaussians exceed the int32 index range of the tile lists; "
+              "render fewer cameras per call")
     if Ks.shape != (C, 3, 3):
         _fail(f"Ks must be [C, 3, 3] = [{C}, 3, 3], got {list(Ks.shape)}")
     if sh_degree is None:

@@ -262,3 +262,53 @@ def test_compile_error_reports_compiler_output(tmp_path, monkeypatch):
     with pytest.raises(_build.NativeBuildError, match=r"(?s)building the native broken library failed.*error"):
         _build.build_library("broken", ["broken.cpp"], "g++", ["-shared", "-fPIC"])
     assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-written is left
+
+
+def test_channel_chunk_must_be_positive():
+    with pytest.raises(ValueError, match="channel_chunk must be a positive int"):
+        splat.rasterize(**_good(), channel_chunk=0)
+
+
+def test_too_many_camera_gaussian_pairs_for_int32_ids():
+    # meta tensors: the shapes of 2 cameras x 2^30 Gaussians, without the memory
+    N = 2 ** 30
+    meta = dict(device="meta")
+    args = dict(means=torch.empty(N, 3, **meta), quats=torch.empty(N, 4, **meta), scales=torch.empty(N, 3, **meta),
+                opacities=torch.empty(N, **meta), colors=torch.empty(N, 3, **meta),
+                viewmats=torch.empty(2, 4, 4, **meta), Ks=torch.empty(2, 3, 3, **meta), width=16, height=16)
+    with pytest.raises(ValueError, match="exceed the int32 index range"):
+        splat.rasterize(**args)
+
+
+def test_native_stages_check_devices_and_id_dtype(cpu_backend):
+    """Called directly (gsplat-style), the native stages refuse tensors on another
+    device or ids of the wrong type instead of handing the C code a bad pointer."""
+    from splat.backends import cpu
+
+    inputs = gaussians(50)
+    V, K = cameras(1, 16, 16)
+    info = splat.rasterize(*inputs, V, K, 16, 16, backend="cpu")[2]
+    args = (info["means2d"], info["conics"], torch.rand(1, 50, 3), info["opacities"], 16, 16, 16,
+            info["isect_offsets"], info["flatten_ids"])
+    cpu.rasterize_to_pixels(*args)  # fine as it is
+    with pytest.raises(ValueError, match="one device.*backgrounds=meta"):
+        cpu.rasterize_to_pixels(*args, backgrounds=torch.empty(1, 3, device="meta"))
+    with pytest.raises(ValueError, match="flatten_ids must be int32"):
+        cpu.rasterize_to_pixels(*args[:-1], info["flatten_ids"].long())
+    with pytest.raises(ValueError, match="one device.*tile_mask=meta"):
+        cpu.isect_tiles(info["means2d"], info["radii"], info["depths"], 16, 1, 1,
+                        torch.ones(1, dtype=torch.bool, device="meta"))
+
+
+def test_native_outputs_are_float32_under_a_float64_default(cpu_backend):
+    """Buffers the C code writes are allocated as float32 whatever torch's default dtype."""
+    inputs = gaussians(200, seed=2)
+    V, K = cameras(1, 24, 24, seed=2)
+    ref = splat.rasterize(*inputs, V, K, 24, 24, backend="cpu")[0]
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = splat.rasterize(*inputs, V, K, 24, 24, backend="cpu")[0]
+    finally:
+        torch.set_default_dtype(old)
+    assert got.dtype == torch.float32 and torch.equal(ref, got)

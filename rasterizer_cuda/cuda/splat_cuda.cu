@@ -1,4 +1,4 @@
-// splat_cuda.cu: the CUDA backend (CUDA 12+, sm_70 and newer).
+// splat_cuda.cu: the CUDA backend (CUDA 12 or 13; CI compiles it for sm_80 and sm_90).
 //
 // A torch-free C ABI over raw device pointers and a cudaStream_t; Python
 // (splat/backends/cuda.py) loads it with ctypes, allocates every buffer with
@@ -271,8 +271,8 @@ __global__ void __launch_bounds__(MAXT) rasterize_fwd_kernel(int D, int width, i
         if (__syncthreads_and(done)) break;
         const int64_t i = b0 + threadIdx.x;
         if (threadIdx.x < batch && i < e) {
-            const int32_t g = flatten_ids[i];
-            s_id[threadIdx.x] = g;
+            const int64_t g = flatten_ids[i];
+            s_id[threadIdx.x] = (int32_t)g;
             s_gauss[threadIdx.x] = make_float4(means2d[2 * g], means2d[2 * g + 1], opacities[g], 0.f);
             s_conic[threadIdx.x] = make_float4(conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], 0.f);
         }
@@ -370,8 +370,8 @@ __global__ void __launch_bounds__(MAXT) rasterize_bwd_kernel(int D, int width, i
         __syncthreads();  // the previous batch is no longer read
         const int64_t i = b1 - threadIdx.x;
         if (threadIdx.x < batch && i >= s) {
-            const int32_t g = flatten_ids[i];
-            s_id[threadIdx.x] = g;
+            const int64_t g = flatten_ids[i];
+            s_id[threadIdx.x] = (int32_t)g;
             s_gauss[threadIdx.x] = make_float4(means2d[2 * g], means2d[2 * g + 1], opacities[g], 0.f);
             s_conic[threadIdx.x] = make_float4(conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], 0.f);
 #pragma unroll

@@ -23,6 +23,15 @@ def ptr(t: Optional[Tensor]):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+def check_same_device(**tensors) -> None:
+    """Raise a ValueError unless every given tensor (None ones skipped) is on one device:
+    the native code reads them all through raw pointers."""
+    devs = {k: t.device for k, t in tensors.items() if t is not None}
+    if len(set(devs.values())) > 1:
+        raise ValueError("splat: all tensors must be on one device, got "
+                         + ", ".join(f"{k}={v}" for k, v in devs.items()))
+
+
 def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> SimpleNamespace:
     """Custom ops `splat::{name}_project`, `_sh` and `_rasterize` over a native library.
 
@@ -36,7 +45,7 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
         return t.contiguous()
 
     def grad_or_zeros(g: Optional[Tensor], shape, device) -> Tensor:
-        return torch.zeros(shape, device=device) if g is None else g.contiguous()
+        return torch.zeros(shape, dtype=torch.float32, device=device) if g is None else g.contiguous()
 
     # ------------------------------------------------------------------ projection
     @torch.library.custom_op(f"splat::{name}_project", mutates_args=())
@@ -47,10 +56,10 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         C, N, dev = viewmats.shape[0], means.shape[0], means.device
         radii = torch.empty(C, N, 2, dtype=torch.int32, device=dev)
-        means2d = torch.empty(C, N, 2, device=dev)
-        depths = torch.empty(C, N, device=dev)
-        conics = torch.empty(C, N, 3, device=dev)
-        comps = torch.empty(C, N, device=dev)
+        means2d = torch.empty(C, N, 2, dtype=torch.float32, device=dev)
+        depths = torch.empty(C, N, dtype=torch.float32, device=dev)
+        conics = torch.empty(C, N, 3, dtype=torch.float32, device=dev)
+        comps = torch.empty(C, N, dtype=torch.float32, device=dev)
         if C * N:
             call(dev, "project_fwd", C, N, ptr(means), ptr(quats), ptr(scales), ptr(opacities), ptr(viewmats),
                  ptr(Ks), width, height, eps2d, near_plane, far_plane, radius_clip, int(antialiased), ptr(radii),
@@ -97,7 +106,7 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
     @torch.library.custom_op(f"splat::{name}_sh", mutates_args=())
     def sh_op(degree: int, dirs: Tensor, coeffs: Tensor, masks: Optional[Tensor]) -> Tensor:
         C, N = dirs.shape[:2]
-        out = torch.empty(C, N, 3, device=dirs.device)
+        out = torch.empty(C, N, 3, dtype=torch.float32, device=dirs.device)
         if C * N:
             call(dirs.device, "sh_fwd", C, N, coeffs.shape[-2], degree, ptr(dirs), ptr(coeffs),
                  int(coeffs.dim() == 4), ptr(masks), ptr(out))
@@ -145,8 +154,8 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
         C, N, D = colors.shape
         th, tw = isect_offsets.shape[1:]
         dev = colors.device
-        out_colors = torch.zeros(C, height, width, D, device=dev)
-        out_alphas = torch.zeros(C, height, width, 1, device=dev)
+        out_colors = torch.zeros(C, height, width, D, dtype=torch.float32, device=dev)
+        out_alphas = torch.zeros(C, height, width, 1, dtype=torch.float32, device=dev)
         last_ids = torch.full((C, height, width), -1, dtype=torch.int32, device=dev)
         offsets = tile_offsets(isect_offsets, flatten_ids.numel())
         call(dev, "rasterize_fwd", C, N, D, width, height, tile_size, tw, th, ptr(means2d), ptr(conics), ptr(colors),
@@ -201,6 +210,11 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
     def rasterize_to_pixels(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets, flatten_ids,
                             backgrounds=None, tile_mask=None, absgrad=False):
         D = colors.shape[-1]
+        check_same_device(means2d=means2d, conics=conics, colors=colors, opacities=opacities,
+                          backgrounds=backgrounds, isect_offsets=isect_offsets, flatten_ids=flatten_ids,
+                          tile_mask=tile_mask)
+        if flatten_ids.dtype != torch.int32:
+            raise ValueError(f"splat: flatten_ids must be int32, got {flatten_ids.dtype}")
         if max_channels is not None and D > max_channels:
             raise ValueError(f"splat.rasterize: backend={name!r} composites at most {max_channels} channels per "
                              f"call, got {D}; pass channel_chunk <= {max_channels}")

@@ -10,7 +10,7 @@ import threading
 import torch
 
 from ._build import NativeBuildError, build_library, load_library  # noqa: F401 (NativeBuildError re-exported)
-from ._native import make_ops, ptr as _ptr
+from ._native import check_same_device, make_ops, ptr as _ptr
 
 NAME = "cpu"
 
@@ -75,6 +75,7 @@ def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, tile
     C, N = depths.shape
     means2d, radii, depths = means2d.detach().contiguous(), radii.contiguous(), depths.detach().contiguous()
     mask = None if tile_mask is None else tile_mask.to(torch.uint8).contiguous()
+    check_same_device(means2d=means2d, radii=radii, depths=depths, tile_mask=mask)
     n_tiles = C * tile_width * tile_height
     tiles_per_gauss = torch.zeros(C, N, dtype=torch.int32)
     counts = torch.zeros(n_tiles, dtype=torch.int64)

@@ -21,7 +21,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from ._build import NativeBuildError, build_library, load_library
-from ._native import make_ops, ptr
+from ._native import check_same_device, make_ops, ptr
 
 NAME = "cuda"
 
@@ -69,13 +69,17 @@ def find_nvcc() -> Optional[str]:
 
 
 def _arch_flags(archs: Iterable[str]) -> list:
-    flags = []
+    """Machine code for each architecture, plus PTX for the newest so that newer
+    GPUs can still JIT-compile the library."""
+    archs = [a.strip().replace("sm_", "").replace(".", "") for a in archs if a.strip()]
     for a in archs:
-        a = a.strip().replace("sm_", "").replace(".", "")
         if not a.isdigit():
             raise NativeBuildError(f"bad CUDA architecture {a!r} (expected e.g. '80' or '90')")
-        flags.append(f"-gencode=arch=compute_{a},code=sm_{a}")
-    return flags
+    if not archs:
+        raise NativeBuildError("no CUDA architecture given (e.g. SPLAT_CUDA_ARCH=90)")
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    newest = max(archs, key=int)
+    return flags + [f"-gencode=arch=compute_{newest},code=compute_{newest}"]
 
 
 def build(archs: Sequence[str], extra_flags: Sequence[str] = ()) -> Path:
@@ -154,6 +158,7 @@ def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, tile
     dev = depths.device
     means2d, radii, depths = means2d.detach().contiguous(), radii.contiguous(), depths.detach().contiguous()
     mask = None if tile_mask is None else tile_mask.to(torch.uint8).contiguous()
+    check_same_device(means2d=means2d, radii=radii, depths=depths, tile_mask=mask)
     n_tiles = C * tile_width * tile_height
     key_bits = lib.splatcu_isect_key_bits(C, tile_width, tile_height)
     if key_bits > 63:

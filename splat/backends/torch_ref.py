@@ -13,7 +13,6 @@ Stages (each a function with the same signature in every backend):
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
