@@ -8,6 +8,15 @@
 #   2. compute-sanitizer memcheck, racecheck and synccheck on forward and backward passes;
 #   3. bench/rasterize.py side by side with gsplat: garden, 1M and 5M random
 #      Gaussians at 1080p, forward and forward+backward ms and peak memory.
+#
+# gsplat on a machine without internet (such as this project's lent GPU
+# machines): here, `echo /.whl/ >> .git/info/exclude; python3 -m pip download
+# --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+# --platform manylinux_2_28_x86_64 -d .whl gsplat==1.5.3` (a 6.5 MB pure-Python
+# wheel; its CUDA code is compiled by torch on first use, which needs ninja and
+# takes minutes, outside the timings); there, carry .whl and first run
+# `python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+# export PYTHONPATH=/tmp/site`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_validation}
