@@ -18,8 +18,12 @@ def cpu_backend():
     return cpu
 
 
-def _prepare(name):
-    """Build and load a native backend; skip where CUDA is absent (a failing build fails loudly)."""
+def _prepare(name, monkeypatch=None):
+    """Build and load a backend; skip where CUDA is absent (a failing build fails loudly).
+
+    "cuda-emulated" is the CUDA backend's own source compiled for the host
+    (splat.backends.cuda.build_host_emulation): its kernels run on the CPU on CPU
+    tensors, so every CI run executes them against the reference."""
     if name == "cuda":
         if not torch.cuda.is_available():
             pytest.skip("backend 'cuda': no CUDA device on this machine")
@@ -30,16 +34,38 @@ def _prepare(name):
         from splat.backends import cpu
 
         cpu.load()
+    elif name == "cuda-emulated":
+        import splat.backends
+        from splat.backends import cuda
+
+        lib = _emulated_cuda_lib()
+        real_get = splat.backends.get
+        monkeypatch.setattr(cuda, "_lib", lib)
+        monkeypatch.setattr(splat.backends, "get",
+                            lambda b, device, dtype=torch.float32: cuda if b == "cuda-emulated" else
+                            real_get(b, device, dtype))
     return name
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def native(request):
+_emulated = []
+
+
+def _emulated_cuda_lib():
+    if not _emulated:
+        from splat.backends import cuda
+        from splat.backends._build import load_library
+
+        _emulated.append(cuda.bind(load_library(cuda.build_host_emulation())))
+    return _emulated[0]
+
+
+@pytest.fixture(params=["cpu", "cuda", "cuda-emulated"])
+def native(request, monkeypatch):
     """Each native backend in turn (compared against the torch reference)."""
-    return _prepare(request.param)
+    return _prepare(request.param, monkeypatch)
 
 
-@pytest.fixture(params=["torch", "cpu", "cuda"])
-def any_backend(request):
+@pytest.fixture(params=["torch", "cpu", "cuda", "cuda-emulated"])
+def any_backend(request, monkeypatch):
     """Every backend in turn."""
-    return _prepare(request.param)
+    return _prepare(request.param, monkeypatch)

@@ -49,7 +49,7 @@ def gaussians(N, seed=0, sh_degree=None, D=3, extent=1.0, scale=(0.02, 0.2), dty
 
 
 # the device each backend renders on
-DEVICES = {"torch": "cpu", "cpu": "cpu", "cuda": "cuda"}
+DEVICES = {"torch": "cpu", "cpu": "cpu", "cuda": "cuda", "cuda-emulated": "cpu"}
 
 
 def on(backend, *tensors):

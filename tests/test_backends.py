@@ -223,13 +223,15 @@ def test_deterministic(native):
         runs.append([_cpu(img)] + [_cpu(t.grad) for t in ts])
     assert torch.equal(runs[0][0], runs[1][0])
     for a, b in zip(runs[0][1:], runs[1][1:]):
-        if native == "cpu":
+        if native != "cuda":  # the emulation runs one fiber at a time: its atomics add in a fixed order
             assert torch.equal(a, b)
         else:
             _close(a, b, 1e-5, "repeat gradient")
 
 
 def test_auto_picks_native_for_float32(native):
+    if native == "cuda-emulated":
+        pytest.skip("'auto' never picks the host emulation")
     inputs = on(native, *gaussians(10))
     V, K = on(native, *cameras(1, 16, 16))
     assert splat.rasterize(*inputs, V, K, 16, 16)[2]["backend"] == native

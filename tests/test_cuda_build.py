@@ -124,53 +124,44 @@ def test_cuda_errors_are_reported_clearly_without_a_gpu(cuda_lib_path):
         cuda.check(lib, rc, "isect_count_temp_bytes")
 
 
-# ------------------------------------------------------------------ the GPU binning, run on the host
+# ------------------------------------------------------------------ the host emulation itself
+# (tests/test_backends.py and test_edge_cases.py run the CUDA kernels through it as "cuda-emulated")
 @pytest.fixture(scope="module")
-def host_isect(tmp_path_factory):
-    out = tmp_path_factory.mktemp("host_isect") / "libhost_isect.so"
-    src = os.path.join(os.path.dirname(__file__), "native", "cuda_isect_on_host.cpp")
-    res = subprocess.run(["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-I", str(SOURCE_DIR / "include"), src,
+def emulator(tmp_path_factory):
+    out = tmp_path_factory.mktemp("emu") / "libemu_selftest.so"
+    src = os.path.join(os.path.dirname(__file__), "native", "emulation_selftest.cpp")
+    res = subprocess.run(["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-I", str(SOURCE_DIR / "cuda"), src,
                           "-o", str(out)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    lib = ctypes.CDLL(str(out))
-    lib.host_isect.restype = ctypes.c_int64
-    lib.host_isect.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + \
-        [ctypes.c_void_p] * 5
-    return lib
+    return ctypes.CDLL(str(out))
 
 
 def _p(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    return ctypes.c_void_p(t.data_ptr())
 
 
-@pytest.mark.parametrize("C,W,H,tile_size,masked", [(1, 48, 40, 16, False), (3, 37, 23, 8, False),
-                                                     (2, 40, 30, 5, True), (2, 64, 64, 32, True),
-                                                     (1, 9, 7, 1, False)])
-def test_gpu_binning_on_host_matches_cpu_backend(host_isect, cpu_backend, C, W, H, tile_size, masked):
-    from splat.backends import cpu
+def test_emulator_runs_warp_primitives_like_a_gpu(emulator):
+    blocks, threads = 3, 96
+    n = blocks * threads
+    out, anyv = torch.zeros(n), torch.zeros(n, dtype=torch.int32)
+    allv = torch.zeros(blocks, dtype=torch.int32)
+    assert emulator.emu_warp(blocks, threads, _p(out), _p(anyv), _p(allv)) == 0
+    vals = torch.arange(1, n + 1, dtype=torch.float32).reshape(-1, 32)
+    assert torch.equal(out, vals.sum(1, keepdim=True).expand(-1, 32).reshape(-1))
+    warps_with_lane5 = torch.zeros(n // 32, dtype=torch.int32)
+    warps_with_lane5[threads // 32: 2 * threads // 32] = 1  # block 1's warps
+    assert torch.equal(anyv, warps_with_lane5.repeat_interleave(32))
+    assert allv.tolist() == [1, 1, 1]
 
-    inputs = gaussians(400, seed=C + W, scale=(0.02, 0.4))
-    V, K = cameras(C, W, H, seed=C + W)
-    info = splat.rasterize(*inputs, V, K, W, H, backend="cpu", tile_size=tile_size)[2]
-    means2d, radii, depths = info["means2d"].detach().contiguous(), info["radii"].contiguous(), info["depths"]
-    depths = depths.detach().contiguous()
-    tw, th = info["tile_width"], info["tile_height"]
-    N = means2d.shape[1]
-    mask = None
-    if masked:
-        mask = (torch.rand(C * tw * th, generator=torch.Generator().manual_seed(7)) < 0.5).to(torch.uint8)
-    ref = cpu.isect_tiles(means2d, radii, depths, tile_size, tw, th, None if mask is None else mask.bool())
-    tpg = torch.empty(C, N, dtype=torch.int32)
-    M = host_isect.host_isect(C, N, _p(means2d), _p(radii), _p(depths), tile_size, tw, th, _p(mask), _p(tpg),
-                              None, None, None)
-    keys = torch.empty(M, dtype=torch.int64)
-    ids = torch.empty(M, dtype=torch.int32)
-    offsets = torch.empty(C * tw * th + 1, dtype=torch.int64)
-    assert host_isect.host_isect(C, N, _p(means2d), _p(radii), _p(depths), tile_size, tw, th, _p(mask), _p(tpg),
-                                 _p(keys), _p(ids), _p(offsets)) == M
-    assert M > 0 and M == ref[1].numel()
-    assert torch.equal(tpg, ref[0])
-    assert torch.equal(keys, ref[1])
-    assert torch.equal(ids, ref[2])
-    assert torch.equal(offsets[:-1].to(torch.int32).reshape(C, th, tw), ref[3])
-    assert int(offsets[-1]) == M
+
+def test_emulator_shares_memory_within_a_block(emulator):
+    blocks, threads = 4, 256
+    x = torch.arange(blocks * threads, dtype=torch.int32)
+    y = torch.zeros_like(x)
+    assert emulator.emu_shared(blocks, threads, _p(x), _p(y)) == 0
+    assert torch.equal(y, x.reshape(blocks, threads).flip(1).reshape(-1))
+
+
+def test_emulator_reports_a_barrier_not_every_thread_reaches(emulator):
+    out = torch.zeros(64, dtype=torch.int32)
+    assert emulator.emu_broken(_p(out)) == 999  # instead of hanging

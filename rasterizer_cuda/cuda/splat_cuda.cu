@@ -19,10 +19,19 @@
 //                       then one lane adds them to global memory with atomics
 //
 // Every entry point returns 0 or a cudaError_t code (see splatcu_error_string).
+//
+// Compiled with -DSPLAT_CUDA_HOST_EMULATION by g++ instead, the same file runs on
+// the CPU for the tests (host_emulation.h: each CUDA thread a fiber, warps and
+// blocks synchronised cooperatively, CUB replaced by serial host code).
+#if defined(SPLAT_CUDA_HOST_EMULATION)
+#include "host_emulation.h"
+#else
 #include <cuda_runtime.h>
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
+#define SPLAT_LAUNCH(KERNEL, GRID, BLOCK, STREAM, ...) KERNEL<<<GRID, BLOCK, 0, STREAM>>>(__VA_ARGS__)
+#endif
 
 #include "../include/splat_math.h"
 
@@ -462,6 +471,32 @@ inline int tile_threads(int tile_size) { return (tile_size * tile_size + 31) / 3
 
 int64_t key_tile_bits(int tw, int th) { return bit_length((int64_t)tw * th); }
 
+// In-place inclusive prefix sum of n int64 values (with temp == nullptr: the
+// scratch size into temp_bytes).
+cudaError_t inclusive_sum(void* temp, size_t& temp_bytes, int64_t* data, int64_t n, cudaStream_t st) {
+#if defined(SPLAT_CUDA_HOST_EMULATION)
+    return emu::inclusive_sum(temp, temp_bytes, data, n);
+#else
+    return cub::DeviceScan::InclusiveSum(temp, temp_bytes, data, data, n, st);
+#endif
+}
+
+// Stable sort of M (key, id) pairs by the low end_bit bits of the key, between
+// the buffers a and b; *which: the one holding the result (0: a, 1: b). With
+// temp == nullptr: the scratch size into temp_bytes.
+cudaError_t sort_pairs(void* temp, size_t& temp_bytes, int64_t* keys_a, int32_t* ids_a, int64_t* keys_b,
+                       int32_t* ids_b, int64_t M, int end_bit, cudaStream_t st, int* which) {
+#if defined(SPLAT_CUDA_HOST_EMULATION)
+    return emu::sort_pairs(temp, temp_bytes, keys_a, ids_a, keys_b, ids_b, M, end_bit, which);
+#else
+    cub::DoubleBuffer<int64_t> k(keys_a, keys_b);
+    cub::DoubleBuffer<int32_t> v(ids_a, ids_b);
+    cudaError_t err = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, k, v, M, 0, end_bit, st);
+    if (which) *which = k.selector;
+    return err;
+#endif
+}
+
 }  // namespace
 
 // ================================================================== C ABI
@@ -479,7 +514,7 @@ SPLAT_API int splatcu_project_fwd(int C, int N, const float* means, const float*
                                   float* compensations, void* stream) {
     const int64_t total = (int64_t)C * N;
     if (total == 0) return 0;
-    project_fwd_kernel<<<blocks_for(total), kThreads, 0, (cudaStream_t)stream>>>(
+    SPLAT_LAUNCH(project_fwd_kernel, blocks_for(total), kThreads, (cudaStream_t)stream, 
         C, N, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
         radius_clip, antialiased, radii, means2d, depths, conics, compensations);
     RETURN_LAUNCH_ERROR();
@@ -496,7 +531,7 @@ SPLAT_API int splatcu_project_bwd(int C, int N, const float* means, const float*
         if (err != cudaSuccess) return (int)err;
     }
     if ((int64_t)C * N == 0) return 0;
-    project_bwd_kernel<<<blocks_for(N), kThreads, 0, st>>>(C, N, means, quats, scales, viewmats, Ks, width, height,
+    SPLAT_LAUNCH(project_bwd_kernel, blocks_for(N), kThreads, st, C, N, means, quats, scales, viewmats, Ks, width, height,
                                                            eps2d, antialiased, radii, v_means2d, v_depths, v_conics,
                                                            v_compensations, v_means, v_quats, v_scales, v_viewmats);
     RETURN_LAUNCH_ERROR();
@@ -506,7 +541,7 @@ SPLAT_API int splatcu_sh_fwd(int C, int N, int K, int degree, const float* dirs,
                              const uint8_t* mask, float* out, void* stream) {
     const int64_t total = (int64_t)C * N;
     if (total == 0) return 0;
-    sh_fwd_kernel<<<blocks_for(total), kThreads, 0, (cudaStream_t)stream>>>(C, N, K, degree, dirs, coeffs,
+    SPLAT_LAUNCH(sh_fwd_kernel, blocks_for(total), kThreads, (cudaStream_t)stream, C, N, K, degree, dirs, coeffs,
                                                                             per_camera, mask, out);
     RETURN_LAUNCH_ERROR();
 }
@@ -514,7 +549,7 @@ SPLAT_API int splatcu_sh_fwd(int C, int N, int K, int degree, const float* dirs,
 SPLAT_API int splatcu_sh_bwd(int C, int N, int K, int degree, const float* dirs, const float* coeffs, int per_camera,
                              const uint8_t* mask, const float* v_out, float* v_coeffs, float* v_dirs, void* stream) {
     if ((int64_t)C * N == 0) return 0;
-    sh_bwd_kernel<<<blocks_for(N), kThreads, 0, (cudaStream_t)stream>>>(C, N, K, degree, dirs, coeffs, per_camera,
+    SPLAT_LAUNCH(sh_bwd_kernel, blocks_for(N), kThreads, (cudaStream_t)stream, C, N, K, degree, dirs, coeffs, per_camera,
                                                                         mask, v_out, v_coeffs, v_dirs);
     RETURN_LAUNCH_ERROR();
 }
@@ -522,7 +557,7 @@ SPLAT_API int splatcu_sh_bwd(int C, int N, int K, int degree, const float* dirs,
 // Temporary storage (bytes) for splatcu_isect_count on C*N Gaussians.
 SPLAT_API int splatcu_isect_count_temp_bytes(int64_t CN, size_t* bytes) {
     *bytes = 0;
-    return (int)cub::DeviceScan::InclusiveSum(nullptr, *bytes, (int64_t*)nullptr, (int64_t*)nullptr, CN);
+    return (int)inclusive_sum(nullptr, *bytes, nullptr, CN, nullptr);
 }
 
 // Pass 1: tiles_per_gauss [C*N] (int32) and cum [C*N] (int64), the inclusive
@@ -533,11 +568,11 @@ SPLAT_API int splatcu_isect_count(int C, int N, const float* means2d, const int3
     const int64_t CN = (int64_t)C * N;
     if (CN == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-    isect_count_kernel<<<blocks_for(CN), kThreads, 0, st>>>(C, N, means2d, radii, tile_size, tw, th, tile_mask,
+    SPLAT_LAUNCH(isect_count_kernel, blocks_for(CN), kThreads, st, C, N, means2d, radii, tile_size, tw, th, tile_mask,
                                                             tiles_per_gauss, cum);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return (int)err;
-    return (int)cub::DeviceScan::InclusiveSum(temp, temp_bytes, cum, cum, CN, st);
+    return (int)inclusive_sum(temp, temp_bytes, cum, CN, st);
 }
 
 // Bits of the sort keys for C cameras of tw x th tiles (32 depth bits + tile + camera).
@@ -548,9 +583,8 @@ SPLAT_API int splatcu_isect_key_bits(int C, int tw, int th) {
 // Temporary storage (bytes) for sorting M intersections.
 SPLAT_API int splatcu_isect_sort_temp_bytes(int64_t M, int C, int tw, int th, size_t* bytes) {
     *bytes = 0;
-    cub::DoubleBuffer<int64_t> k(nullptr, nullptr);
-    cub::DoubleBuffer<int32_t> v(nullptr, nullptr);
-    return (int)cub::DeviceRadixSort::SortPairs(nullptr, *bytes, k, v, M, 0, splatcu_isect_key_bits(C, tw, th));
+    return (int)sort_pairs(nullptr, *bytes, nullptr, nullptr, nullptr, nullptr, M, splatcu_isect_key_bits(C, tw, th),
+                           nullptr, nullptr);
 }
 
 // Pass 2: emit the M intersections into (keys_a, ids_a), radix-sort them by key
@@ -568,24 +602,27 @@ SPLAT_API int splatcu_isect_fill(int C, int N, const float* means2d, const int32
     *which = 0;
     if (M == 0) return (int)cudaMemsetAsync(tile_offsets, 0, sizeof(int64_t) * (T + 1), st);
     const int64_t CN = (int64_t)C * N;
-    isect_emit_kernel<<<blocks_for(CN), kThreads, 0, st>>>(C, N, means2d, radii, depths, tile_size, tw, th, tile_bits,
+    SPLAT_LAUNCH(isect_emit_kernel, blocks_for(CN), kThreads, st, C, N, means2d, radii, depths, tile_size, tw, th, tile_bits,
                                                            tile_mask, cum, keys_a, ids_a);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return (int)err;
-    cub::DoubleBuffer<int64_t> k(keys_a, keys_b);
-    cub::DoubleBuffer<int32_t> v(ids_a, ids_b);
-    err = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, k, v, M, 0, splatcu_isect_key_bits(C, tw, th), st);
+    err = sort_pairs(temp, temp_bytes, keys_a, ids_a, keys_b, ids_b, M, splatcu_isect_key_bits(C, tw, th), st, which);
     if (err != cudaSuccess) return (int)err;
-    *which = k.selector;
-    isect_offsets_kernel<<<blocks_for(M), kThreads, 0, st>>>(M, k.Current(), tile_bits, n_tiles, T, tile_offsets);
+    SPLAT_LAUNCH(isect_offsets_kernel, blocks_for(M), kThreads, st, M, *which ? keys_b : keys_a, tile_bits, n_tiles, T,
+                 tile_offsets);
     RETURN_LAUNCH_ERROR();
 }
 
 // Launches KERNEL<CMAX, MAXT> for the smallest CMAX >= D and MAXT >= the block size
 // (tiles up to 16x16 get the 256-thread build, whose kernels may use more registers).
 #define SPLAT_LAUNCH_T(KERNEL, CMAX, ...)                                                        \
-    if (block.x <= 256) KERNEL<CMAX, 256><<<grid, block, 0, st>>>(__VA_ARGS__);                \
-    else KERNEL<CMAX, 1024><<<grid, block, 0, st>>>(__VA_ARGS__);
+    if (block.x <= 256) {                                                                      \
+        auto kernel = KERNEL<CMAX, 256>;                                                       \
+        SPLAT_LAUNCH(kernel, grid, block, st, __VA_ARGS__);                                    \
+    } else {                                                                                   \
+        auto kernel = KERNEL<CMAX, 1024>;                                                      \
+        SPLAT_LAUNCH(kernel, grid, block, st, __VA_ARGS__);                                    \
+    }
 #define SPLAT_DISPATCH_CHANNELS(D, KERNEL, ...)                        \
     switch (channel_bucket(D)) {                                       \
         case 1: SPLAT_LAUNCH_T(KERNEL, 1, __VA_ARGS__) break;          \

@@ -11,6 +11,7 @@ Environment:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -91,6 +92,14 @@ def build(archs: Sequence[str], extra_flags: Sequence[str] = ()) -> Path:
     return build_library("splat_cuda", SOURCES, nvcc, NVCC_FLAGS + _arch_flags(archs) + list(extra_flags))
 
 
+def build_host_emulation() -> Path:
+    """The same source compiled by g++ against rasterizer_cuda/cuda/host_emulation.h:
+    the kernels run on the CPU (each CUDA thread a fiber), for tests without a GPU.
+    Same entry points; pass CPU tensors. Not for use: slow, and not the GPU build."""
+    return build_library("splat_cuda_emulated", SOURCES, os.environ.get("CXX", "g++"),
+                         ["-O2", "-std=c++17", "-shared", "-fPIC", "-DSPLAT_CUDA_HOST_EMULATION", "-x", "c++"])
+
+
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Set the ctypes signatures of the library's entry points."""
     for fn, (args, res) in _SIGNATURES.items():
@@ -128,10 +137,16 @@ def check(lib, rc: int, fn: str) -> None:
                            f"{msg.decode() if msg else 'unknown error'}")
 
 
+def _device_guard(device):
+    """Make `device` current for the CUDA calls (CPU tensors: the tests' host
+    emulation of the kernels, which has no devices)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _call(device, fn, *args):
     lib = load()
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
+    with _device_guard(device):
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
         check(lib, getattr(lib, "splatcu_" + fn)(*args, ctypes.c_void_p(stream)), fn)
 
 
@@ -168,7 +183,7 @@ def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, tile
     offsets = torch.zeros(n_tiles + 1, dtype=torch.int64, device=dev)
     M = 0
     if C * N:
-        with torch.cuda.device(dev):
+        with _device_guard(dev):
             cum = torch.empty(C * N, dtype=torch.int64, device=dev)
             temp = _temp(lib, dev, "splatcu_isect_count_temp_bytes", C * N)
             _call(dev, "isect_count", C, N, ptr(means2d), ptr(radii), tile_size, tile_width, tile_height, ptr(mask),
@@ -180,7 +195,7 @@ def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, tile
     keys = [torch.empty(M, dtype=torch.int64, device=dev) for _ in range(2)]
     ids = [torch.empty(M, dtype=torch.int32, device=dev) for _ in range(2)]
     if M:
-        with torch.cuda.device(dev):
+        with _device_guard(dev):
             temp = _temp(lib, dev, "splatcu_isect_sort_temp_bytes", M, C, tile_width, tile_height)
             which = _I(0)
             _call(dev, "isect_fill", C, N, ptr(means2d), ptr(radii), ptr(depths), tile_size, tile_width,
