@@ -514,7 +514,7 @@ SPLAT_API int splatcu_project_fwd(int C, int N, const float* means, const float*
                                   float* compensations, void* stream) {
     const int64_t total = (int64_t)C * N;
     if (total == 0) return 0;
-    SPLAT_LAUNCH(project_fwd_kernel, blocks_for(total), kThreads, (cudaStream_t)stream, 
+    SPLAT_LAUNCH(project_fwd_kernel, blocks_for(total), kThreads, (cudaStream_t)stream,
         C, N, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
         radius_clip, antialiased, radii, means2d, depths, conics, compensations);
     RETURN_LAUNCH_ERROR();
