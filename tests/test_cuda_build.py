@@ -165,3 +165,21 @@ def test_emulator_shares_memory_within_a_block(emulator):
 def test_emulator_reports_a_barrier_not_every_thread_reaches(emulator):
     out = torch.zeros(64, dtype=torch.int32)
     assert emulator.emu_broken(_p(out)) == 999  # instead of hanging
+
+
+def test_build_cache_key_covers_headers_beside_the_sources(tmp_path, monkeypatch):
+    """Editing cuda/host_emulation.h (or any header next to a source) rebuilds the library."""
+    from splat.backends import _build
+
+    src = tmp_path / "src"
+    (src / "include").mkdir(parents=True)
+    (src / "lib").mkdir()
+    (src / "lib" / "helper.h").write_text("#define VALUE 1\n")
+    (src / "lib" / "unit.cpp").write_text('#include "helper.h"\nextern "C" int value() { return VALUE; }\n')
+    monkeypatch.setattr(_build, "SOURCE_DIR", src)
+    monkeypatch.setenv("SPLAT_CACHE_DIR", str(tmp_path / "cache"))
+    first = _build.build_library("unit", ["lib/unit.cpp"], "g++", ["-shared", "-fPIC"])
+    (src / "lib" / "helper.h").write_text("#define VALUE 2\n")
+    second = _build.build_library("unit", ["lib/unit.cpp"], "g++", ["-shared", "-fPIC"])
+    assert first != second
+    assert ctypes.CDLL(str(second)).value() == 2

@@ -51,7 +51,9 @@ def _tool_version(cmd: str) -> str:
 def build_library(name: str, sources: Sequence[str], compiler: str, flags: List[str]) -> Path:
     """Compile `sources` (relative to rasterizer_cuda/) into lib<name>.so, cached."""
     paths = [SOURCE_DIR / s for s in sources]
-    headers = sorted((SOURCE_DIR / "include").glob("*.h"))
+    # the shared headers and any header beside a source (such as cuda/host_emulation.h)
+    headers = sorted({*(SOURCE_DIR / "include").glob("*.h"),
+                      *(h for p in paths for ext in ("*.h", "*.cuh") for h in p.parent.glob(ext))})
     if shutil.which(compiler) is None:
         raise NativeBuildError(f"compiler {compiler!r} not found on PATH (set CXX to choose another)")
     h = hashlib.sha256()
