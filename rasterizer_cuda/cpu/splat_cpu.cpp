@@ -147,23 +147,7 @@ void splat_project_fwd(int C, int N, const float* means, const float* quats, con
         Projected p = project_gaussian(cam, means + 3 * n, quats + 4 * n, scales + 3 * n,
                                        opacities ? opacities[n] : -1.f, eps2d, near_plane, far_plane,
                                        radius_clip, antialiased != 0);
-        if (p.valid) {
-            radii[2 * idx] = p.radius_x;
-            radii[2 * idx + 1] = p.radius_y;
-            means2d[2 * idx] = p.mean2d.x;
-            means2d[2 * idx + 1] = p.mean2d.y;
-            depths[idx] = p.depth;
-            conics[3 * idx] = p.conic[0];
-            conics[3 * idx + 1] = p.conic[1];
-            conics[3 * idx + 2] = p.conic[2];
-            compensations[idx] = p.compensation;
-        } else {
-            radii[2 * idx] = radii[2 * idx + 1] = 0;
-            means2d[2 * idx] = means2d[2 * idx + 1] = 0.f;
-            depths[idx] = 0.f;
-            conics[3 * idx] = conics[3 * idx + 1] = conics[3 * idx + 2] = 0.f;
-            compensations[idx] = 0.f;
-        }
+        store_projection(p, idx, radii, means2d, depths, conics, compensations);
     }
 }
 

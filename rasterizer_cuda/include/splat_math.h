@@ -316,6 +316,20 @@ SPLAT_HD Projected project_gaussian(const Camera& cam, const float mean[3], cons
     return out;
 }
 
+// Writes entry idx of the projection outputs: radii [.., 2], means2d [.., 2],
+// depths, conics [.., 3], compensations; zeros for a culled Gaussian.
+SPLAT_HD void store_projection(const Projected& p, int64_t idx, int32_t* radii, float* means2d, float* depths,
+                               float* conics, float* compensations) {
+    const bool v = p.valid;
+    radii[2 * idx] = v ? p.radius_x : 0;
+    radii[2 * idx + 1] = v ? p.radius_y : 0;
+    means2d[2 * idx] = v ? p.mean2d.x : 0.f;
+    means2d[2 * idx + 1] = v ? p.mean2d.y : 0.f;
+    depths[idx] = v ? p.depth : 0.f;
+    for (int k = 0; k < 3; ++k) conics[3 * idx + k] = v ? p.conic[k] : 0.f;
+    compensations[idx] = v ? p.compensation : 0.f;
+}
+
 struct ProjectionGrad {
     float v_mean[3];
     float v_quat[4];

@@ -90,3 +90,13 @@ def load_library(path: Path) -> ctypes.CDLL:
         return ctypes.CDLL(str(path))
     except OSError as e:
         raise NativeBuildError(f"loading {path} failed: {e}") from e
+
+
+def bind_signatures(lib: ctypes.CDLL, signatures: dict) -> ctypes.CDLL:
+    """Set argtypes and restype of each entry point, {name: ([argtypes], restype)};
+    a missing entry point raises AttributeError."""
+    for fn, (args, res) in signatures.items():
+        f = getattr(lib, fn)
+        f.argtypes = args
+        f.restype = res
+    return lib

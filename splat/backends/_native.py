@@ -32,6 +32,13 @@ def check_same_device(**tensors) -> None:
                          + ", ".join(f"{k}={v}" for k, v in devs.items()))
 
 
+def check_isect_count(M: int) -> None:
+    """Tile lists index intersections with int32 (flatten ids, offsets, last ids)."""
+    if M >= 2 ** 31:
+        raise ValueError(f"splat.rasterize: {M:,} Gaussian-tile intersections exceed the int32 index range; "
+                         "render fewer cameras or Gaussians per call")
+
+
 def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> SimpleNamespace:
     """Custom ops `splat::{name}_project`, `_sh` and `_rasterize` over a native library.
 
@@ -246,4 +253,4 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
         return work
 
     return SimpleNamespace(project=project, spherical_harmonics=spherical_harmonics,
-                           rasterize_to_pixels=rasterize_to_pixels, blend_work=blend_work, f32=f32)
+                           rasterize_to_pixels=rasterize_to_pixels, blend_work=blend_work)

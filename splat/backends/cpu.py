@@ -9,8 +9,8 @@ import threading
 
 import torch
 
-from ._build import NativeBuildError, build_library, load_library  # noqa: F401 (NativeBuildError re-exported)
-from ._native import check_same_device, make_ops, ptr as _ptr
+from ._build import NativeBuildError, bind_signatures, build_library, load_library  # noqa: F401 (NativeBuildError re-exported)
+from ._native import check_isect_count, check_same_device, make_ops, ptr as _ptr
 
 NAME = "cpu"
 
@@ -47,11 +47,7 @@ def load():
     with _lock:
         if _lib is None:
             path = build_library("splat_cpu", ["cpu/splat_cpu.cpp"], os.environ.get("CXX", "g++"), CXX_FLAGS)
-            lib = load_library(path)
-            for fn, (args, res) in _SIGNATURES.items():
-                f = getattr(lib, fn)
-                f.argtypes = args
-                f.restype = res
+            lib = bind_signatures(load_library(path), _SIGNATURES)
             lib.splat_set_num_threads(torch.get_num_threads())
             _lib = lib
     return _lib
@@ -81,9 +77,7 @@ def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, tile
     counts = torch.zeros(n_tiles, dtype=torch.int64)
     M = lib.splat_isect_count(C, N, _ptr(means2d), _ptr(radii), tile_size, tile_width, tile_height, _ptr(mask),
                               _ptr(tiles_per_gauss), _ptr(counts)) if C * N else 0
-    if M >= 2 ** 31:
-        raise ValueError(f"splat.rasterize: {M:,} Gaussian-tile intersections exceed the int32 index range; "
-                         "render fewer cameras or Gaussians per call")
+    check_isect_count(M)
     offsets = torch.zeros(n_tiles + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
     isect_ids = torch.empty(M, dtype=torch.int64)

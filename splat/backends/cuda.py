@@ -21,8 +21,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-from ._build import NativeBuildError, build_library, load_library
-from ._native import check_same_device, make_ops, ptr
+from ._build import NativeBuildError, bind_signatures, build_library, load_library
+from ._native import check_isect_count, check_same_device, make_ops, ptr
 
 NAME = "cuda"
 
@@ -102,11 +102,7 @@ def build_host_emulation() -> Path:
 
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Set the ctypes signatures of the library's entry points."""
-    for fn, (args, res) in _SIGNATURES.items():
-        f = getattr(lib, fn)
-        f.argtypes = args
-        f.restype = res
-    return lib
+    return bind_signatures(lib, _SIGNATURES)
 
 
 def load():
@@ -189,9 +185,7 @@ def isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height, tile
             _call(dev, "isect_count", C, N, ptr(means2d), ptr(radii), tile_size, tile_width, tile_height, ptr(mask),
                   ptr(tiles_per_gauss), ptr(cum), ptr(temp), temp.numel())
             M = int(cum[-1])  # waits for the GPU: the sizes below depend on it
-    if M >= 2 ** 31:
-        raise ValueError(f"splat.rasterize: {M:,} Gaussian-tile intersections exceed the int32 index range; "
-                         "render fewer cameras or Gaussians per call")
+    check_isect_count(M)
     keys = [torch.empty(M, dtype=torch.int64, device=dev) for _ in range(2)]
     ids = [torch.empty(M, dtype=torch.int32, device=dev) for _ in range(2)]
     if M:
