@@ -63,22 +63,40 @@ def matmul_peak(n=2048, repeats=10):
     return 2 * n ** 3 / best
 
 
+LEAVES = ("means", "quats", "scales", "opacities", "colors")
+
+
+def passes(render, scene):
+    """The two timed passes of a renderer (render(**scene) -> (image, alpha, ...)): the
+    forward without autograd, and forward+backward of image.sum() + alpha.sum() from
+    fresh copies of the Gaussians' parameters."""
+    def fwd():
+        with torch.no_grad():
+            return render(**scene)
+
+    def fwd_bwd():
+        inputs = {k: (v.clone().requires_grad_(True) if k in LEAVES else v) for k, v in scene.items()}
+        img, alpha = render(**inputs)[:2]
+        (img.sum() + alpha.sum()).backward()
+
+    return fwd, fwd_bwd
+
+
+def make_scene(name, size):
+    """"garden", or N random Gaussians ("10k", "1M", ...) seen at size "WxH"."""
+    if name == "garden":
+        return garden_scene()
+    n = int(float(name.lower().replace("k", "e3").replace("m", "e6")))
+    W, H = (int(v) for v in size.lower().split("x"))
+    return random_scene(n, width=W, height=H)
+
+
 def bench_scene(name, scene, backends, repeats, torch_repeats):
-    leaves = ["means", "quats", "scales", "opacities", "colors"]
     rows = {}
     info = None
     for backend in backends:
         reps = torch_repeats if backend == "torch" else repeats
-
-        def fwd():
-            with torch.no_grad():
-                return splat.rasterize(**scene, backend=backend)
-
-        def fwd_bwd():
-            inputs = {k: (v.clone().requires_grad_(True) if k in leaves else v) for k, v in scene.items()}
-            img, alpha, _ = splat.rasterize(**inputs, backend=backend)
-            (img.sum() + alpha.sum()).backward()
-
+        fwd, fwd_bwd = passes(lambda **sc: splat.rasterize(**sc, backend=backend), scene)
         _, _, info = fwd()  # warm-up (and the native build)
         if backend != "torch":
             fwd_bwd()
@@ -129,30 +147,21 @@ def gpu_peak_bytes(fn):
 
 
 def gpu_renderers(peers, gsplat_packed):
-    """name -> function(**scene) returning (image, alpha): ours, then the peers."""
-    out = {"cuda": lambda **sc: splat.rasterize(**sc, backend="cuda")[:2]}
+    """name -> function(**scene) returning (image, alpha, info): ours, then the peers."""
+    out = {"cuda": lambda **sc: splat.rasterize(**sc, backend="cuda")}
     if "gsplat" in peers:
         import gsplat
 
-        out["gsplat"] = lambda **sc: gsplat.rasterization(**sc, packed=gsplat_packed)[:2]
+        out["gsplat"] = lambda **sc: gsplat.rasterization(**sc, packed=gsplat_packed)
     return out
 
 
 def bench_gpu_scene(name, scene, renderers, repeats):
-    leaves = ["means", "quats", "scales", "opacities", "colors"]
     row = dict(scene=name, gaussians=scene["means"].shape[0], cameras=scene["viewmats"].shape[0],
                width=scene["width"], height=scene["height"])
     images = {}
     for rname, render in renderers.items():
-        def fwd():
-            with torch.no_grad():
-                return render(**scene)
-
-        def fwd_bwd():
-            inputs = {k: (v.detach().requires_grad_(True) if k in leaves else v) for k, v in scene.items()}
-            img, alpha = render(**inputs)
-            (img.sum() + alpha.sum()).backward()
-
+        fwd, fwd_bwd = passes(render, scene)
         images[rname] = fwd()[0].float()
         row[f"{rname}_fwd_ms"] = gpu_timed(fwd, repeats) * 1e3
         row[f"{rname}_fwd_bwd_ms"] = gpu_timed(fwd_bwd, repeats) * 1e3
@@ -176,15 +185,9 @@ def main_gpu(args):
         versions += f", gsplat {gsplat.__version__} (packed={args.gsplat_packed})"
     print(f"# {dev}, {versions}")
     renderers = gpu_renderers(peers, args.gsplat_packed)
-    W, H = (int(v) for v in args.size.lower().split("x"))
     results = []
     for name in args.scenes:
-        if name == "garden":
-            scene = garden_scene()
-        else:
-            n = int(float(name.lower().replace("k", "e3").replace("m", "e6")))
-            scene = random_scene(n, width=W, height=H)
-        scene = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in scene.items()}
+        scene = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in make_scene(name, args.size).items()}
         r = bench_gpu_scene(name, scene, renderers, args.repeats)
         results.append(r)
         line = (f"{name:>7}: N={r['gaussians']:>9,} C={r['cameras']} {r['width']}x{r['height']} | "
@@ -230,12 +233,7 @@ def main():
     print(f"# float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
     results = []
     for name in args.scenes:
-        if name == "garden":
-            scene = garden_scene()
-        else:
-            n = int(float(name.lower().replace("k", "e3").replace("m", "e6")))
-            W, H = (int(v) for v in args.size.lower().split("x"))
-            scene = random_scene(n, width=W, height=H)
+        scene = make_scene(name, args.size)
         backends = ["cpu"] + (["torch"] if scene["means"].shape[0] <= args.skip_torch_above else [])
         r = bench_scene(name, scene, backends, args.repeats, args.torch_repeats)
         results.append(r)
