@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 
@@ -47,16 +48,12 @@ def _prepare(name, monkeypatch=None):
     return name
 
 
-_emulated = []
-
-
+@functools.cache
 def _emulated_cuda_lib():
-    if not _emulated:
-        from splat.backends import cuda
-        from splat.backends._build import load_library
+    from splat.backends import cuda
+    from splat.backends._build import load_library
 
-        _emulated.append(cuda.bind(load_library(cuda.build_host_emulation())))
-    return _emulated[0]
+    return cuda.bind(load_library(cuda.build_host_emulation()))
 
 
 @pytest.fixture(params=["cpu", "cuda", "cuda-emulated"])
