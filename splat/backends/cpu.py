@@ -33,6 +33,9 @@ _SIGNATURES = {
     "splat_isect_fill": ([_I, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P], None),
     "splat_rasterize_fwd": ([_I] * 8 + [_P] * 12, None),
     "splat_rasterize_bwd": ([_I] * 8 + [_P] * 17, None),
+    # 2D image Gaussians (cpu/image2d_cpu.cpp)
+    "splat_img_fwd": ([_I] * 8 + [_P] * 9, None),
+    "splat_img_bwd": ([_I] * 8 + [_P] * 10, None),
 }
 
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno",
@@ -46,7 +49,8 @@ def load():
         return _lib
     with _lock:
         if _lib is None:
-            path = build_library("splat_cpu", ["cpu/splat_cpu.cpp"], os.environ.get("CXX", "g++"), CXX_FLAGS)
+            path = build_library("splat_cpu", ["cpu/splat_cpu.cpp", "cpu/image2d_cpu.cpp"],
+                                 os.environ.get("CXX", "g++"), CXX_FLAGS)
             lib = bind_signatures(load_library(path), _SIGNATURES)
             lib.splat_set_num_threads(torch.get_num_threads())
             _lib = lib
