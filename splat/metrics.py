@@ -1,4 +1,5 @@
-"""Image metrics: PSNR and SSIM (Gaussian window 11, sigma 1.5, as 3DGS and torchmetrics).
+"""Image metrics: PSNR, SSIM (Gaussian window 11, sigma 1.5, as 3DGS and torchmetrics)
+and MS-SSIM (5 scales, the weights of Wang et al. 2003, as pytorch_msssim).
 
 LPIPS is not here: its reference implementation needs torchvision's pretrained
 networks, which have no CPU build on the package index this project installs from.
@@ -55,3 +56,44 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5, padding: st
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     m = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
     return m.flatten(1).mean(1).reshape(lead)
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _ssim_cs(x: Tensor, y: Tensor, g: Tensor, data_range: float):
+    """Per-channel mean SSIM and contrast-structure term of [B, C, H, W] ("valid" windows)."""
+    mu_x, mu_y = _blur(x, g, 0), _blur(y, g, 0)
+    sxx = _blur(x * x, g, 0) - mu_x ** 2
+    syy = _blur(y * y, g, 0) - mu_y ** 2
+    sxy = _blur(x * y, g, 0) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    s = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs
+    return s.flatten(2).mean(-1), cs.flatten(2).mean(-1)
+
+
+def ms_ssim(a: Tensor, b: Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Multi-scale SSIM per image of [..., H, W, C] images -> [...], averaged over channels.
+
+    Five scales, 2x2 average pooling between them; the smaller side must be
+    larger than (window - 1) * 16 pixels (161 for the default window)."""
+    lead = a.shape[:-3]
+    H, W, C = a.shape[-3:]
+    if min(H, W) <= (window - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1):
+        raise ValueError(f"ms_ssim: images of {H}x{W} are too small for 5 scales with an {window}-pixel window "
+                         f"(the smaller side must exceed {(window - 1) * 16})")
+    x = a.reshape(-1, H, W, C).permute(0, 3, 1, 2)
+    y = b.reshape(-1, H, W, C).permute(0, 3, 1, 2)
+    g = _gauss_1d(window, sigma, x.dtype).to(x.device)
+    w = torch.tensor(MS_SSIM_WEIGHTS, dtype=x.dtype, device=x.device)
+    mcs = []
+    for level in range(len(MS_SSIM_WEIGHTS)):
+        s, cs = _ssim_cs(x, y, g, data_range)
+        if level < len(MS_SSIM_WEIGHTS) - 1:
+            mcs.append(torch.relu(cs))
+            pad = (x.shape[2] % 2, x.shape[3] % 2)
+            x = F.avg_pool2d(x, 2, padding=pad)
+            y = F.avg_pool2d(y, 2, padding=pad)
+    vals = torch.stack(mcs + [torch.relu(s)], 0)  # [levels, B, C]
+    return (vals ** w[:, None, None]).prod(0).mean(-1).reshape(lead)

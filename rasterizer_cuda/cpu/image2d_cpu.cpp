@@ -66,6 +66,99 @@ inline Tile tile_at(int64_t t, int tw, int tile_size, int width, int height, con
     return r;
 }
 
+
+// ------------------------------------------------------------------ accumulated sum, RGB
+// The common case (D = 3). A Gaussian visits only the rows of its box, but
+// whole tile rows: the row's pixels are the SIMD lanes (one AVX-512 vector for
+// 16-pixel tiles, TS a compile-time constant), and pixels outside the box get
+// weight 0 from the support test. Box rows are short (a few pixels), so
+// clipping them to the box would leave the loops scalar. Channel-planar tile
+// buffers. TS = 0 takes the tile size at run time.
+template <int TS>
+void sum_fwd_rgb(const Tile& tl, int ts_rt, int width, int height, const float* means2d, const float* conics,
+                 const float* colors, const int32_t* radii, const int32_t* flatten_ids, float* __restrict acc,
+                 float* __restrict wsum) {
+    const int ts = TS ? TS : ts_rt;
+    const int P = ts * ts;
+    float* __restrict a0 = acc;
+    float* __restrict a1 = acc + P;
+    float* __restrict a2 = acc + 2 * P;
+    for (int64_t i = tl.s; i < tl.e; ++i) {
+        const int64_t g = flatten_ids[i];
+        const float mx = means2d[2 * g], my = means2d[2 * g + 1];
+        const float a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2];
+        const float c0 = colors[3 * g], c1 = colors[3 * g + 1], c2 = colors[3 * g + 2];
+        const Box bx = pixel_box(mx, my, radii[2 * g], radii[2 * g + 1], tl.tx0, tl.ty0, ts, width, height);
+        if (bx.x1 <= bx.x0) continue;
+        const float mxl = mx - (tl.tx0 + 0.5f);
+        for (int y = bx.y0; y < bx.y1; ++y) {
+            const float dy = my - (tl.ty0 + y + 0.5f);
+            float* __restrict r0 = a0 + y * ts;
+            float* __restrict r1 = a1 + y * ts;
+            float* __restrict r2 = a2 + y * ts;
+            float* __restrict rw = wsum + y * ts;
+#pragma omp simd
+            for (int x = 0; x < ts; ++x) {
+                const float w = image2d_weight(a, b, c, mxl - (float)x, dy);
+                rw[x] += w;
+                r0[x] += w * c0;
+                r1[x] += w * c1;
+                r2[x] += w * c2;
+            }
+        }
+    }
+}
+
+template <int TS>
+void sum_bwd_rgb(const Tile& tl, int ts_rt, int width, int height, const float* means2d, const float* conics,
+                 const float* colors, const int32_t* radii, const int32_t* flatten_ids, const float* __restrict vC,
+                 float* slots) {
+    const int ts = TS ? TS : ts_rt;
+    const int P = ts * ts;
+    for (int64_t i = tl.s; i < tl.e; ++i) {
+        const int64_t g = flatten_ids[i];
+        const float mx = means2d[2 * g], my = means2d[2 * g + 1];
+        const float a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2];
+        const float c0 = colors[3 * g], c1 = colors[3 * g + 1], c2 = colors[3 * g + 2];
+        const Box bx = pixel_box(mx, my, radii[2 * g], radii[2 * g + 1], tl.tx0, tl.ty0, ts, width, height);
+        const float mxl = mx - (tl.tx0 + 0.5f);
+        // per-lane partial sums over the rows, reduced once per (tile, Gaussian)
+        float L[8][TS ? TS : 64] = {};
+        for (int y = bx.y0; y < bx.y1 && bx.x0 < bx.x1; ++y) {
+            const float dy = my - (tl.ty0 + y + 0.5f);
+            const float* __restrict v0 = vC + y * ts;
+            const float* __restrict v1 = vC + P + y * ts;
+            const float* __restrict v2 = vC + 2 * P + y * ts;
+#pragma omp simd
+            for (int x = 0; x < ts; ++x) {
+                const float dx = mxl - (float)x;
+                const float w = image2d_weight(a, b, c, dx, dy);
+                const float g0 = v0[x], g1 = v1[x], g2 = v2[x];
+                L[5][x] += w * g0;
+                L[6][x] += w * g1;
+                L[7][x] += w * g2;
+                const float vs = -w * (c0 * g0 + c1 * g1 + c2 * g2);
+                L[0][x] += vs * (a * dx + b * dy);
+                L[1][x] += vs * (b * dx + c * dy);
+                L[2][x] += vs * 0.5f * dx * dx;
+                L[3][x] += vs * dx * dy;
+                L[4][x] += vs * 0.5f * dy * dy;
+            }
+        }
+        float sums[8];
+        for (int k = 0; k < 8; ++k) {
+            float t = 0.f;
+            for (int x = 0; x < ts; ++x) t += L[k][x];
+            sums[k] = t;
+        }
+        const float smx = sums[0], smy = sums[1], sa = sums[2], sb = sums[3], sc = sums[4], s0 = sums[5],
+                    s1 = sums[6], s2 = sums[7];
+        float* slot = slots + (size_t)i * 8;
+        slot[0] = smx; slot[1] = smy; slot[2] = sa; slot[3] = sb; slot[4] = sc;
+        slot[5] = s0; slot[6] = s1; slot[7] = s2;
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -95,7 +188,14 @@ void splat_img_fwd(int N, int D, int width, int height, int tile_size, int tw, i
             std::fill(acc.begin(), acc.end(), 0.f);
             std::fill(wsum.begin(), wsum.end(), 0.f);
             std::fill(cnt.begin(), cnt.end(), 0);
-            for (int64_t i = tl.s; i < tl.e; ++i) {
+            const bool rgb_sum = K == 0 && D == 3;
+            if (rgb_sum && tile_size == 16)
+                sum_fwd_rgb<16>(tl, tile_size, width, height, means2d, conics, colors, radii, flatten_ids, acc.data(),
+                            wsum.data());
+            else if (rgb_sum)
+                sum_fwd_rgb<0>(tl, tile_size, width, height, means2d, conics, colors, radii, flatten_ids, acc.data(),
+                               wsum.data());
+            for (int64_t i = rgb_sum ? tl.e : tl.s; i < tl.e; ++i) {
                 const int64_t g = flatten_ids[i];
                 const float mx = means2d[2 * g], my = means2d[2 * g + 1];
                 const float a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2];
@@ -125,7 +225,10 @@ void splat_img_fwd(int N, int D, int width, int height, int tile_size, int tw, i
                     const int64_t pix = (int64_t)(tl.ty0 + y) * width + tl.tx0 + x;
                     float* o = out + pix * D;
                     if (K == 0) {
-                        memcpy(o, &acc[(size_t)p * D], sizeof(float) * D);
+                        if (rgb_sum)
+                            for (int d = 0; d < 3; ++d) o[d] = acc[(size_t)d * P + p];
+                        else
+                            memcpy(o, &acc[(size_t)p * D], sizeof(float) * D);
                         out_wsum[pix] = wsum[p];
                         continue;
                     }
@@ -162,11 +265,27 @@ void splat_img_bwd(int N, int D, int width, int height, int tile_size, int tw, i
 #pragma omp parallel
     {
         FtzGuard ftz;
-        std::vector<float> w(std::max(K, 1)), cdot(std::max(K, 1));
+        std::vector<float> w(std::max(K, 1)), cdot(std::max(K, 1)), vC((size_t)3 * tile_size * tile_size);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < T; ++t) {
             const Tile tl = tile_at(t, tw, tile_size, width, height, tile_offsets);
             if (tl.e <= tl.s) continue;
+            if (K == 0 && D == 3) {
+                const int P = tile_size * tile_size;
+                std::fill(vC.begin(), vC.end(), 0.f);  // whole rows are evaluated: pixels off the image get 0
+                for (int y = 0; y < tl.ph; ++y)
+                    for (int x = 0; x < tl.pw; ++x) {
+                        const float* vp = v_out + ((int64_t)(tl.ty0 + y) * width + tl.tx0 + x) * 3;
+                        for (int d = 0; d < 3; ++d) vC[(size_t)d * P + y * tile_size + x] = vp[d];
+                    }
+                if (tile_size == 16)
+                    sum_bwd_rgb<16>(tl, tile_size, width, height, means2d, conics, colors, radii, flatten_ids,
+                                    vC.data(), slots.data());
+                else
+                    sum_bwd_rgb<0>(tl, tile_size, width, height, means2d, conics, colors, radii, flatten_ids,
+                                   vC.data(), slots.data());
+                continue;
+            }
             if (K == 0) {
                 for (int64_t i = tl.s; i < tl.e; ++i) {
                     const int64_t g = flatten_ids[i];

@@ -152,6 +152,8 @@ def rasterize_image2d(means2d: Tensor, conics: Tensor, colors: Tensor, width: in
         raise ValueError(f"splat.image2d: image size must be positive, got {width}x{height}")
     if topk < 0:
         raise ValueError(f"splat.image2d: topk must be >= 0 (0 = accumulated sum), got {topk}")
+    if not 1 <= tile_size <= 64:
+        raise ValueError(f"splat.image2d: tile_size must be in [1, 64], got {tile_size}")
     if means2d.ndim != 2 or means2d.shape[1] != 2 or conics.shape != (means2d.shape[0], 3) \
             or colors.ndim != 2 or colors.shape[0] != means2d.shape[0]:
         raise ValueError("splat.image2d: expected means2d [N,2], conics [N,3], colors [N,D], got "
