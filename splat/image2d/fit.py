@@ -44,14 +44,14 @@ class FitConfig:
     """'l2' or 'l1-ssim' (0.8 L1 + 0.2 (1 - SSIM))."""
     optimizer: str = "adam"
     """'adam' or 'adan'."""
-    lr_means: float = 0.1
+    lr_means: float = 0.3
     """Learning rate of the positions, in pixels."""
-    lr_chol: float = 0.02
+    lr_chol: float = 0.1
     """Learning rate of the Cholesky factors, in pixels."""
     lr_colors: float = 0.01
     lr_final: float = 0.1
     """Every learning rate decays exponentially to this fraction by the last iteration."""
-    init_fraction: float = 0.5
+    init_fraction: float = 0.3
     """Share of the Gaussians placed at the start; the rest is added where the error is (1 = all at once)."""
     add_rounds: int = 4
     """Rounds of error-guided addition, spread over the first half of the iterations."""
