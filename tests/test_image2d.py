@@ -511,6 +511,15 @@ def test_bad_rasterize_arguments():
     assert img.dtype == torch.float64
 
 
+@pytest.mark.parametrize("radii", [torch.full((4,), 4, dtype=torch.int32), torch.full((2, 2), 4, dtype=torch.int32),
+                                   torch.full((4, 2), 4.7)])
+def test_rasterize_rejects_bad_radii(radii):
+    # the native kernels read 2N integers from radii: anything else must be refused
+    means, q, c = torch.rand(4, 2) * 8, torch.tensor([[0.5, 0.0, 0.5]]).repeat(4, 1), torch.rand(4, 3)
+    with pytest.raises(ValueError, match="radii must be integer"):
+        rasterize_image2d(means, q, c, 8, 8, radii=radii, backend="cpu")
+
+
 def test_weight_sum_is_not_differentiable_natively():
     means, q, c = torch.rand(3, 2) * 8, torch.tensor([[0.5, 0.0, 0.5]]).repeat(3, 1), torch.rand(3, 3)
     means.requires_grad_(True)

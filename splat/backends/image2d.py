@@ -169,6 +169,9 @@ def rasterize_image2d(means2d: Tensor, conics: Tensor, colors: Tensor, width: in
         if t.dtype != torch.float32:
             raise ValueError(f"splat.image2d: backend='cpu' supports float32 only, {name} is {t.dtype}")
     means2d, conics, colors = means2d.contiguous(), conics.contiguous(), colors.contiguous()
+    if radii.shape != (means2d.shape[0], 2) or radii.dtype.is_floating_point or radii.device != means2d.device:
+        raise ValueError(f"splat.image2d: radii must be integer [N,2] = [{means2d.shape[0]},2] on {means2d.device}, "
+                         f"got {radii.dtype} {tuple(radii.shape)} on {radii.device}")
     radii = radii.to(torch.int32).contiguous()
     tile_offsets, flatten_ids = bin_tiles(means2d, radii, width, height, tile_size)
     out, wsum, _ = _image2d_cpu(means2d, conics, colors, radii, tile_offsets, flatten_ids, width, height,

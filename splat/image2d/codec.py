@@ -66,8 +66,11 @@ class CodecConfig:
     lr_codebooks: float = 3e-4
     """... and the RVQ codebooks."""
     zstd_level: int = 19
+    """zstd compression level (1-22)."""
     seed: int = 0
+    """Seed of the k-means initialisation."""
     backend: str = "auto"
+    """Renderer backend of the fine-tuning."""
 
     def resolved_codebook_bits(self, n: int) -> int:
         if self.codebook_bits:
@@ -149,9 +152,10 @@ def kmeans(x: Tensor, k: int, iters: int = 20, init: Optional[Tensor] = None, ge
         cnt = torch.bincount(a, minlength=k).to(x.dtype)
         empty = cnt == 0
         c = torch.where(empty[:, None], c, sums / cnt.clamp_min(1)[:, None])
-        if bool(empty.any()):
-            far = torch.cdist(x, c).min(1).values.topk(int(empty.sum())).indices
-            c[empty] = x[far]
+        n_empty = min(int(empty.sum()), n)  # more codewords than points: some stay unused
+        if n_empty:
+            far = torch.cdist(x, c).min(1).values.topk(n_empty).indices
+            c[torch.nonzero(empty)[:n_empty, 0]] = x[far]
     return c
 
 

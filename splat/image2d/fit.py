@@ -36,6 +36,7 @@ class FitConfig:
     num_gaussians: int = 20000
     """Gaussians at the end of fitting."""
     iterations: int = 2000
+    """Optimisation steps."""
     mode: str = "sum"
     """'sum' (GaussianImage: accumulated sum) or 'topk' (Image-GS: normalised top-K blending)."""
     topk: int = 10
@@ -49,6 +50,7 @@ class FitConfig:
     lr_chol: float = 0.1
     """Learning rate of the Cholesky factors, in pixels."""
     lr_colors: float = 0.01
+    """Learning rate of the colours."""
     lr_final: float = 0.1
     """Every learning rate decays exponentially to this fraction by the last iteration."""
     init_fraction: float = 0.3
@@ -58,7 +60,10 @@ class FitConfig:
     uniform_share: float = 0.3
     """Share of the initial positions sampled uniformly rather than from the image gradient."""
     seed: int = 0
+    """Seed of the initial and added positions."""
     backend: str = "auto"
+    """'auto' (the native CPU kernels for float32 CPU tensors), 'cpu' or 'torch' (the dense
+    reference, small images only)."""
 
 
 def image_to_tensor(img) -> Tensor:

@@ -137,8 +137,8 @@ def load_image2d(path: Union[str, Path]) -> Image2D:
     try:
         sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise ValueError(f"{path}: not a splat 2D image model or codec file ({e.__class__.__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+        raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi)"
+                         ) from None
     return Image2D.from_state_dict(sd, where=str(path))
 
 
