@@ -19,21 +19,7 @@
 #include <vector>
 
 #include "../include/image2d_math.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-namespace {
-struct FtzGuard {  // flush denormals inside the pixel loops (see splat_cpu.cpp)
-    unsigned int saved;
-    FtzGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
-    ~FtzGuard() { _mm_setcsr(saved); }
-};
-}  // namespace
-#else
-namespace {
-struct FtzGuard {};
-}  // namespace
-#endif
+#include "flush_denormals.h"
 
 using namespace splat;
 
@@ -178,7 +164,7 @@ void splat_img_fwd(int N, int D, int width, int height, int tile_size, int tw, i
     const int K = topk;
 #pragma omp parallel
     {
-        FtzGuard ftz;
+        FlushDenormals ftz;
         std::vector<float> acc((size_t)P * D), wsum(P), vals((size_t)P * std::max(K, 1));
         std::vector<int32_t> ids((size_t)P * std::max(K, 1));
         std::vector<int> cnt(P);
@@ -264,7 +250,7 @@ void splat_img_bwd(int N, int D, int width, int height, int tile_size, int tw, i
     std::vector<float> slots((size_t)M * G, 0.f);
 #pragma omp parallel
     {
-        FtzGuard ftz;
+        FlushDenormals ftz;
         std::vector<float> w(std::max(K, 1)), cdot(std::max(K, 1)), vC((size_t)3 * tile_size * tile_size);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < T; ++t) {
