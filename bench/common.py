@@ -3,12 +3,24 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scenes.garden import garden_scene  # noqa: E402,F401
+
+
+def timed(fn, repeats=3):
+    """Median wall time of `repeats` calls of fn, in seconds."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def random_scene(N: int, width=640, height=480, C=1, seed=0):

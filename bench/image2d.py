@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -27,17 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from splat.image2d import codec  # noqa: E402
 from splat.image2d.fit import FitConfig, evaluate, fit, load_image  # noqa: E402
 from splat.metrics import ms_ssim, psnr  # noqa: E402
+from common import timed  # noqa: E402  (bench/common.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def timed(fn, reps=3):
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def pillow_curve(target: torch.Tensor, fmt: str):
@@ -90,7 +81,6 @@ def main(argv=None):
         sys.exit(f"no images found in {args.images}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(files)} images, "
           f"{args.iterations} iterations, mode {args.mode}", flush=True)
-    fits = {}
     results = {"config": vars(args) | {"images": [os.path.basename(f) for f in files]}, "images": []}
     for f in files:
         name = os.path.basename(f)
@@ -128,7 +118,6 @@ def main(argv=None):
                 fmt = lambda v: "   n/a" if v is None else f"{v[0]:6.2f}"  # noqa: E731
                 print(f"{name} N={n:6d}  {bpp:.3f} bpp  PSNR {p:6.2f} (float {ev['psnr']:.2f})  JPEG {fmt(j)}"
                       f"  WebP {fmt(wb)}  decode {1e3 * dec_s:.1f} ms", flush=True)
-            fits[(name, n)] = r
         if args.adan and f == files[0]:
             n = min(args.counts)
             for opt, lrs in (("adam", {}), ("adan", dict(lr_means=1.0, lr_chol=0.2, lr_colors=0.03))):
@@ -171,10 +160,10 @@ def main(argv=None):
         print(f"  native kernel vs torch reference (64x64 window render): {summary['native_vs_torch_render_ratio']:.0f}x")
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=1)
-    plot(results, args.plots, jpeg_webp=True)
+    plot(results, args.plots)
 
 
-def plot(results, folder, jpeg_webp=True):
+def plot(results, folder):
     try:
         import matplotlib
 

@@ -32,22 +32,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import splat  # noqa: E402
 from splat.backends import cpu  # noqa: E402
-from common import garden_scene, random_scene  # noqa: E402
+from common import garden_scene, random_scene, timed  # noqa: E402
 
 # floating-point operations the blend loop spends on one (pixel, Gaussian) pair
 # with RGB colour, counting an FMA as 2 (see README, "How fast is the blend stage"):
 # offset 2, exponent 9, exp 27, alpha and clamp 2, threshold tests 2,
 # transmittance 2, cut-off 1, weight 1, colour 6.
 FLOPS_PER_PAIR = 52
-
-
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def matmul_peak(n=2048, repeats=10):

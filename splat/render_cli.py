@@ -243,6 +243,12 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def save_png(path: Path, img: torch.Tensor) -> None:
+    """A float image [H,W,C] (C = 1 or 3), clamped to [0, 1], as an 8-bit PNG, written atomically."""
+    arr = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+    _write_png(path, arr[..., 0] if arr.shape[-1] == 1 else arr)
+
+
 def write_video(path: Path, frames: List[np.ndarray], fps: int) -> None:
     import imageio.v2 as imageio
 

@@ -28,6 +28,7 @@ import torch
 from .metrics import psnr as psnr_fn
 from .metrics import ssim as ssim_fn
 from .models.static import PARAM_NAMES, init_splats, render_splats
+from .render_cli import save_png
 from .strategies.adc import ADCStrategy
 
 CKPT_VERSION = 1
@@ -339,7 +340,7 @@ class Trainer:
             ss.append(ssim_fn(pred, gt).item())
             if save_renders < 0 or i < save_renders:
                 rdir.mkdir(parents=True, exist_ok=True)
-                _save_png(rdir / f"test_{i:03d}.png", torch.cat([pred, gt], 1))
+                save_png(rdir / f"test_{i:03d}.png", torch.cat([pred, gt], 1))
         return {"step": step, "psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)),
                 "num_gaussians": self.num_gaussians, "render_ms": 1000 * float(np.median(secs)),
                 "per_view": [{"name": n, "psnr": a, "ssim": b} for n, a, b in zip(views.names, ps, ss)]}
@@ -452,12 +453,6 @@ class Trainer:
         }
         _atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
-
-
-def _save_png(path: Path, img: torch.Tensor) -> None:
-    from .render_cli import _write_png
-
-    _write_png(path, (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
 
 
 def train(cfg: TrainConfig, log=print) -> dict:

@@ -2,7 +2,6 @@
 layout read back independently, quantiser properties, corrupt/truncated files and
 bad inputs with clear errors, and nothing half-written."""
 import json
-import math
 import struct
 import zlib
 

@@ -15,7 +15,6 @@ weights used [H,W]; it is differentiable in means2d, conics and colours.
 """
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import torch

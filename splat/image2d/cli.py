@@ -13,13 +13,12 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional, Sequence, Tuple, Union
+from typing import Annotated, Optional, Sequence, Tuple
 
-import numpy as np
-import torch
 import tyro
 
 from splat.io import atomic_write
+from splat.render_cli import save_png
 
 from . import codec
 from .fit import FitConfig, evaluate, fit, load_image
@@ -83,19 +82,6 @@ class Decode:
     """Output size relative to the encoded image."""
 
 
-def _write_png(path: Path, img: torch.Tensor) -> None:
-    import io
-
-    from PIL import Image
-
-    arr = (img.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    if arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    atomic_write(path, buf.getvalue())
-
-
 def run_fit(a: Fit) -> dict:
     target = load_image(a.image)
     out = a.out or a.image.with_suffix(".pt")
@@ -111,7 +97,7 @@ def run_fit(a: Fit) -> dict:
               "config": dataclasses.asdict(a.config)}
     atomic_write(out.with_suffix(".json"), json.dumps(report, indent=1).encode())
     if a.render:
-        _write_png(out.with_name(out.stem + "_render.png"), r.model.render(clamp=True))
+        save_png(out.with_name(out.stem + "_render.png"), r.model.render(clamp=True))
     print(f"{out}: {r.model.num_gaussians} Gaussians, PSNR {ev['psnr']:.2f} dB, MS-SSIM {ev['ms_ssim']:.4f} "
           f"(NaN below 161 px), {r.seconds:.1f} s")
     return report
@@ -123,7 +109,7 @@ def run_render(a: Render) -> Path:
     m = load_image2d(a.model)
     img = m.render(a.scale, size=a.size, crop=a.crop, first_k=a.first_k, backend=a.backend, clamp=True)
     out = a.out or a.model.with_name(f"{a.model.stem}_x{a.scale:g}.png")
-    _write_png(out, img)
+    save_png(out, img)
     print(f"{out}: {img.shape[1]}x{img.shape[0]}")
     return out
 
@@ -157,7 +143,7 @@ def run_decode(a: Decode) -> Path:
         raise FileNotFoundError(f"{a.file}: no such file")
     m = codec.decode_bytes(data, where=str(a.file))
     out = a.out or a.file.with_suffix(".png")
-    _write_png(out, m.render(a.scale, clamp=True))
+    save_png(out, m.render(a.scale, clamp=True))
     if a.model_out is not None:
         m.save(a.model_out)
     print(f"{out}: {round(m.width * a.scale)}x{round(m.height * a.scale)} from {m.num_gaussians} Gaussians")

@@ -97,10 +97,7 @@ class QuantizedImage2D:
         wh = torch.tensor([self.width, self.height], dtype=torch.float32)
         means = (self.pos.float() + 1.0) * (wh * 0.5)
         chol = self.chol_q.float() * self.chol_step + self.chol_zero
-        cb = self.codebooks.float()
-        colors = torch.zeros(self.pos.shape[0], cb.shape[2])
-        for s in range(cb.shape[0]):
-            colors = colors + cb[s][self.indices[s]]
+        colors = _rvq_decode(self.codebooks.float(), self.indices)
         return Image2D(means.contiguous(), chol.contiguous(), colors.contiguous(), self.width, self.height,
                        self.mode, self.topk)
 
@@ -172,24 +169,38 @@ def _rvq_fit(colors: Tensor, stages: int, k: int, init: Optional[Tensor] = None,
     return torch.stack(cbs), torch.stack(idxs)
 
 
+def _rvq_assign(colors: Tensor, cbs: Tensor) -> Tensor:
+    """RVQ indices [S,N] of colours [N,D] with codebooks [S,K,D]: each stage codes the residual."""
+    idx, r = [], colors
+    for s in range(cbs.shape[0]):
+        a = torch.cdist(r, cbs[s]).argmin(1)
+        idx.append(a)
+        r = r - cbs[s][a]
+    return torch.stack(idx)
+
+
+def _rvq_decode(cbs: Tensor, idx: Tensor) -> Tensor:
+    """The colours [N,D] that RVQ indices [S,N] stand for: the sum of their codewords."""
+    out = torch.zeros(idx.shape[1], cbs.shape[2], dtype=cbs.dtype)
+    for s in range(cbs.shape[0]):
+        out = out + cbs[s][idx[s]]
+    return out
+
+
 def _rvq_apply(colors: Tensor, cbs: Tensor) -> Tensor:
     """RVQ of colours: the codewords (differentiable in the codebooks) plus a
     straight-through path to the latent colours, which choose the codewords."""
-    r = colors.detach()
-    q = torch.zeros_like(r)
-    for s in range(cbs.shape[0]):
-        a = torch.cdist(r, cbs[s].detach()).argmin(1)
-        q = q + cbs[s][a]
-        r = r - cbs[s].detach()[a]
+    q = _rvq_decode(cbs, _rvq_assign(colors.detach(), cbs.detach()))
     return q + (colors - colors.detach())
 
 
 # ---------------------------------------------------------------- encoder
 @torch.no_grad()
 def quantize(model: Image2D, cfg: CodecConfig, chol_step: Optional[Tensor] = None,
-             chol_zero: Optional[Tensor] = None, codebooks: Optional[Tensor] = None,
-             refit: bool = True) -> QuantizedImage2D:
-    """Quantise a float model (no fine-tuning), in the codec's storage order (by row)."""
+             chol_zero: Optional[Tensor] = None, codebooks: Optional[Tensor] = None) -> QuantizedImage2D:
+    """Quantise a float model (no fine-tuning), in the codec's storage order (by row).
+    The Cholesky quantiser and the codebooks are fitted to the model unless given
+    (as fine-tuning learned them)."""
     _check_cfg(cfg)
     m = model.detach()
     N, D = m.colors.shape
@@ -203,17 +214,11 @@ def quantize(model: Image2D, cfg: CodecConfig, chol_step: Optional[Tensor] = Non
         chol_step, chol_zero = _init_chol_quant(m.chol, cfg.chol_bits)
     chol_step, chol_zero = chol_step.float().detach().clone(), chol_zero.float().detach().clone()
     chol_q = torch.clamp(torch.round((m.chol - chol_zero) / chol_step), 0, 2 ** cfg.chol_bits - 1).long()
-    k = 2 ** cfg.resolved_codebook_bits(N)
-    if codebooks is not None and not refit:  # the fine-tuned codebooks as they are
+    if codebooks is not None:
         cbs = codebooks.half().float()
-        idx, r = [], m.colors
-        for s in range(cbs.shape[0]):
-            a = torch.cdist(r, cbs[s]).argmin(1)
-            idx.append(a)
-            r = r - cbs[s][a]
-        idx = torch.stack(idx)
+        idx = _rvq_assign(m.colors, cbs)
     else:
-        cbs, idx = _rvq_fit(m.colors, cfg.rvq_stages, k, codebooks, gen)
+        cbs, idx = _rvq_fit(m.colors, cfg.rvq_stages, 2 ** cfg.resolved_codebook_bits(N), None, gen)
     # storage order: by row key, then column key (stable)
     yk = _ordered_key(pos[:, 1]).long()
     xk = _ordered_key(pos[:, 0]).long()
@@ -256,7 +261,7 @@ def qat(model: Image2D, target: Tensor, cfg: CodecConfig, progress: bool = False
         loss.backward()
         opt.step()
     fitted = Image2D(means.detach(), chol.detach(), colors.detach(), m.width, m.height, m.mode, m.topk)
-    return quantize(fitted, cfg, step.detach().abs() + 1e-6, zero.detach(), cbs.detach(), refit=False)
+    return quantize(fitted, cfg, step.detach().abs() + 1e-6, zero.detach(), cbs.detach())
 
 
 def _check_cfg(cfg: CodecConfig) -> None:

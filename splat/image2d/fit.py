@@ -150,12 +150,12 @@ def initialise(img: Tensor, n: int, cfg: FitConfig, gen: torch.Generator) -> Ima
     sigma = _knn_sigma(means, means) if n > 3 else torch.full((n,), math.sqrt(H * W / max(n, 1) / math.pi))
     model = Image2D(means, _chol_for_sigma(sigma), _sample_at(img, means).clone(), W, H, cfg.mode, cfg.topk)
     if cfg.mode == "sum":
-        _rescale_to_coverage(model, img, cfg.backend, slice(0, n))
+        _rescale_to_coverage(model, cfg.backend, slice(0, n))
     return model
 
 
 @torch.no_grad()
-def _rescale_to_coverage(model: Image2D, img: Tensor, backend: str, idx) -> None:
+def _rescale_to_coverage(model: Image2D, backend: str, idx) -> None:
     """Sum mode: divide the colours of Gaussians idx by the weight sum at their centres."""
     _, wsum = render_image2d(model, backend=backend, return_weights=True)
     cover = _sample_at(wsum[..., None], model.means[idx])[:, 0]
@@ -329,6 +329,4 @@ def _add_by_error(tr: _Trainer, target: Tensor, n: int, cfg: FitConfig, gen: tor
     tr.add(means, _chol_for_sigma(sigma), colors)
     if cfg.mode == "sum":  # the residual was measured at full weight; share it with what already covers the pixel
         k = tr.model.num_gaussians
-        _, wsum = render_image2d(tr.model, backend=cfg.backend, return_weights=True)
-        cover = _sample_at(wsum[..., None], means)[:, 0]
-        tr.model.colors[k - n:] /= cover.clamp_min(1.0)[:, None]
+        _rescale_to_coverage(tr.model, cfg.backend, slice(k - n, k))

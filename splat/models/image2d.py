@@ -15,7 +15,6 @@ first), so `first_k` renders a smooth lower-detail version.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -23,7 +22,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from splat.backends.image2d import BACKENDS, bounding_radii, rasterize_image2d
+from splat.backends.image2d import bounding_radii, rasterize_image2d
 
 MIN_VARIANCE = 0.1
 MODES = ("sum", "topk")
@@ -136,7 +135,7 @@ def load_image2d(path: Union[str, Path]) -> Image2D:
 
     try:
         sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError):
         raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi)"
                          ) from None
     return Image2D.from_state_dict(sd, where=str(path))
@@ -145,8 +144,6 @@ def load_image2d(path: Union[str, Path]) -> Image2D:
 def render_image2d(model: Image2D, scale: float = 1.0, *, size: Optional[Tuple[int, int]] = None,
                    crop: Optional[Tuple[int, int, int, int]] = None, first_k: Optional[int] = None,
                    backend: str = "auto", clamp: bool = False, return_weights: bool = False):
-    if backend not in BACKENDS:
-        raise ValueError(f"splat.image2d: backend must be one of {BACKENDS}, got {backend!r}")
     if size is None:
         if not (scale > 0) or scale == float("inf"):
             raise ValueError(f"splat.image2d: scale must be a positive number, got {scale}")
