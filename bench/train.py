@@ -47,18 +47,21 @@ class Args:
     out: Path = ROOT / "bench" / "results_train_cpu.json"
 
 
-def _child(backend: str, count: int, steps: int) -> None:
-    """Time `steps` training steps at a fixed count; print one JSON line."""
+def fixed_count_trainer(backend: str, count: int, **cfg_kw):
+    """A Trainer on the default scene whose initial cloud is grown (or shrunk) to `count`
+    Gaussians with density control off, so every step costs the same."""
     import numpy as np
     import torch
 
     from splat.strategies import ADCStrategy
-    from splat.trainer import TrainConfig, Trainer
+    from splat.trainer import TrainConfig, Trainer, make_optimizers
 
-    cfg = TrainConfig(out=Path("/tmp/splat_bench_train"), iterations=30_000, progress=False, export=[],
-                      backend=backend, strategy=ADCStrategy(refine_start_iter=10**9), scale_schedule=False)
+    kw = dict(out=Path("/tmp/splat_bench_train"), iterations=30_000, progress=False, export=[], backend=backend,
+              strategy=ADCStrategy(refine_start_iter=10**9), scale_schedule=False)
+    kw.update(cfg_kw)
+    cfg = TrainConfig(**kw)
     t = Trainer(cfg, log=lambda *a: None)
-    # grow (or shrink) the initial cloud to `count` Gaussians: copies of points jittered by their scale
+    # copies of points jittered by their scale
     rng = np.random.default_rng(0)
     P = t.num_gaussians
     idx = rng.integers(0, P, count)
@@ -69,10 +72,14 @@ def _child(backend: str, count: int, steps: int) -> None:
         new["scales"] -= float(np.log(max(count / P, 1.0)) / 3)  # keep the covered volume about constant
         new["opacities"][:] = 2.0  # opacity 0.88: a converged-looking, mostly opaque model
     t.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in new.items()})
-    from splat.trainer import make_optimizers
-
     t.optimizers = make_optimizers(t.params, cfg, t.scene_scale)
     t.state = t.strategy.initialize_state(t.scene_scale)
+    return t
+
+
+def _child(backend: str, count: int, steps: int) -> None:
+    """Time `steps` training steps at a fixed count; print one JSON line."""
+    t = fixed_count_trainer(backend, count)
     step0 = 3000  # full SH degree
     for i in range(3):
         t.train_step(step0 + i)

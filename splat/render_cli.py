@@ -90,6 +90,31 @@ def load_model(path: Path) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
     return {k: v.float().contiguous() for k, v in splats.items()}, cfg
 
 
+def run_data_path(run_cfg: Optional[dict], data: Optional[Path] = None) -> Optional[Path]:
+    """The dataset a model was trained on: `data` if given, else the run's config
+    (a run on the embedded default scene stores data = null)."""
+    if data is not None:
+        return Path(data)
+    if run_cfg is None:
+        return None
+    if run_cfg.get("data"):
+        return Path(run_cfg["data"])
+    from .trainer import default_scene_path
+
+    return default_scene_path()
+
+
+def load_run_dataset(data_path: Path, run_cfg: Optional[dict], background):
+    """Load `data_path` the way the run loaded it (downscale, split, normalisation)."""
+    from .data import load_dataset
+
+    kw = {}
+    if run_cfg:
+        kw = dict(downscale=run_cfg.get("downscale", 1), test_every=run_cfg.get("test_every", 8),
+                  normalize=run_cfg.get("normalize", True), format=run_cfg.get("data_format", "auto"))
+    return load_dataset(data_path, background=background, **kw)
+
+
 # ----------------------------------------------------------------------------- cameras
 
 
@@ -287,21 +312,11 @@ def render(cfg: RenderConfig, log=print) -> dict:
     log(f"{splats['means'].shape[0]:,} Gaussians, SH degree {sh_degree}")
 
     data = None
-    data_path = cfg.data or (Path(run_cfg["data"]) if run_cfg and run_cfg.get("data") else None)
-    if data_path is None and run_cfg is not None and run_cfg.get("data") is None:
-        from .trainer import default_scene_path
-
-        data_path = default_scene_path()
+    data_path = run_data_path(run_cfg, cfg.data)
     if cfg.cameras in ("test", "train", "path") or (cfg.cameras == "orbit" and data_path is not None):
         if data_path is None:
             raise ValueError(f"--cameras {cfg.cameras} needs the dataset: pass --data DIR")
-        from .data import load_dataset
-
-        kw = {}
-        if run_cfg:
-            kw = dict(downscale=run_cfg.get("downscale", 1), test_every=run_cfg.get("test_every", 8),
-                      normalize=run_cfg.get("normalize", True), format=run_cfg.get("data_format", "auto"))
-        data = load_dataset(data_path, background=bg, **kw)
+        data = load_run_dataset(data_path, run_cfg, bg)
 
     render_mode = {"rgb": "RGB", "depth": "ED", "alpha": "RGB"}[cfg.mode]
     bgt = torch.tensor(bg, dtype=torch.float32)[None] if cfg.mode == "rgb" else None

@@ -98,6 +98,14 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     """Show a progress bar."""
+    viewer: bool = False
+    """Serve a live web viewer of the training (viser): the current model from any camera, status, loss plot, pause."""
+    viewer_port: int = 8080
+    """Port of the live viewer (0: any free port)."""
+    viewer_host: str = "127.0.0.1"
+    """Address the live viewer listens on; 0.0.0.0 makes it reachable from other machines."""
+    viewer_wait: bool = True
+    """After training, keep the viewer open on the final model until Ctrl-C."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -248,6 +256,8 @@ class Trainer:
             saved = config_from_json(ck["config"])
             saved.resume = True
             saved.out = cfg.out
+            for f in ("viewer", "viewer_port", "viewer_host", "viewer_wait"):  # this command's, not the run's
+                setattr(saved, f, getattr(cfg, f))
             self.cfg = cfg = saved
             log(f"resuming {path} at step {ck['step']}")
         self.iterations = cfg.iterations or (DEFAULT_SCENE_ITERATIONS if cfg.data is None else 30_000)
@@ -255,6 +265,8 @@ class Trainer:
             raise ValueError(f"--iterations must be positive, got {self.iterations}")
         if not 0 <= cfg.sh_degree <= 3:
             raise ValueError(f"--sh-degree must be 0..3, got {cfg.sh_degree}")
+        if cfg.viewer:  # a busy port fails now, not after loading the data
+            _import_viewer().check_port(cfg.viewer_host, cfg.viewer_port)
         factor = self.iterations / 30_000 if cfg.scale_schedule else 1.0
         self.strategy = cfg.strategy.scaled(factor) if cfg.scale_schedule else cfg.strategy
         self.sh_interval = max(1, int(cfg.sh_degree_interval * factor))
@@ -378,11 +390,43 @@ class Trainer:
             paths.append(splat_io.save(self.out / f"model{ext}", splats, format=fmt, **opts))
         return paths
 
+    # ------------------------------------------------------------------ live viewer
+    def start_viewer(self):
+        """Serve the live viewer (viser) on the training: (Viewer, TrainingLink)."""
+        v = _import_viewer()
+        link = v.TrainingLink(self.iterations, self.start_step)
+        from viewer.scene import cameras_of_split
+
+        scene = v.SplatScene({k: p.detach().clone() for k, p in self.params.items()},
+                             cameras=cameras_of_split(self.data.train), background=tuple(self.cfg.background),
+                             rasterize_mode=self.cfg.rasterize_mode, name=self.out.resolve().name)
+        viewer = v.Viewer(scene, host=self.cfg.viewer_host, port=self.cfg.viewer_port, link=link,
+                          snapshot_dir=self.out / "snapshots", log=self.log)
+        self.log(f"viewer: {viewer.url}")
+        return viewer, link
+
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(self.out / "config.json", json.dumps(config_to_json(cfg), indent=2))
+        viewer, link = self.start_viewer() if cfg.viewer else (None, None)
+        try:
+            metrics = self._train(link)
+            if viewer is not None and cfg.viewer_wait:
+                self.log(f"training done; the viewer stays open at {viewer.url} (Ctrl-C to close)")
+                try:
+                    while True:
+                        time.sleep(0.5)
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            if viewer is not None:
+                viewer.stop()
+        return metrics
+
+    def _train(self, link=None) -> dict:
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         bar = None
         if cfg.progress:
@@ -406,6 +450,8 @@ class Trainer:
                     raise KeyboardInterrupt
                 r = self.train_step(step)
                 step += 1
+                if link is not None:  # inside the timed step: what the viewer costs, training pays
+                    link.step_done(step, r["loss"], r["psnr"], self.num_gaussians, self.params)
                 now = time.perf_counter()
                 self.train_seconds += now - t_last
                 ema_loss = r["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * r["loss"]
@@ -424,6 +470,8 @@ class Trainer:
                         f"step {step}: test PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f}, {m['num_gaussians']:,} Gaussians")
                 if cfg.save_every > 0 and step % cfg.save_every == 0 and step < self.iterations:
                     self.save_checkpoint(step)
+                if link is not None and link.paused:  # not training time
+                    link.wait_if_paused(self.params, should_stop=lambda: bool(interrupted))
                 t_last = time.perf_counter()
             if interrupted:
                 raise KeyboardInterrupt
@@ -438,6 +486,8 @@ class Trainer:
                 signal.signal(sig, h)
         if bar is not None:
             bar.close()
+        if link is not None:
+            link.finish(self.params)
         self.save_checkpoint(step)
         final = self.evaluate(step, save_renders=cfg.save_renders)
         exported = self.export()
@@ -453,6 +503,15 @@ class Trainer:
         }
         _atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
+
+
+def _import_viewer():
+    try:
+        import viewer
+    except ImportError:  # running from a checkout without `pip install -e .`
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        import viewer
+    return viewer
 
 
 def train(cfg: TrainConfig, log=print) -> dict:

@@ -1,0 +1,397 @@
+"""What the viewer shows: a model that renders itself, through the project's
+renderer, from a viewer camera.
+
+Two kinds exist today:
+
+* `SplatScene`: static 3D Gaussians (a splats dict: a model file, a checkpoint
+  or a live training's parameters). Modes rgb / depth / alpha, any backend,
+  plus the Gaussians in the form viser's client-side splat renderer takes.
+* `Image2DScene`: a 2D image model (`splat.models.image2d.Image2D`). The viewer
+  camera pans and zooms over the image plane and every frame is rendered by
+  the 2D renderer at exactly the zoom shown (arbitrary-scale rendering).
+
+A scene may declare `time_range` (4D models: the viewer adds a time slider and
+passes `t=` to `render`) or `has_light` (relightable models: the viewer adds a
+light-direction control and passes `light=`); the 4D and relighting issues fill
+these in.
+
+`load_scene(path)` opens any model file the toolkit writes, with a clear error
+(`SceneError`) for a missing or unreadable one.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["SceneError", "ViewCamera", "TrainingCamera", "SplatScene", "Image2DScene", "load_scene",
+           "viewmat_from_pose", "pose_from_viewmat"]
+
+IMAGE2D_BACKGROUND = (38, 38, 42)  # outside the image in 2D view: dark grey, not black (black is a colour)
+
+
+class SceneError(ValueError):
+    """A model cannot be opened or shown; the message names the file and the problem."""
+
+
+@dataclass
+class ViewCamera:
+    """A pinhole camera to render: world->camera `viewmat` [4,4] (OpenCV), `K` [3,3], size."""
+    viewmat: np.ndarray
+    K: np.ndarray
+    width: int
+    height: int
+
+    @staticmethod
+    def from_pose(wxyz, position, fov_y: float, width: int, height: int) -> "ViewCamera":
+        """From a viser camera: rotation `wxyz` and `position` of the camera in the world
+        (OpenCV axes), vertical field of view in radians, image size."""
+        f = 0.5 * height / math.tan(0.5 * fov_y)
+        K = np.array([[f, 0.0, 0.5 * width], [0.0, f, 0.5 * height], [0.0, 0.0, 1.0]])
+        return ViewCamera(viewmat_from_pose(wxyz, position), K, int(width), int(height))
+
+
+@dataclass
+class TrainingCamera:
+    """A camera of the dataset, shown as a frustum; clicking it moves the view there."""
+    name: str
+    viewmat: np.ndarray  # [4,4] world->camera
+    K: np.ndarray  # [3,3]
+    width: int
+    height: int
+    thumbnail: Optional[np.ndarray] = None  # uint8 [h,w,3], shown inside the frustum
+
+    @property
+    def fov_y(self) -> float:
+        return 2.0 * math.atan(0.5 * self.height / float(self.K[1, 1]))
+
+
+def _quat_to_mat(q) -> np.ndarray:
+    w, x, y, z = (float(v) for v in q)
+    n = math.sqrt(w * w + x * x + y * y + z * z)
+    w, x, y, z = w / n, x / n, y / n, z / n
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def _mat_to_quat(R: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> unit quaternion (w, x, y, z), w >= 0 (Shepperd's method)."""
+    t = np.trace(R)
+    if t > 0:
+        s = math.sqrt(t + 1.0) * 2
+        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
+        q = [(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
+    elif R[1, 1] > R[2, 2]:
+        s = math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
+        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s]
+    else:
+        s = math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
+        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s]
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def viewmat_from_pose(wxyz, position) -> np.ndarray:
+    """Camera pose in the world (rotation wxyz, position) -> world->camera matrix."""
+    R = _quat_to_mat(wxyz)
+    V = np.eye(4)
+    V[:3, :3] = R.T
+    V[:3, 3] = -R.T @ np.asarray(position, dtype=np.float64)
+    return V
+
+
+def pose_from_viewmat(viewmat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """World->camera matrix -> (wxyz, position) of the camera in the world."""
+    V = np.asarray(viewmat, dtype=np.float64)
+    R = V[:3, :3].T
+    return _mat_to_quat(R), -R @ V[:3, 3]
+
+
+# ----------------------------------------------------------------------------- 3D Gaussians
+
+
+class SplatScene:
+    """Static 3D Gaussians in the toolkit's splats dict (log scales, logit opacities, SH).
+
+    `update(splats)` swaps in new parameters (a live training does this from
+    its own thread); a render always sees one whole model, never a mix.
+    """
+
+    kind = "3d"
+    modes = ("rgb", "depth", "alpha")
+    time_range: Optional[Tuple[float, float]] = None
+    has_light = False
+
+    def __init__(self, splats: Dict[str, torch.Tensor], *, cameras: Sequence[TrainingCamera] = (),
+                 background=(1.0, 1.0, 1.0), rasterize_mode: str = "classic", name: str = "model",
+                 up: Optional[np.ndarray] = None):
+        self._lock = threading.Lock()
+        self._splats = self._check(splats, name)
+        self.version = 0
+        self.cameras = list(cameras)
+        self.background = tuple(float(c) for c in background)
+        self.rasterize_mode = rasterize_mode
+        self.name = name
+        self.up = up
+
+    @staticmethod
+    def _check(splats, name):
+        need = ("means", "scales", "quats", "opacities", "sh0", "shN")
+        missing = [k for k in need if k not in splats]
+        if missing:
+            raise SceneError(f"{name}: not a Gaussian model (missing {', '.join(missing)})")
+        return {k: splats[k].detach().float().contiguous() for k in need}
+
+    def update(self, splats: Dict[str, torch.Tensor]) -> None:
+        s = self._check(splats, self.name)
+        with self._lock:
+            self._splats = s
+            self.version += 1
+
+    @property
+    def splats(self) -> Dict[str, torch.Tensor]:
+        with self._lock:
+            return self._splats
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.splats["means"].shape[0])
+
+    def render(self, cam: ViewCamera, mode: str = "rgb", backend: str = "auto", **_) -> np.ndarray:
+        """uint8 [H,W,3] from `cam`: colour, colour-mapped expected depth, or accumulated opacity."""
+        from splat.models.static import render_splats, sh_degree_of
+        from splat.render_cli import depth_range_of, to_image
+
+        if mode not in self.modes:
+            raise ValueError(f"render mode {mode!r}: choose one of {', '.join(self.modes)}")
+        s = self.splats
+        render_mode = "ED" if mode == "depth" else "RGB"
+        bg = torch.tensor(self.background, dtype=torch.float32)[None] if mode == "rgb" else None
+        with torch.no_grad():
+            c, a, _ = render_splats(s, torch.as_tensor(cam.viewmat, dtype=torch.float32)[None],
+                                    torch.as_tensor(cam.K, dtype=torch.float32)[None], cam.width, cam.height,
+                                    sh_degree=sh_degree_of(s), backgrounds=bg, render_mode=render_mode,
+                                    rasterize_mode=self.rasterize_mode, backend=backend)
+        c, a = c[0].cpu(), a[0].cpu()
+        return to_image(c, a, mode, depth_range_of(c, a) if mode == "depth" else None)
+
+    def client_splats(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(centers [N,3], covariances [N,3,3], rgbs [N,3] in [0,1], opacities [N,1]) for
+        viser's client-side splatting (view-independent colour: the SH degree-0 term)."""
+        from splat.models.static import sh_to_rgb
+
+        s = {k: v.cpu() for k, v in self.splats.items()}
+        R = _quats_to_mats(s["quats"].double())
+        S = torch.exp(s["scales"].double())
+        M = R * S[:, None, :]
+        cov = M @ M.transpose(1, 2)
+        rgb = sh_to_rgb(s["sh0"][:, 0, :]).clamp(0, 1)
+        opa = torch.sigmoid(s["opacities"])[:, None]
+        return (s["means"].numpy().astype(np.float32), cov.float().numpy(), rgb.numpy().astype(np.float32),
+                opa.numpy().astype(np.float32))
+
+    def home_pose(self) -> Tuple[np.ndarray, np.ndarray, float]:
+        """(wxyz, position, fov_y) of the first view: the first training camera, else
+        a camera looking at the model from outside (the render CLI's orbit)."""
+        if self.cameras:
+            c = self.cameras[0]
+            wxyz, pos = pose_from_viewmat(c.viewmat)
+            return wxyz, pos, c.fov_y
+        from splat.render_cli import orbit_cameras
+
+        V = orbit_cameras(1, None, self.splats, 25.0)[0]
+        wxyz, pos = pose_from_viewmat(V)
+        return wxyz, pos, math.radians(50.0)
+
+    def up_direction(self) -> np.ndarray:
+        """World up for the viewer's orbit controls: the cameras' mean up (-y), else +z."""
+        if self.up is not None:
+            return np.asarray(self.up, dtype=np.float64)
+        if self.cameras:
+            ups = np.stack([-np.asarray(c.viewmat)[1, :3] for c in self.cameras])
+            u = ups.mean(0)
+            if np.linalg.norm(u) > 1e-6:
+                return u / np.linalg.norm(u)
+        return np.array([0.0, 0.0, 1.0])
+
+
+def _quats_to_mats(q: torch.Tensor) -> torch.Tensor:
+    q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(1)
+    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], 1).reshape(-1, 3, 3)
+
+
+# ----------------------------------------------------------------------------- 2D image models
+
+
+class Image2DScene:
+    """A 2D image model on the plane z = 0 (x right, y down), one image pixel =
+    1 / max(width, height) world units, so the image spans about one unit. The
+    view is fronto-parallel: the camera's position sets the pan (where its
+    viewing axis meets the plane) and the zoom (its distance)."""
+
+    kind = "image2d"
+    modes = ("rgb",)
+    time_range = None
+    has_light = False
+
+    def __init__(self, model, name: str = "image"):
+        self.model = model
+        self.name = name
+        self.version = 0
+        self.cameras: List[TrainingCamera] = []
+        self.unit = 1.0 / max(model.width, model.height)  # world units per image pixel
+        self.first_k: Optional[int] = None
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.model.num_gaussians)
+
+    def view_window(self, cam: ViewCamera) -> Tuple[float, float, float]:
+        """(centre x, centre y in image pixels, zoom = output pixels per image pixel)."""
+        V = np.asarray(cam.viewmat, dtype=np.float64)
+        R = V[:3, :3].T
+        pos = -R @ V[:3, 3]
+        d = R[:, 2]
+        if abs(d[2]) > 1e-6 and -pos[2] / d[2] > 0:
+            t = -pos[2] / d[2]
+            hit = pos + t * d
+            dist = abs(pos[2])
+        else:  # looking away from (or along) the plane: centre under the camera
+            hit, dist = pos, max(abs(pos[2]), 1e-3)
+        dist = max(dist, 1e-4)
+        zoom = float(cam.K[1, 1]) * self.unit / dist
+        return hit[0] / self.unit, hit[1] / self.unit, zoom
+
+    def render(self, cam: ViewCamera, mode: str = "rgb", backend: str = "auto", **_) -> np.ndarray:
+        if mode not in self.modes:
+            raise ValueError(f"render mode {mode!r}: a 2D image model renders {', '.join(self.modes)}")
+        m = self.model
+        cx, cy, zoom = self.view_window(cam)
+        zoom = min(max(zoom, 1e-3), 256.0)
+        W, H = cam.width, cam.height
+        out = np.empty((H, W, 3), np.uint8)
+        out[:] = IMAGE2D_BACKGROUND
+        GW, GH = max(1, round(m.width * zoom)), max(1, round(m.height * zoom))
+        x0, y0 = round(cx * zoom - 0.5 * W), round(cy * zoom - 0.5 * H)
+        ax0, ay0 = max(0, x0), max(0, y0)
+        ax1, ay1 = min(GW, x0 + W), min(GH, y0 + H)
+        if ax1 <= ax0 or ay1 <= ay0:
+            return out
+        be = backend if backend != "cuda" else "auto"
+        with torch.no_grad():
+            img = m.render(size=(GW, GH), crop=(ax0, ay0, ax1 - ax0, ay1 - ay0), first_k=self.first_k,
+                           backend=be, clamp=True)
+        img = img.cpu()
+        if img.shape[-1] == 1:
+            img = img.expand(-1, -1, 3)
+        out[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = (img[..., :3].numpy() * 255 + 0.5).astype(np.uint8)
+        return out
+
+    def home_pose(self) -> Tuple[np.ndarray, np.ndarray, float]:
+        fov = math.radians(50.0)
+        w, h = self.model.width * self.unit, self.model.height * self.unit
+        dist = 0.5 * h / math.tan(0.5 * fov) * 1.15
+        return np.array([1.0, 0.0, 0.0, 0.0]), np.array([0.5 * w, 0.5 * h, -dist]), fov
+
+    def up_direction(self) -> np.ndarray:
+        return np.array([0.0, -1.0, 0.0])
+
+
+# ----------------------------------------------------------------------------- opening files
+
+MODEL_SUFFIXES = (".ply", ".splat", ".spz", ".pt", ".pth", ".ckpt", ".sgi")
+
+
+def _training_cameras(run_cfg: Optional[dict], data: Optional[Path], background, log) -> List[TrainingCamera]:
+    """The run's training cameras (with thumbnails), or [] when its dataset cannot be found."""
+    from splat.render_cli import load_run_dataset, run_data_path
+
+    path = run_data_path(run_cfg, data)
+    if path is None:
+        return []
+    try:
+        ds = load_run_dataset(path, run_cfg, background)
+    except (ValueError, OSError) as e:
+        if data is not None:  # asked for explicitly: that is an error
+            raise SceneError(f"--data {data}: {e}") from None
+        log(f"viewer: no training cameras ({e})")
+        return []
+    return cameras_of_split(ds.train)
+
+
+def cameras_of_split(split, thumb: int = 96) -> List[TrainingCamera]:
+    from PIL import Image
+
+    cams = []
+    for i, name in enumerate(split.names):
+        W, H = int(split.widths[i]), int(split.heights[i])
+        im = split.images[i] if split.images is not None else None
+        th = None
+        if im is not None:
+            s = thumb / max(W, H)
+            th = np.asarray(Image.fromarray(np.asarray(im)).resize((max(1, round(W * s)), max(1, round(H * s))),
+                                                                  Image.BILINEAR))
+        cams.append(TrainingCamera(str(name), np.asarray(split.viewmats[i], dtype=np.float64),
+                                   np.asarray(split.Ks[i], dtype=np.float64), W, H, th))
+    return cams
+
+
+def _is_image2d_pt(path: Path) -> bool:
+    import io
+    import pickle
+    import zipfile
+
+    try:
+        sd = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError):
+        return False
+    from splat.models.image2d import MODEL_FORMAT
+
+    return isinstance(sd, dict) and sd.get("format") == MODEL_FORMAT
+
+
+def load_scene(path, *, data: Optional[Path] = None, log=print):
+    """Open a model for viewing: a run directory, a checkpoint, a .ply / .compressed.ply /
+    .splat / .spz file, or a 2D image model (.pt from `splat-image fit`, .sgi).
+
+    A model that comes from a run (its directory, or a file beside config.json)
+    brings the run's training cameras; `data` names the dataset explicitly."""
+    from splat import io as splat_io
+
+    p = Path(path)
+    if not p.exists():
+        raise SceneError(f"{p}: no such model file or run directory")
+    if p.is_file() and p.suffix.lower() not in MODEL_SUFFIXES:
+        raise SceneError(f"{p}: not a model file this viewer reads (expected a run directory or one of "
+                         f"{', '.join(MODEL_SUFFIXES)})")
+    try:
+        if p.is_file() and (p.suffix.lower() == ".sgi" or (p.suffix.lower() == ".pt" and _is_image2d_pt(p))):
+            from splat.models.image2d import load_image2d
+
+            return Image2DScene(load_image2d(p), name=p.name)
+        from splat.render_cli import load_model
+
+        splats, run_cfg = load_model(p)
+    except (splat_io.FormatError, ValueError, KeyError, OSError) as e:
+        msg = str(e)
+        if str(p) not in msg:
+            msg = f"{p}: {msg}"
+        raise SceneError(msg) from None
+    bg = tuple(run_cfg["background"]) if run_cfg and run_cfg.get("background") else (1.0, 1.0, 1.0)
+    rmode = run_cfg.get("rasterize_mode", "classic") if run_cfg else "classic"
+    cams = _training_cameras(run_cfg, data, bg, log) if (run_cfg is not None or data is not None) else []
+    name = p.name if p.is_file() else p.resolve().name
+    return SplatScene(splats, cameras=cams, background=bg, rasterize_mode=rmode, name=name)
+
