@@ -111,6 +111,7 @@ class Viewer:
         self._splats_version = -1
         self._snap_count = 0
         self.render_count = 0
+        self.last_frames: Dict[int, tuple] = {}  # client id -> (image, full resolution?, mode) last sent
         self.render_seconds = 0.0
         self.last_error: Optional[str] = None
         self.server = viser.ViserServer(host=host, port=port, label="splat", verbose=False)
@@ -140,8 +141,8 @@ class Viewer:
     # ------------------------------------------------------------------ GUI
     def _build(self, resolution: int, refresh_s: float) -> None:
         server, scene = self.server, self.scene
-        server.gui.configure_theme(control_layout="fixed", control_width="medium", show_logo=False,
-                                   show_share_button=False, brand_color=(60, 110, 200))
+        server.gui.configure_theme(control_width="medium", show_logo=False, show_share_button=False,
+                                   brand_color=(60, 110, 200))
         up = scene.up_direction()
         server.scene.set_up_direction(tuple(float(v) for v in up))
         wxyz, pos, fov = scene.home_pose()
@@ -213,8 +214,11 @@ class Viewer:
         if scene.cameras:
             with gui.add_folder("Training cameras"):
                 self.show_cams = gui.add_checkbox("Show cameras", True, hint="click a camera to view from it")
+                self.cam_images = gui.add_checkbox("Camera images", False,
+                                                   hint="show each training image inside its frustum")
             self._add_frusta()
             self.show_cams.on_update(lambda _: [setattr(f, "visible", self.show_cams.value) for f in self._frusta])
+            self.cam_images.on_update(lambda _: self._add_frusta())
 
         for h in (self.mode, self.resolution, self.backend):
             h.on_update(lambda _: self._invalidate())
@@ -247,7 +251,8 @@ class Viewer:
             wxyz, pos = pose_from_viewmat(c.viewmat)
             f = self.server.scene.add_camera_frustum(
                 f"/cameras/{i:04d}", fov=c.fov_y, aspect=c.width / c.height, scale=scale, thickness=1.5, thickness_units="screen",
-                color=(230, 120, 40), image=c.thumbnail, wxyz=wxyz, position=pos)
+                color=(230, 120, 40), image=c.thumbnail if self.cam_images.value else None, wxyz=wxyz,
+                position=pos, visible=self.show_cams.value)
             f.on_click(lambda ev, c=c: self.jump_to(ev.client, c))
             self._frusta.append(f)
 
@@ -278,6 +283,7 @@ class Viewer:
     def _on_disconnect(self, client) -> None:
         with self._lock:
             self._views.pop(client.client_id, None)
+            self.last_frames.pop(client.client_id, None)
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -421,6 +427,7 @@ class Viewer:
                 self.render_seconds += secs
                 cv.client.scene.set_background_image(img, format="jpeg", jpeg_quality=90)
                 cv.shown = True
+                self.last_frames[cv.client.client_id] = (img, cv.full, self.mode.value)
                 h, w = img.shape[:2]
                 self.render_info.content = (f"{w}x{h} {self.mode.value} in {1000 * secs:.0f} ms "
                                             f"({self.backend.value})")
