@@ -29,11 +29,12 @@ import torch
 from .live import TrainingLink
 from .scene import SceneError, ViewCamera, pose_from_viewmat
 
-__all__ = ["Viewer", "ViewerError", "check_port"]
+__all__ = ["Viewer", "ViewerError", "check_port", "MIN_RESOLUTION", "MAX_RESOLUTION"]
 
 MOVE_SETTLE_S = 0.2  # a camera still for this long gets the full-resolution render
 STATUS_PERIOD_S = 0.5  # training status and loss plot refresh
 PLOT_POINTS = 400
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 4096  # the server render's long side, pixels
 
 
 class ViewerError(OSError):
@@ -97,6 +98,9 @@ class Viewer:
                  training_nice: int = 10, log: Callable[[str], None] = print):
         import viser
 
+        if not MIN_RESOLUTION <= int(resolution) <= MAX_RESOLUTION:
+            raise ValueError(f"resolution must be {MIN_RESOLUTION}..{MAX_RESOLUTION} pixels (the long side of "
+                             f"the render), got {resolution}")
         check_port(host, port)
         self.scene = scene
         self.link = link
@@ -106,6 +110,7 @@ class Viewer:
         self._views: Dict[int, _ClientView] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._last_request = 0.0
         self._splats_version = -1
@@ -166,7 +171,8 @@ class Viewer:
                                                  "backend; client splats: viser's WebGL splatting (RGB, "
                                                  "smooth, SH degree 0)")
             self.mode = gui.add_dropdown("Render mode", tuple(scene.modes), initial_value=scene.modes[0])
-            self.resolution = gui.add_slider("Resolution", min=64, max=2048, step=32, initial_value=resolution,
+            self.resolution = gui.add_slider("Resolution", min=MIN_RESOLUTION, max=MAX_RESOLUTION, step=16,
+                                             initial_value=resolution,
                                              hint="long side of the server render, in pixels (half while moving)")
             self.backend = gui.add_dropdown("Backend", tuple(_backends()), initial_value="auto")
             self.render_info = gui.add_markdown("")
@@ -294,13 +300,14 @@ class Viewer:
         self._wake.set()
 
     def _on_display(self) -> None:
-        if self.display.value == "client splats":
-            self._sync_client_splats(force=True)
-            for cv in list(self._views.values()):
-                cv.client.scene.set_background_image(None)
-                cv.shown = False
-        elif getattr(self, "_splats_node", None) is not None:
-            self._splats_node.visible = False
+        with self._send_lock:  # no server frame in flight lands after the switch
+            if self.display.value == "client splats":
+                self._sync_client_splats(force=True)
+                for cv in list(self._views.values()):
+                    cv.client.scene.set_background_image(None)
+                    cv.shown = False
+            elif getattr(self, "_splats_node", None) is not None:
+                self._splats_node.visible = False
         self._invalidate()
 
     def _sync_client_splats(self, force: bool = False) -> None:
@@ -317,7 +324,7 @@ class Viewer:
 
     def _on_snapshot_click(self, client) -> None:
         try:
-            img, _, _ = self._render_for(client, full=True)
+            img, _, _, _ = self._render_for(client, full=True)
             path = self.save_snapshot(img)
             buf = io.BytesIO()
             from PIL import Image
@@ -364,10 +371,10 @@ class Viewer:
             kw["t"] = float(self.time.value)
         if self.light is not None:
             kw["light"] = np.asarray(self.light.value, dtype=np.float64)
-        version = self.scene.version
+        version, mode = self.scene.version, self.mode.value
         t0 = time.perf_counter()
-        img = self.scene.render(vc, self.mode.value, self.backend.value, **kw)
-        return img, time.perf_counter() - t0, version
+        img = self.scene.render(vc, mode, self.backend.value, **kw)
+        return img, time.perf_counter() - t0, version, mode
 
     def _render_loop(self) -> None:
         # one OpenMP thread for viewer renders: training keeps its cores, and two
@@ -412,7 +419,7 @@ class Viewer:
                     continue
                 cv.dirty = False
                 try:
-                    img, secs, version = self._render_for(cv.client, full=not moving)
+                    img, secs, version, mode = self._render_for(cv.client, full=not moving)
                 except SceneError:
                     cv.dirty = True
                     continue
@@ -422,14 +429,17 @@ class Viewer:
                     cv.version = self.scene.version
                     cv.full = True
                     continue
-                cv.version, cv.full = version, not moving
-                self.render_count += 1
-                self.render_seconds += secs
-                cv.client.scene.set_background_image(img, format="jpeg", jpeg_quality=90)
-                cv.shown = True
-                self.last_frames[cv.client.client_id] = (img, cv.full, self.mode.value)
+                with self._send_lock:
+                    if self.display.value != "server render":  # switched while this frame rendered
+                        break
+                    cv.version, cv.full = version, not moving
+                    self.render_count += 1
+                    self.render_seconds += secs
+                    cv.client.scene.set_background_image(img, format="jpeg", jpeg_quality=90)
+                    cv.shown = True
+                    self.last_frames[cv.client.client_id] = (img, cv.full, mode)
                 h, w = img.shape[:2]
-                self.render_info.content = (f"{w}x{h} {self.mode.value} in {1000 * secs:.0f} ms "
+                self.render_info.content = (f"{w}x{h} {mode} in {1000 * secs:.0f} ms "
                                             f"({self.backend.value})")
             # a moving camera that stopped gets its full-resolution frame without another event
             if any(not cv.full for cv in views):

@@ -32,21 +32,22 @@ class ViewConfig:
     data: Optional[Path] = None
     """Dataset whose training cameras to show (default: the run's config.json, if any)."""
     resolution: int = 512
-    """Long side of the server render in pixels (a slider in the viewer)."""
+    """Long side of the server render in pixels, 16..4096 (a slider in the viewer)."""
     snapshot_dir: Path = Path("snapshots")
     """Where the Snapshot button writes PNGs."""
 
 
 def serve(cfg: ViewConfig, log=print):
     """Open the model and start the viewer; returns the running `Viewer`."""
-    from .app import Viewer
+    from .app import MAX_RESOLUTION, MIN_RESOLUTION, Viewer, check_port
     from .scene import load_scene
 
+    if not MIN_RESOLUTION <= cfg.resolution <= MAX_RESOLUTION:
+        raise ValueError(f"--resolution must be {MIN_RESOLUTION}..{MAX_RESOLUTION} pixels, got {cfg.resolution}")
+    check_port(cfg.host, cfg.port)  # before the (possibly slow) model and dataset loading
     scene = load_scene(cfg.model, data=cfg.data, log=log)
-    if cfg.resolution < 16:
-        raise ValueError(f"--resolution must be at least 16 pixels, got {cfg.resolution}")
-    v = Viewer(scene, host=cfg.host, port=cfg.port, snapshot_dir=cfg.snapshot_dir,
-               resolution=min(2048, cfg.resolution), log=log)
+    v = Viewer(scene, host=cfg.host, port=cfg.port, snapshot_dir=cfg.snapshot_dir, resolution=cfg.resolution,
+               log=log)
     log(f"viewing {scene.name} ({scene.num_gaussians:,} Gaussians) at {v.url}  (Ctrl-C to stop)")
     return v
 

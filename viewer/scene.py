@@ -377,7 +377,7 @@ def load_scene(path, *, data: Optional[Path] = None, log=print):
         raise SceneError(f"{p}: not a model file this viewer reads (expected a run directory or one of "
                          f"{', '.join(MODEL_SUFFIXES)})")
     try:
-        if p.is_file() and (p.suffix.lower() == ".sgi" or (p.suffix.lower() == ".pt" and _is_image2d_pt(p))):
+        if p.is_file() and (p.suffix.lower() == ".sgi" or (p.suffix.lower() in (".pt", ".pth") and _is_image2d_pt(p))):
             from splat.models.image2d import load_image2d
 
             return Image2DScene(load_image2d(p), name=p.name)
