@@ -9,7 +9,7 @@ runs it), in interleaved rounds:
   none      no viewer (the reference)
   server    viewer attached, no browser connected
   idle      viewer attached, one browser connected, camera still: the viewer
-            follows the training model every "Live refresh" seconds (default 1 s)
+            follows the training model every "Live refresh" seconds (default 2 s)
   active    the browser's camera moves continuously (20 updates/s): the viewer
             renders all the time, in its own thread, on the same 2 cores
 
@@ -49,14 +49,16 @@ class Args:
     """Gaussians (the default scene ends its training with about 47k)."""
     steps: int = 60
     """Training steps per configuration and round."""
-    rounds: int = 3
+    rounds: int = 4
     configs: List[str] = dataclasses.field(default_factory=lambda: ["none", "server", "idle", "active"])
-    refresh_s: float = 1.0
+    refresh_s: float = 2.0
     """The viewer's live refresh interval (its default)."""
+    training_nice: int = 10
+    """Nice value of the viewer's render thread beside a training (the Viewer's default)."""
     out: Path = ROOT / "bench" / "results_viewer_cpu.json"
 
 
-def run_config(t, init, name: str, steps: int, refresh_s: float) -> dict:
+def run_config(t, init, name: str, steps: int, refresh_s: float, nice: int) -> dict:
     import torch
 
     from splat.trainer import make_optimizers
@@ -96,7 +98,7 @@ def run_config(t, init, name: str, steps: int, refresh_s: float) -> dict:
 
         link.step_done = step_done
         scene = SplatScene({k: p.detach().clone() for k, p in t.params.items()}, name="bench")
-        viewer = Viewer(scene, port=0, link=link, refresh_s=refresh_s, log=lambda *a: None)
+        viewer = Viewer(scene, port=0, link=link, refresh_s=refresh_s, training_nice=nice, log=lambda *a: None)
         if name in ("idle", "active"):
             client = HeadlessClient(viewer.url, 640, 480)
             client.set_camera((0.0, -3.0, 1.0), (0.0, 0.0, 0.0))
@@ -149,7 +151,7 @@ def main(args: Args) -> None:
     runs = {c: [] for c in args.configs}
     for r in range(args.rounds):
         for c in args.configs:
-            runs[c].append(run_config(t, init, c, args.steps, args.refresh_s))
+            runs[c].append(run_config(t, init, c, args.steps, args.refresh_s, args.training_nice))
             x = runs[c][-1]
             print(f"  round {r + 1} {c:>7}: {x['sec_per_step'] * 1000:7.1f} ms/step"
                   + (f", {x['renders']} renders" if "renders" in x else ""), flush=True)
@@ -174,6 +176,7 @@ def main(args: Args) -> None:
     out = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                        "torch": torch.__version__},
            "count": args.count, "steps": args.steps, "rounds": args.rounds, "refresh_s": args.refresh_s,
+           "training_nice": args.training_nice,
            "rows": rows}
     args.out.write_text(json.dumps(out, indent=2))
     print(f"-> {args.out}")

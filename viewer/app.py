@@ -94,7 +94,7 @@ class Viewer:
     2-core CPU; a paused training gives the viewer the whole machine)."""
 
     def __init__(self, scene, *, host: str = "127.0.0.1", port: int = 8080, link: Optional[TrainingLink] = None,
-                 snapshot_dir: Path = Path("snapshots"), resolution: int = 512, refresh_s: float = 1.0,
+                 snapshot_dir: Path = Path("snapshots"), resolution: int = 512, refresh_s: float = 2.0,
                  training_nice: int = 10, log: Callable[[str], None] = print):
         import viser
 
