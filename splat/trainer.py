@@ -411,18 +411,17 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(self.out / "config.json", json.dumps(config_to_json(cfg), indent=2))
         viewer, link = self.start_viewer() if cfg.viewer else (None, None)
+        self.viewer = None
+        done = False
         try:
             metrics = self._train(link)
-            if viewer is not None and cfg.viewer_wait:
-                self.log(f"training done; the viewer stays open at {viewer.url} (Ctrl-C to close)")
-                try:
-                    while True:
-                        time.sleep(0.5)
-                except KeyboardInterrupt:
-                    pass
+            done = True
         finally:
             if viewer is not None:
-                viewer.stop()
+                if done and cfg.viewer_wait:
+                    self.viewer = viewer  # left open on the final model: see train()
+                else:
+                    viewer.stop()
         return metrics
 
     def _train(self, link=None) -> dict:
@@ -522,6 +521,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
             f"{m['train_seconds']:.0f} s training ({m['test_views']} test views) -> {t.out}")
     else:
         log(f"no test views; {m['num_gaussians']:,} Gaussians, {m['train_seconds']:.0f} s training -> {t.out}")
+    if t.viewer is not None:  # --viewer-wait: keep showing the final model
+        log(f"the viewer stays open at {t.viewer.url} (Ctrl-C to close)")
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            t.viewer.stop()
     return m
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import io
-import math
 import os
 import socket
 import threading
