@@ -14,7 +14,6 @@ full one once it rests. A live training hands over parameter copies through
 from __future__ import annotations
 
 import errno
-import io
 import os
 import socket
 import threading
@@ -27,6 +26,7 @@ import torch
 
 from .live import TrainingLink
 from .scene import SceneError, ViewCamera, pose_from_viewmat
+from .scene import _quat_to_mat as _rot
 
 __all__ = ["Viewer", "ViewerError", "check_port", "MIN_RESOLUTION", "MAX_RESOLUTION"]
 
@@ -325,11 +325,7 @@ class Viewer:
         try:
             img, _, _, _ = self._render_for(client, full=True)
             path = self.save_snapshot(img)
-            buf = io.BytesIO()
-            from PIL import Image
-
-            Image.fromarray(img).save(buf, format="PNG")
-            client.send_file_download(path.name, buf.getvalue())
+            client.send_file_download(path.name, path.read_bytes())  # the file as written, not a second encode
             client.add_notification("Snapshot saved", str(path), auto_close_seconds=4.0)
         except Exception as e:  # the viewer must survive a failed render or a full disk
             client.add_notification("Snapshot failed", str(e), color="red", auto_close_seconds=8.0)
@@ -514,8 +510,3 @@ class Viewer:
     def __exit__(self, *exc):
         self.stop()
 
-
-def _rot(wxyz) -> np.ndarray:
-    from .scene import _quat_to_mat
-
-    return _quat_to_mat(wxyz)

@@ -46,16 +46,12 @@ class HeadlessClient:
     def set_camera(self, position, look_at, up=(0.0, 0.0, 1.0), fov_y: float = 0.9,
                    width: Optional[int] = None, height: Optional[int] = None) -> None:
         """Report a camera at `position` looking at `look_at` (what a browser sends while the user drags)."""
-        p, t, u = (np.asarray(v, dtype=np.float64) for v in (position, look_at, up))
-        z = (t - p) / np.linalg.norm(t - p)
-        x = np.cross(z, u)
-        if np.linalg.norm(x) < 1e-9:
-            x = np.cross(z, [1.0, 0.0, 0.0])
-        x /= np.linalg.norm(x)
-        y = np.cross(z, x)
-        from .scene import _mat_to_quat
+        from splat.render_cli import _look_at
 
-        wxyz = _mat_to_quat(np.stack([x, y, z], 1))
+        from .scene import pose_from_viewmat
+
+        p, t, u = (np.asarray(v, dtype=np.float64) for v in (position, look_at, up))
+        wxyz, _ = pose_from_viewmat(_look_at(p, t, u))
         msg = {"type": "ViewerCameraMessage", "wxyz": [float(v) for v in wxyz], "position": [float(v) for v in p],
                "fov": float(fov_y), "near": 0.01, "far": 1000.0,
                "image_height": int(height or self.height), "image_width": int(width or self.width),

@@ -72,12 +72,10 @@ class TrainingCamera:
 
 
 def _quat_to_mat(q) -> np.ndarray:
-    w, x, y, z = (float(v) for v in q)
-    n = math.sqrt(w * w + x * x + y * y + z * z)
-    w, x, y, z = w / n, x / n, y / n, z / n
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    """(w, x, y, z), any norm -> rotation matrix [3,3] (float64)."""
+    from splat.backends.torch_ref import quat_to_rotmat
+
+    return quat_to_rotmat(torch.as_tensor(np.asarray(q, dtype=np.float64))).numpy()
 
 
 def _mat_to_quat(R: np.ndarray) -> np.ndarray:
@@ -187,13 +185,11 @@ class SplatScene:
     def client_splats(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(centers [N,3], covariances [N,3,3], rgbs [N,3] in [0,1], opacities [N,1]) for
         viser's client-side splatting (view-independent colour: the SH degree-0 term)."""
+        from splat.backends.torch_ref import quat_scale_to_covar
         from splat.models.static import sh_to_rgb
 
         s = {k: v.cpu() for k, v in self.splats.items()}
-        R = _quats_to_mats(s["quats"].double())
-        S = torch.exp(s["scales"].double())
-        M = R * S[:, None, :]
-        cov = M @ M.transpose(1, 2)
+        cov = quat_scale_to_covar(s["quats"].double(), torch.exp(s["scales"].double()))
         rgb = sh_to_rgb(s["sh0"][:, 0, :]).clamp(0, 1)
         opa = torch.sigmoid(s["opacities"])[:, None]
         return (s["means"].numpy().astype(np.float32), cov.float().numpy(), rgb.numpy().astype(np.float32),
@@ -222,14 +218,6 @@ class SplatScene:
             if np.linalg.norm(u) > 1e-6:
                 return u / np.linalg.norm(u)
         return np.array([0.0, 0.0, 1.0])
-
-
-def _quats_to_mats(q: torch.Tensor) -> torch.Tensor:
-    q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(1)
-    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], 1).reshape(-1, 3, 3)
 
 
 # ----------------------------------------------------------------------------- 2D image models
