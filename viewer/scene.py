@@ -337,17 +337,18 @@ def cameras_of_split(split, thumb: int = 96) -> List[TrainingCamera]:
 
 
 def _is_image2d_pt(path: Path) -> bool:
-    import io
-    import pickle
+    """Whether a torch file holds a 2D image model, read from its pickle alone (a torch
+    zip archive's data.pkl), so a large 3D checkpoint is not loaded twice."""
     import zipfile
 
-    try:
-        sd = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError):
-        return False
     from splat.models.image2d import MODEL_FORMAT
 
-    return isinstance(sd, dict) and sd.get("format") == MODEL_FORMAT
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            return pkl is not None and MODEL_FORMAT.encode() in z.read(pkl)
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_scene(path, *, data: Optional[Path] = None, log=print):
