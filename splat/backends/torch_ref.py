@@ -69,9 +69,12 @@ def project(
     """
     R = viewmats[:, :3, :3]  # [C, 3, 3]
     t = viewmats[:, :3, 3]  # [C, 3]
-    p = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C, N, 3]
+    # elementwise products summed over the last axis (not einsum/matmul, whose BLAS
+    # reduction order depends on C and N): a camera's result is the same in any batch
+    p = (R[:, None, :, :] * means[None, :, None, :]).sum(-1) + t[:, None, :]  # [C, N, 3]
     cov = quat_scale_to_covar(quats, scales)  # [N, 3, 3]
-    cov_c = torch.einsum("cij,njk,clk->cnil", R, cov, R)  # [C, N, 3, 3]
+    RC = (R[:, None, :, None, :] * cov[None, :, None, :, :].transpose(-1, -2)).sum(-1)  # R cov  [C, N, 3, 3]
+    cov_c = (RC[:, :, :, None, :] * R[:, None, None, :, :]).sum(-1)  # R cov R^T  [C, N, 3, 3]
 
     x, y, z = p.unbind(-1)
     in_depth = (z >= near_plane) & (z <= far_plane)
