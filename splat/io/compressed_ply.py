@@ -51,7 +51,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from . import SH_C0, FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
+from .common import SH_C0, FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
 from .ply import PlyHeader, is_compressed_layout, parse_header, read_elements
 
 __all__ = [

@@ -14,7 +14,8 @@ name in any order, extra properties and elements are ignored, any numeric type
 (char..double) is accepted, and ``binary_little_endian``, ``binary_big_endian``
 and ``ascii`` are all read. The SH degree comes from the number of
 ``f_rest_*`` properties (0, 9, 24 or 45). A PlayCanvas compressed layout is
-detected from the element names and decoded by ``compressed_ply``.
+detected from the element names (``is_compressed_layout``); ``splat.io.load`` then
+decodes it with ``compressed_ply``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
+from .common import FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
 
 __all__ = ["read_ply", "write_ply", "decode_ply", "encode_ply", "parse_header", "read_elements"]
 
@@ -218,13 +219,14 @@ def is_compressed_layout(header: PlyHeader) -> bool:
     return any(n == "packed_position" for n, _ in vertex.properties)
 
 
-def decode_ply(data: bytes, where: str = "<bytes>") -> dict:
-    """Decode .ply bytes (standard 3DGS or PlayCanvas compressed layout)."""
-    header = parse_header(data, where)
+def decode_ply(data: bytes, where: str = "<bytes>", header: PlyHeader | None = None) -> dict:
+    """Decode .ply bytes in the standard 3DGS layout (``splat.io.load`` sends the PlayCanvas
+    compressed layout to ``compressed_ply`` instead). ``header``: already parsed from ``data``."""
+    if header is None:
+        header = parse_header(data, where)
     if is_compressed_layout(header):
-        from .compressed_ply import decode_compressed_ply
-
-        return decode_compressed_ply(data, where, header=header)
+        raise FormatError(f"{where}: a PlayCanvas compressed .ply; read it with splat.io.load "
+                          "or compressed_ply.decode_compressed_ply")
     vertex_el = header.element("vertex")
     if vertex_el is None:
         names = [e.name for e in header.elements]

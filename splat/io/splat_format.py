@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import SH_C0, FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
+from .common import SH_C0, FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
 
 __all__ = ["read_splat", "write_splat", "decode_splat", "encode_splat", "sort_order", "RECORD"]
 

@@ -72,7 +72,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
+from .common import FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
 
 __all__ = ["read_spz", "write_spz", "decode_spz", "encode_spz", "read_header", "MAGIC"]
 

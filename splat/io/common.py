@@ -1,0 +1,185 @@
+"""What every model-file reader and writer shares: the splats-dict layout and its
+checks, the error type, whole-file reading and atomic writing.
+
+Kept apart from ``splat.io``'s ``__init__`` so that the format modules import it
+and ``__init__`` imports them, with no cycle.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["SH_C0", "SPLAT_KEYS", "FormatError", "read_file_bytes", "atomic_write", "degree_for_rest", "sh_degree",
+           "num_gaussians", "validate_splats", "to_splats"]
+
+SH_C0 = 0.28209479177387814
+SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+# number of higher-order SH coefficients (K - 1) for degrees 0..3
+_REST_TO_DEGREE = {0: 0, 3: 1, 8: 2, 15: 3}
+
+
+class FormatError(ValueError):
+    """A file (or a model about to be written) is not valid for its format."""
+
+
+def read_file_bytes(path: str | os.PathLike, what: str) -> bytes:
+    """Read a whole input file, with a FormatError for the usual mistakes."""
+    p = Path(path)
+    if not p.exists():
+        raise FormatError(f"{p}: no such file")
+    if p.is_dir():
+        raise FormatError(f"{p}: is a directory, not a {what} file")
+    if not p.is_file():
+        raise FormatError(f"{p}: not a regular file")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise FormatError(f"{p}: cannot read: {e.strerror or e}") from e
+    if not data:
+        raise FormatError(f"{p}: file is empty (0 bytes)")
+    return data
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and
+    ``os.replace``; on any failure the temporary file is removed and an existing
+    ``path`` is left untouched."""
+    p = Path(path)
+    parent = p.parent
+    if not parent.is_dir():
+        raise FormatError(f"{p}: output directory {parent} does not exist")
+    if p.is_dir():
+        raise FormatError(f"{p}: is a directory")
+    mode = (p.stat().st_mode & 0o7777) if p.exists() else _default_mode()
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return p
+
+
+def degree_for_rest(n_rest: int, where: str) -> int:
+    """SH degree for a number of higher-order coefficients per channel (K - 1)."""
+    if n_rest not in _REST_TO_DEGREE:
+        raise FormatError(
+            f"{where}: {n_rest} higher-order SH coefficients per channel; "
+            "expected 0, 3, 8 or 15 (SH degree 0-3)"
+        )
+    return _REST_TO_DEGREE[n_rest]
+
+
+def sh_degree(splats: Mapping[str, Any]) -> int:
+    """SH degree of a splats dict (0 when ``shN`` is absent or empty)."""
+    shN = splats.get("shN")
+    if shN is None:
+        return 0
+    return degree_for_rest(int(shN.shape[1]), "shN")
+
+
+def num_gaussians(splats: Mapping[str, Any]) -> int:
+    return int(splats["means"].shape[0])
+
+
+def validate_splats(splats: Mapping[str, Any], where: str = "splats") -> dict[str, np.ndarray]:
+    """Check a splats dict and return float32 C-contiguous numpy copies of its
+    arrays (``sh0`` [N,1,3], ``shN`` [N,K-1,3]). Raises FormatError naming the
+    problem. ``shN`` may be missing (degree 0); other keys are ignored."""
+    if not isinstance(splats, Mapping):
+        raise FormatError(f"{where}: expected a dict of tensors, got {type(splats).__name__}")
+    missing = [k for k in SPLAT_KEYS[:5] if k not in splats]
+    if missing:
+        raise FormatError(f"{where}: missing keys {missing} (need {list(SPLAT_KEYS)})")
+    out: dict[str, np.ndarray] = {}
+    for k in SPLAT_KEYS:
+        v = splats.get(k)
+        if v is None:
+            continue
+        if isinstance(v, torch.Tensor):
+            if not (v.is_floating_point()):
+                raise FormatError(f"{where}: '{k}' must be a floating-point tensor, got {v.dtype}")
+            a = v.detach().to("cpu", torch.float32).contiguous().numpy()
+        else:
+            a = np.asarray(v)
+            if a.dtype.kind != "f":
+                raise FormatError(f"{where}: '{k}' must be floating point, got {a.dtype}")
+            a = np.ascontiguousarray(a, dtype=np.float32)
+        out[k] = a
+    n = out["means"].shape[0] if out["means"].ndim >= 1 else -1
+    if "shN" not in out:
+        out["shN"] = np.zeros((max(n, 0), 0, 3), np.float32)
+    want = {
+        "means": (n, 3),
+        "scales": (n, 3),
+        "quats": (n, 4),
+        "opacities": (n,),
+        "sh0": (n, 1, 3),
+    }
+    for k, shape in want.items():
+        if tuple(out[k].shape) != shape:
+            raise FormatError(
+                f"{where}: '{k}' has shape {list(out[k].shape)}, expected {list(shape)}"
+                + (" (means must be [N,3])" if k == "means" else "")
+            )
+    shN = out["shN"]
+    if shN.ndim != 3 or shN.shape[0] != n or shN.shape[2] != 3:
+        raise FormatError(f"{where}: 'shN' has shape {list(shN.shape)}, expected [{n}, K-1, 3]")
+    degree_for_rest(shN.shape[1], f"{where}: 'shN'")
+    if n == 0:
+        raise FormatError(f"{where}: empty model (0 Gaussians); nothing to write")
+    for k in SPLAT_KEYS:
+        bad = ~np.isfinite(out[k])
+        if bad.any():
+            rows = np.unique(np.nonzero(bad.reshape(n, -1))[0])
+            raise FormatError(
+                f"{where}: '{k}' has {int(bad.sum())} non-finite values (NaN/inf) in "
+                f"{len(rows)} Gaussians, first at index {int(rows[0])}"
+            )
+    qn = np.linalg.norm(out["quats"].astype(np.float64), axis=1)
+    if (qn == 0).any():
+        i = int(np.nonzero(qn == 0)[0][0])
+        raise FormatError(f"{where}: 'quats' has a zero quaternion at index {i}")
+    return out
+
+
+def to_splats(
+    means: np.ndarray,
+    scales: np.ndarray,
+    quats: np.ndarray,
+    opacities: np.ndarray,
+    sh0: np.ndarray,
+    shN: np.ndarray,
+    where: str,
+) -> dict[str, torch.Tensor]:
+    """Build the splats dict (float32 CPU tensors) from decoded arrays, after
+    checking that every value is finite."""
+    arrs = dict(means=means, scales=scales, quats=quats, opacities=opacities, sh0=sh0, shN=shN)
+    out: dict[str, torch.Tensor] = {}
+    for k, a in arrs.items():
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise FormatError(f"{where}: '{k}' decodes to {int((~np.isfinite(a)).sum())} non-finite values")
+        out[k] = torch.from_numpy(a)
+    if out["means"].shape[0] == 0:
+        raise FormatError(f"{where}: file contains no Gaussians")
+    return out
