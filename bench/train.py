@@ -53,11 +53,12 @@ def fixed_count_trainer(backend: str, count: int, **cfg_kw):
     import numpy as np
     import torch
 
+    from splat.models.static import StaticModel
     from splat.strategies import ADCStrategy
-    from splat.trainer import TrainConfig, Trainer, make_optimizers
+    from splat.train import TrainConfig, Trainer
 
     kw = dict(out=Path("/tmp/splat_bench_train"), iterations=30_000, progress=False, export=[], backend=backend,
-              strategy=ADCStrategy(refine_start_iter=10**9), scale_schedule=False)
+              adc=ADCStrategy(refine_start_iter=10**9), scale_schedule=False)
     kw.update(cfg_kw)
     cfg = TrainConfig(**kw)
     t = Trainer(cfg, log=lambda *a: None)
@@ -66,14 +67,12 @@ def fixed_count_trainer(backend: str, count: int, **cfg_kw):
     P = t.num_gaussians
     idx = rng.integers(0, P, count)
     with torch.no_grad():
-        new = {k: v.detach()[idx].clone() for k, v in t.params.items()}
+        new = {k: v.detach()[idx].clone() for k, v in t.model.params.items()}
         s = torch.exp(new["scales"])
         new["means"] += torch.from_numpy(rng.normal(size=(count, 3)).astype(np.float32)) * s
         new["scales"] -= float(np.log(max(count / P, 1.0)) / 3)  # keep the covered volume about constant
         new["opacities"][:] = 2.0  # opacity 0.88: a converged-looking, mostly opaque model
-    t.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in new.items()})
-    t.optimizers = make_optimizers(t.params, cfg, t.scene_scale)
-    t.state = t.strategy.initialize_state(t.scene_scale)
+    t.set_model(StaticModel(t.model.config, new, t.model.scene_scale))
     return t
 
 
@@ -120,7 +119,7 @@ def main(args: Args) -> None:
         res["per_step"].append(row)
 
     if not args.skip_target:
-        from splat.trainer import TrainConfig, Trainer
+        from splat.train import TrainConfig, Trainer
 
         cfg = TrainConfig(out=Path("/tmp/splat_bench_target"), iterations=args.iterations,
                           eval_every=args.eval_every, progress=False, export=[], save_renders=0)

@@ -3,7 +3,7 @@
 The workload is bench/train.py's: the default scene's views with a fixed
 number of Gaussians (density control off, full SH degree), so every step costs
 the same. Each configuration trains the same steps from the same parameters
-through the trainer's own loop (`Trainer._train`, as `splat-train --viewer`
+through the trainer's own loop (`Trainer.train`, as `splat-train --viewer`
 runs it), in interleaved rounds:
 
   none      no viewer (the reference)
@@ -59,17 +59,13 @@ class Args:
 
 
 def run_config(t, init, name: str, steps: int, refresh_s: float, nice: int) -> dict:
-    import torch
-
-    from splat.trainer import make_optimizers
+    from splat.models.static import StaticModel
+    from splat.train import CallbackList
     from viewer import SplatScene, TrainingLink, Viewer
     from viewer.headless import HeadlessClient
+    from viewer.training import LinkCallback
 
-    with torch.no_grad():
-        for k, p in t.params.items():
-            p.data = init[k].clone()
-    t.optimizers = make_optimizers(t.params, t.cfg, t.scene_scale)
-    t.state = t.strategy.initialize_state(t.scene_scale)
+    t.set_model(StaticModel(t.model.config, {k: v.clone() for k, v in init.items()}, t.model.scene_scale))
     t.start_step, t.iterations = 3000, 3000 + steps  # full SH degree from the first step
     t.out.mkdir(parents=True, exist_ok=True)
 
@@ -97,7 +93,7 @@ def run_config(t, init, name: str, steps: int, refresh_s: float, nice: int) -> d
             in_link.append(time.perf_counter() - t0)
 
         link.step_done = step_done
-        scene = SplatScene({k: p.detach().clone() for k, p in t.params.items()}, name="bench")
+        scene = SplatScene({k: p.detach().clone() for k, p in t.model.params.items()}, name="bench")
         viewer = Viewer(scene, port=0, link=link, refresh_s=refresh_s, training_nice=nice, log=lambda *a: None)
         if name in ("idle", "active"):
             client = HeadlessClient(viewer.url, 640, 480)
@@ -116,8 +112,9 @@ def run_config(t, init, name: str, steps: int, refresh_s: float, nice: int) -> d
         r0 = viewer.render_count
     if mover is not None:
         mover.start()
+    t.callbacks = CallbackList([LinkCallback(link)] if link is not None else [])
     t0 = time.perf_counter()
-    t._train(link)
+    t.train()  # the trainer's own loop, as splat-train --viewer runs it
     wall = time.perf_counter() - t0
     stop.set()
     res = {"config": name}
@@ -143,7 +140,7 @@ def main(args: Args) -> None:
     from train import fixed_count_trainer
 
     t = fixed_count_trainer("auto", args.count)
-    init = {k: p.detach().clone() for k, p in t.params.items()}
+    init = {k: p.detach().clone() for k, p in t.model.params.items()}
     for _ in range(3):  # warm-up: build, caches
         t.train_step(3000)
     print(f"training with and without the live viewer: default scene views (256x256), {args.count:,} Gaussians, "

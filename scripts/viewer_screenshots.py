@@ -22,17 +22,19 @@ from browser_utils import screenshot, start_browser, wait_until  # noqa: E402
 def main(out_dir: Path = ROOT / "docs", steps: int = 1500, shot_at: int = 1200) -> None:
     from selenium.webdriver.common.by import By
 
-    from splat.trainer import TrainConfig, Trainer
+    from splat.train import TrainConfig, Trainer
+    from viewer.training import ViewerCallback
 
     cfg = TrainConfig(out=Path("/tmp/splat_viewer_shots"), iterations=steps, progress=False, viewer=True,
                       viewer_port=0, viewer_wait=False, export=["ply"], save_renders=0)
     t = Trainer(cfg, log=lambda *a: None)
-    viewer, link = t.start_viewer()
+    (cb,) = [c for c in t.callbacks if isinstance(c, ViewerCallback)]
+    viewer, link = cb.start(t)
     done = threading.Event()
 
     def run():
         try:
-            t._train(link)
+            t.train()
         finally:
             done.set()
 
@@ -57,7 +59,7 @@ def main(out_dir: Path = ROOT / "docs", steps: int = 1500, shot_at: int = 1200) 
         print(f"step {link.step}, {link.num_gaussians:,} Gaussians -> {out_dir}/viewer_training.png, viewer_depth.png")
     finally:
         d.quit()
-        viewer.stop()
+        t.close()
 
 
 if __name__ == "__main__":

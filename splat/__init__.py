@@ -1,5 +1,6 @@
 """splat: a differentiable Gaussian-splatting toolkit."""
-from .render import rasterize
+from .cameras import Cameras
+from .render import Gaussians, RenderSettings, rasterize, render_gaussians
 
 __version__ = "0.1.0"
-__all__ = ["rasterize", "__version__"]
+__all__ = ["rasterize", "render_gaussians", "Cameras", "Gaussians", "RenderSettings", "__version__"]

@@ -7,13 +7,15 @@ glue (render modes, backgrounds, antialiasing, the info dict) is written once.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Dict, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import backends
+from .backends import get as get_backend
+from .cameras import Cameras
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RasterizeMode = Literal["classic", "antialiased"]
@@ -93,7 +95,7 @@ def rasterize(
     if not isinstance(channel_chunk, int) or channel_chunk < 1:
         _fail(f"channel_chunk must be a positive int, got {channel_chunk!r}")
     C = viewmats.shape[0]
-    impl = backends.get(backend, means.device, means.dtype)
+    impl = get_backend(backend, means.device, means.dtype)
     antialiased = rasterize_mode == "antialiased"
 
     radii, means2d, depths, conics, compensations = impl.project(
@@ -173,6 +175,54 @@ def rasterize(
         "backend": impl.NAME,
     }
     return render_colors, render_alphas, info
+
+
+@dataclasses.dataclass
+class Gaussians:
+    """Renderable 3D Gaussians: what every model kind turns a camera batch into.
+
+    means [N,3]; quats [N,4] (w,x,y,z, any norm); scales [N,3] linear; opacities [N]
+    in [0,1]; colors [N,D] or [C,N,D] features, or SH coefficients [N,K,3] / [C,N,K,3]
+    when ``sh_degree`` is set (the degree to evaluate, as `rasterize` takes it).
+    """
+
+    means: Tensor
+    quats: Tensor
+    scales: Tensor
+    opacities: Tensor
+    colors: Tensor
+    sh_degree: Optional[int] = None
+
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSettings:
+    """How to render, chosen once per run: the backend and the rasterize mode
+    (`rasterize`'s arguments of the same names). Models pass them on to any extra
+    render pass they make (a shadow pass from a light, for instance)."""
+
+    backend: Backend = "auto"
+    rasterize_mode: RasterizeMode = "classic"
+
+
+def render_gaussians(gaussians: Gaussians, cameras: Cameras, settings: RenderSettings = RenderSettings(),
+                     **kwargs) -> Tuple[Tensor, Tensor, Dict]:
+    """`rasterize` for a `Gaussians` set and a `Cameras` batch.
+
+    Other keyword arguments go to `rasterize` (backgrounds, render_mode, absgrad, tiles,
+    ...). Returns `rasterize`'s (colors [C,H,W,D], alphas [C,H,W,1], info). Raises
+    ``ValueError`` for cameras the rasterizer cannot project yet (any model but pinhole,
+    or distortion coefficients)."""
+    if cameras.camera_model != "pinhole" or any(
+            getattr(cameras, k) is not None for k in ("radial_coeffs", "tangential_coeffs", "thin_prism_coeffs")):
+        _fail(f"cameras: the rasterizer projects undistorted pinhole cameras only, got camera_model="
+              f"{cameras.camera_model!r}" + (" with distortion coefficients" if cameras.camera_model == "pinhole" else ""))
+    g = gaussians
+    return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cameras.viewmats, cameras.Ks, cameras.width,
+                     cameras.height, sh_degree=g.sh_degree, backend=settings.backend,
+                     rasterize_mode=settings.rasterize_mode, **kwargs)
 
 
 def _fail(msg: str):

@@ -36,13 +36,13 @@ def _prepare(name, monkeypatch=None):
 
         cpu.load()
     elif name == "cuda-emulated":
-        import splat.backends
+        import splat.render
         from splat.backends import cuda
 
         lib = _emulated_cuda_lib()
-        real_get = splat.backends.get
+        real_get = splat.render.get_backend
         monkeypatch.setattr(cuda, "_lib", lib)
-        monkeypatch.setattr(splat.backends, "get",
+        monkeypatch.setattr(splat.render, "get_backend",
                             lambda b, device, dtype=torch.float32: cuda if b == "cuda-emulated" else
                             real_get(b, device, dtype))
     return name

@@ -3,22 +3,12 @@ import math
 
 import torch
 
+import splat.cameras
+
 
 def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, -1.0, 0.0)):
-    """World->camera (OpenCV) viewmat of a camera at `eye` looking at `target`."""
-    eye, target, up = (torch.tensor(v, dtype=torch.float64) for v in (eye, target, up))
-    z = target - eye
-    z = z / z.norm()
-    x = torch.linalg.cross(z, up)
-    if x.norm() < 1e-9:
-        x = torch.linalg.cross(z, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
-    x = x / x.norm()
-    y = torch.linalg.cross(z, x)
-    R = torch.stack([x, y, z])  # rows: camera axes in world coordinates
-    V = torch.eye(4, dtype=torch.float64)
-    V[:3, :3] = R
-    V[:3, 3] = -R @ eye
-    return V
+    """World->camera (OpenCV) viewmat [4,4] float64 of a camera at `eye` looking at `target`."""
+    return torch.from_numpy(splat.cameras.look_at(eye, target, up))
 
 
 def cameras(C=1, width=64, height=48, radius=4.0, fov_deg=60.0, seed=0, dtype=torch.float32):

@@ -61,3 +61,19 @@ def write_blender(root: Path, views: dict, test_ids=(0, 6), with_points=True) ->
         lines += [f"{p[0]:.6f} {p[1]:.6f} {p[2]:.6f} {c[0]} {c[1]} {c[2]}" for p, c in zip(pts, views["rgb"])]
         (root / "points3d.ply").write_text("\n".join(lines) + "\n")
     return root
+
+
+def small_train_config(data, out, **kw):
+    """A quick training configuration for the tests: 120 steps, SH degree 1, density control
+    every 20 steps from step 20 to 150 (capped at 3000 Gaussians), a checkpoint every 30."""
+    from splat.models.static import StaticConfig
+    from splat.strategies import ADCStrategy
+    from splat.train import TrainConfig
+
+    strat = ADCStrategy(refine_start_iter=20, refine_stop_iter=150, refine_every=20, reset_every=100,
+                        max_gaussians=3000)
+    base = dict(data=data, out=out, iterations=120, scale_schedule=False, adc=strat,
+                static=StaticConfig(sh_degree=1, sh_degree_interval=40), progress=False, save_every=30,
+                export=["ply"], save_renders=1)
+    base.update(kw)
+    return TrainConfig(**base)

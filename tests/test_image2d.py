@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from splat.backends.image2d import (ALPHA_THRESHOLD, bounding_radii, rasterize_image2d,
                                     rasterize_image2d_torch)
 from splat.metrics import ms_ssim, psnr
-from splat.models.image2d import MIN_VARIANCE, Image2D, cholesky_to_cov, cov_to_conic, load_image2d
+from splat.image2d import load_image2d
+from splat.models.image2d import MIN_VARIANCE, Image2D, cholesky_to_cov, cov_to_conic
 
 W61, H47 = 61, 47  # not multiples of any tile size used below
 

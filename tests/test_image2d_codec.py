@@ -14,7 +14,8 @@ from splat.image2d import codec
 from splat.image2d.cli import main as cli
 from splat.image2d.fit import FitConfig, fit
 from splat.metrics import psnr
-from splat.models.image2d import Image2D, load_image2d
+from splat.image2d import load_image2d
+from splat.models.image2d import Image2D
 
 
 @pytest.fixture(autouse=True, scope="module")

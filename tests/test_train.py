@@ -7,27 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_data import make_views, write_blender
+from synthetic_data import make_views, small_train_config, write_blender
 
 import splat.io
 from splat.metrics import psnr, ssim
 from splat.strategies import ADCStrategy, ops
-from splat.trainer import TrainConfig, Trainer, main as train_main, train
+from splat.train import TrainConfig, Trainer, main as train_main, train
 
 
 @pytest.fixture(scope="module")
 def blender_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     return write_blender(root, make_views(n_views=32, width=48, height=40, n_gauss=300), test_ids=(0, 8, 16, 24))
-
-
-def small_cfg(data, out, **kw):
-    strat = ADCStrategy(refine_start_iter=20, refine_stop_iter=150, refine_every=20, reset_every=100,
-                        max_gaussians=3000)
-    base = dict(data=data, out=out, iterations=120, scale_schedule=False, strategy=strat, sh_degree=1,
-                sh_degree_interval=40, progress=False, save_every=30, export=["ply"], save_renders=1)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -144,7 +135,7 @@ def test_adc_clones_splits_and_prunes():
 def test_training_raises_psnr_well_above_its_start(blender_dir, tmp_path):
     strat = ADCStrategy(refine_start_iter=20, refine_stop_iter=300, refine_every=20, reset_every=200,
                         max_gaussians=3000)
-    cfg = small_cfg(blender_dir, tmp_path / "run", iterations=500, strategy=strat)
+    cfg = small_train_config(blender_dir, tmp_path / "run", iterations=500, adc=strat)
     t = Trainer(cfg, log=lambda *a: None)
     start = t.evaluate(0)["psnr"]
     m = t.train()
@@ -155,7 +146,7 @@ def test_training_raises_psnr_well_above_its_start(blender_dir, tmp_path):
         assert k in json.loads((tmp_path / "run" / "metrics.json").read_text())
     # the exported model renders exactly like the trained parameters
     loaded = splat.io.load(tmp_path / "run" / "model.ply")
-    for k, v in t.params.items():
+    for k, v in t.model.params.items():
         assert torch.equal(loaded[k], v.detach()), k
 
 
@@ -165,7 +156,7 @@ def _ckpt_params(path):
 
 def test_resume_continues_bit_for_bit(blender_dir, tmp_path, monkeypatch):
     a = tmp_path / "a"
-    train(small_cfg(blender_dir, a, export=[]), log=lambda *x: None)
+    train(small_train_config(blender_dir, a, export=[]), log=lambda *x: None)
     ref = _ckpt_params(a / "ckpts" / "ckpt_120.pt")
 
     # interrupt at step 75 (Ctrl-C): a checkpoint is written, --resume continues from it
@@ -179,7 +170,7 @@ def test_resume_continues_bit_for_bit(blender_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        train(small_cfg(blender_dir, b, export=[]), log=lambda *x: None)
+        train(small_train_config(blender_dir, b, export=[]), log=lambda *x: None)
     monkeypatch.setattr(Trainer, "train_step", orig)
     assert (b / "ckpts" / "ckpt_75.pt").exists()
     # resuming uses the saved config, whatever else the command line says
@@ -237,7 +228,7 @@ def test_render_cli_test_views_orbit_and_modes(blender_dir, tmp_path, capsys):
     from splat.render_cli import RenderConfig, main as render_main, render
 
     run = tmp_path / "run"
-    m = train(small_cfg(blender_dir, run, iterations=60), log=lambda *x: None)
+    m = train(small_train_config(blender_dir, run, iterations=60), log=lambda *x: None)
     r = render(RenderConfig(model=run), log=lambda *x: None)
     assert r["views"] == 4 and r["psnr"] == pytest.approx(m["psnr"], abs=0.05)  # same views, 8-bit PNG aside
     r = render(RenderConfig(model=run / "model.ply", data=blender_dir, mode="depth"), log=lambda *x: None)
@@ -266,7 +257,7 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130(blender_dir,
     import time
 
     out = tmp_path / "sig"
-    p = subprocess.Popen([sys.executable, "-m", "splat.trainer", "--data", str(blender_dir), "--out", str(out),
+    p = subprocess.Popen([sys.executable, "-m", "splat.train", "--data", str(blender_dir), "--out", str(out),
                           "--iterations", "100000", "--save-every", "20", "--no-progress"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -289,7 +280,7 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130(blender_dir,
 
 def test_orbit_and_path_cameras_are_upright_opencv_cameras(blender_dir):
     from splat.data import load_dataset
-    from splat.render_cli import orbit_cameras, path_cameras
+    from splat.cameras import orbit_cameras, path_cameras
 
     ds = load_dataset(blender_dir)
     V = ds.train.viewmats.astype(np.float64)
@@ -308,7 +299,7 @@ def test_depth_mode_on_an_orbit_without_data(blender_dir, tmp_path):
     from splat.render_cli import RenderConfig, render
 
     run = tmp_path / "run"
-    train(small_cfg(blender_dir, run, iterations=20, export=["ply", "spz"], rasterize_mode="antialiased"),
+    train(small_train_config(blender_dir, run, iterations=20, export=["ply", "spz"], rasterize_mode="antialiased"),
           log=lambda *x: None)
     from splat.io.spz import read_header
 

@@ -15,12 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from synthetic_data import make_views, write_blender
+from synthetic_data import make_views, small_train_config, write_blender
 
 from splat.models.image2d import Image2D
 from splat.models.static import render_splats
-from splat.trainer import TrainConfig, Trainer
-from splat.strategies import ADCStrategy
+from splat.train import Trainer
 from viewer import cli as viewer_cli
 from viewer import app as viewer_app
 from viewer.app import Viewer, ViewerError, check_port
@@ -82,16 +81,6 @@ def image2d_model(N=60, W=40, H=30, seed=0):
     return Image2D(means, chol, colors, W, H, "sum", 7)
 
 
-def small_cfg(data, out, **kw):
-    # the training config of tests/test_train.py
-    strat = ADCStrategy(refine_start_iter=20, refine_stop_iter=150, refine_every=20, reset_every=100,
-                        max_gaussians=3000)
-    base = dict(data=data, out=out, iterations=120, scale_schedule=False, strategy=strat, sh_degree=1,
-                sh_degree_interval=40, progress=False, save_every=30, export=["ply"], save_renders=1)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 @pytest.fixture(scope="module")
 def blender_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
@@ -102,9 +91,9 @@ def blender_dir(tmp_path_factory):
 def trained_run(blender_dir, tmp_path_factory):
     """A finished run without a viewer: (run dir, final parameters, number of training views)."""
     out = tmp_path_factory.mktemp("run") / "run"
-    t = Trainer(small_cfg(blender_dir, out, export=["ply", "splat", "spz"]), log=QUIET)
+    t = Trainer(small_train_config(blender_dir, out, export=["ply", "splat", "spz"]), log=QUIET)
     t.train()
-    params = {k: v.detach().clone() for k, v in t.params.items()}
+    params = {k: v.detach().clone() for k, v in t.model.params.items()}
     return out, params, len(t.train_views)
 
 
@@ -547,7 +536,7 @@ def test_check_port(busy_port):
 
 
 def test_train_cli_refuses_a_busy_viewer_port_before_training(blender_dir, tmp_path, capsys, busy_port):
-    from splat.trainer import main as train_main
+    from splat.train import main as train_main
 
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
@@ -574,12 +563,21 @@ def test_viewer_stop_frees_its_port(servers):
 # ----------------------------------------------------------------------------- 7. live training
 
 
+def viewer_callback(t):
+    """The viewer plugin that `--viewer` attached to trainer `t` (found through its entry point)."""
+    from viewer.training import ViewerCallback
+
+    (cb,) = [c for c in t.callbacks if isinstance(c, ViewerCallback)]
+    return cb
+
+
+
 def test_live_training_with_a_watching_client_is_bit_for_bit_the_same(blender_dir, trained_run, tmp_path):
     ref = trained_run[1]
-    cfg = small_cfg(blender_dir, tmp_path / "live", export=["ply", "splat", "spz"], viewer=True, viewer_port=0,
+    cfg = small_train_config(blender_dir, tmp_path / "live", export=["ply", "splat", "spz"], viewer=True, viewer_port=0,
                     viewer_host="127.0.0.1", viewer_wait=False)
     t = Trainer(cfg, log=QUIET)
-    viewer, link = t.start_viewer()
+    viewer, link = viewer_callback(t).start(t)
     c = None
     try:
         viewer.refresh.value = 0.2  # ask for fresh models often
@@ -596,13 +594,13 @@ def test_live_training_with_a_watching_client_is_bit_for_bit_the_same(blender_di
             time.sleep(0.004)  # idle time for the viewer's threads; changes nothing in the training
 
         link.step_done = watched_step_done
-        t._train(link)
+        t.train()
         assert [s[0] for s in seen] == list(range(1, cfg.iterations + 1))
         assert seen[-1][1] > seen[0][1], "no render completed while training ran"
         assert seen[-1][2] >= 1, "no snapshot delivered during training"
         assert link.finished and viewer.scene.version > seen[-1][2]  # finish delivers the final model
         for k in ref:
-            assert torch.equal(viewer.scene.splats[k], t.params[k].detach()), k
+            assert torch.equal(viewer.scene.splats[k], t.model.params[k].detach()), k
         # the client is shown the final model, and the status says the training finished
         assert wait_until(lambda: c.bytes_received > bytes0, 10)
         final = f"step **{cfg.iterations:,}** / {cfg.iterations:,} (finished)"
@@ -612,7 +610,7 @@ def test_live_training_with_a_watching_client_is_bit_for_bit_the_same(blender_di
         assert x[-1] == cfg.iterations
         # the frame the client was last sent is the final model, from the client's camera
         handle = server_client(viewer)
-        final = SplatScene({k: v.detach() for k, v in t.params.items()}, background=cfg.background)
+        final = SplatScene({k: v.detach() for k, v in t.model.params.items()}, background=cfg.background)
 
         def final_frame_shown():
             f = viewer.last_frames.get(handle.client_id)
@@ -626,21 +624,22 @@ def test_live_training_with_a_watching_client_is_bit_for_bit_the_same(blender_di
     finally:
         if c is not None:
             c.close()
-        viewer.stop()
+        t.close()  # --no-viewer-wait: stops the viewer
+    check_port("127.0.0.1", viewer.port)  # Trainer.close() stopped the viewer: its port is free again
     # the key property: watching changes nothing in the training
-    assert set(t.params.keys()) == set(ref.keys())
+    assert set(t.model.params.keys()) == set(ref.keys())
     for k, v in ref.items():
-        assert torch.equal(t.params[k].detach(), v), k
+        assert torch.equal(t.model.params[k].detach(), v), k
 
 
 # ----------------------------------------------------------------------------- 8. pause
 
 
 def test_pause_stops_steps_but_serves_snapshots(blender_dir, tmp_path):
-    cfg = small_cfg(blender_dir, tmp_path / "paused", iterations=40, save_every=0, viewer=True, viewer_port=0,
+    cfg = small_train_config(blender_dir, tmp_path / "paused", iterations=40, save_every=0, viewer=True, viewer_port=0,
                     viewer_host="127.0.0.1", viewer_wait=False, eval_every=0, save_renders=0)
     t = Trainer(cfg, log=QUIET)
-    viewer, link = t.start_viewer()
+    viewer, link = viewer_callback(t).start(t)
     reached, go, entered = threading.Event(), threading.Event(), threading.Event()
     step_done, on_status = link.step_done, link.on_status
 
@@ -659,7 +658,7 @@ def test_pause_stops_steps_but_serves_snapshots(blender_dir, tmp_path):
 
     def run():
         try:
-            t._train(link)
+            t.train()
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -677,7 +676,7 @@ def test_pause_stops_steps_but_serves_snapshots(blender_dir, tmp_path):
         link.request_snapshot()
         assert wait_until(lambda: viewer.scene.version > v0, 3), "no snapshot delivered while paused"
         assert link.step == s0
-        for k, v in t.params.items():  # the paused model, as it is
+        for k, v in t.model.params.items():  # the paused model, as it is
             assert torch.equal(viewer.scene.splats[k], v.detach()), k
         assert th.is_alive()
         link.set_paused(False)
@@ -688,7 +687,7 @@ def test_pause_stops_steps_but_serves_snapshots(blender_dir, tmp_path):
         go.set()
         link.set_paused(False)
         th.join(20)
-        viewer.stop()
+        t.close()
 
 
 def test_wait_if_paused_returns_when_told_to_stop():

@@ -33,17 +33,18 @@ if find_chromium() is None:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    from splat.models.static import StaticConfig
     from splat.strategies.adc import ADCStrategy
-    from splat.trainer import TrainConfig, train
+    from splat.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("viewer_browser")
     data = write_blender(root / "data", make_views(n_views=24, width=96, height=80, n_gauss=300),
                          test_ids=(0, 12))
     strat = ADCStrategy(refine_start_iter=20, refine_stop_iter=150, refine_every=20, reset_every=1000,
                         max_gaussians=4000)
-    cfg = TrainConfig(data=data, out=root / "run", iterations=200, scale_schedule=False, strategy=strat,
-                      sh_degree=1, sh_degree_interval=50, progress=False, save_every=0, export=["ply"],
-                      save_renders=0)
+    cfg = TrainConfig(data=data, out=root / "run", iterations=200, scale_schedule=False, adc=strat,
+                      static=StaticConfig(sh_degree=1, sh_degree_interval=50), progress=False, save_every=0,
+                      export=["ply"], save_renders=0)
     train(cfg, log=lambda *a: None)
     return root / "run"
 

@@ -331,7 +331,7 @@ class Viewer:
             client.add_notification("Snapshot failed", str(e), color="red", auto_close_seconds=8.0)
 
     def save_snapshot(self, img: np.ndarray) -> Path:
-        from splat.render_cli import _write_png
+        from splat.io.images import write_png
 
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         step = f"_step{self.link.step}" if self.link is not None else ""
@@ -340,7 +340,7 @@ class Viewer:
             path = self.snapshot_dir / f"snapshot{step}_{self.mode.value}_{self._snap_count:03d}.png"
             if not path.exists():
                 break
-        _write_png(path, img)
+        write_png(path, img)
         return path
 
     # ------------------------------------------------------------------ rendering

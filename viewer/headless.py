@@ -46,12 +46,12 @@ class HeadlessClient:
     def set_camera(self, position, look_at, up=(0.0, 0.0, 1.0), fov_y: float = 0.9,
                    width: Optional[int] = None, height: Optional[int] = None) -> None:
         """Report a camera at `position` looking at `look_at` (what a browser sends while the user drags)."""
-        from splat.render_cli import _look_at
+        from splat.cameras import look_at as look_at_viewmat
 
         from .scene import pose_from_viewmat
 
         p, t, u = (np.asarray(v, dtype=np.float64) for v in (position, look_at, up))
-        wxyz, _ = pose_from_viewmat(_look_at(p, t, u))
+        wxyz, _ = pose_from_viewmat(look_at_viewmat(p, t, u))
         msg = {"type": "ViewerCameraMessage", "wxyz": [float(v) for v in wxyz], "position": [float(v) for v in p],
                "fov": float(fov_y), "near": 0.01, "far": 1000.0,
                "image_height": int(height or self.height), "image_width": int(width or self.width),

@@ -166,8 +166,8 @@ class SplatScene:
 
     def render(self, cam: ViewCamera, mode: str = "rgb", backend: str = "auto", **_) -> np.ndarray:
         """uint8 [H,W,3] from `cam`: colour, colour-mapped expected depth, or accumulated opacity."""
+        from splat.io.images import colorize, depth_range_of
         from splat.models.static import render_splats, sh_degree_of
-        from splat.render_cli import depth_range_of, to_image
 
         if mode not in self.modes:
             raise ValueError(f"render mode {mode!r}: choose one of {', '.join(self.modes)}")
@@ -180,7 +180,7 @@ class SplatScene:
                                     sh_degree=sh_degree_of(s), backgrounds=bg, render_mode=render_mode,
                                     rasterize_mode=self.rasterize_mode, backend=backend)
         c, a = c[0].cpu(), a[0].cpu()
-        return to_image(c, a, mode, depth_range_of(c, a) if mode == "depth" else None)
+        return colorize(c, a, mode, depth_range_of(c, a) if mode == "depth" else None)
 
     def client_splats(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(centers [N,3], covariances [N,3,3], rgbs [N,3] in [0,1], opacities [N,1]) for
@@ -202,9 +202,9 @@ class SplatScene:
             c = self.cameras[0]
             wxyz, pos = pose_from_viewmat(c.viewmat)
             return wxyz, pos, c.fov_y
-        from splat.render_cli import orbit_cameras
+        from splat.cameras import orbit_cameras
 
-        V = orbit_cameras(1, None, self.splats, 25.0)[0]
+        V = orbit_cameras(1, None, self.splats["means"].numpy(), 25.0)[0]
         wxyz, pos = pose_from_viewmat(V)
         return wxyz, pos, math.radians(50.0)
 
@@ -304,13 +304,13 @@ MODEL_SUFFIXES = (".ply", ".splat", ".spz", ".pt", ".pth", ".ckpt", ".sgi")
 
 def _training_cameras(run_cfg: Optional[dict], data: Optional[Path], background, log) -> List[TrainingCamera]:
     """The run's training cameras (with thumbnails), or [] when its dataset cannot be found."""
-    from splat.render_cli import load_run_dataset, run_data_path
+    from splat.train.run import run_data_path, run_dataset
 
     path = run_data_path(run_cfg, data)
     if path is None:
         return []
     try:
-        ds = load_run_dataset(path, run_cfg, background)
+        ds = run_dataset(path, run_cfg, background)
     except (ValueError, OSError) as e:
         if data is not None:  # asked for explicitly: that is an error
             raise SceneError(f"--data {data}: {e}") from None
@@ -367,12 +367,12 @@ def load_scene(path, *, data: Optional[Path] = None, log=print):
                          f"{', '.join(MODEL_SUFFIXES)})")
     try:
         if p.is_file() and (p.suffix.lower() == ".sgi" or (p.suffix.lower() in (".pt", ".pth") and _is_image2d_pt(p))):
-            from splat.models.image2d import load_image2d
+            from splat.image2d import load_image2d
 
             return Image2DScene(load_image2d(p), name=p.name)
-        from splat.render_cli import load_model
+        from splat.train.run import load_splats
 
-        splats, run_cfg = load_model(p)
+        splats, run_cfg = load_splats(p)
     except (splat_io.FormatError, ValueError, KeyError, OSError) as e:
         msg = str(e)
         if str(p) not in msg:

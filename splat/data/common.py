@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..cameras import Cameras
 from .distortion import Distortion, DistortionError, build_undistort_map
 
 
@@ -56,9 +57,27 @@ class Split:
     widths: list[int]
     heights: list[int]
     alphas: list[np.ndarray | None] | None = None  # uint8 [H, W] for RGBA sources, else None entries
+    times: np.ndarray | None = None  # float32 [M]: time of each view (dynamic scenes), if the data has it
+    light_positions: np.ndarray | None = None  # float32 [M, 3]: a point light per view (relightable sets)
+    light_intensities: np.ndarray | None = None  # float32 [M, 3]: its linear RGB intensity
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def cameras(self, indices: int | Sequence[int] | None = None, device: Any = "cpu") -> Cameras:
+        """Views `indices` (one index, a list, or None for all) as a `splat.cameras.Cameras`
+        batch on `device`, with their time and light where the data has them. Raises
+        ``DatasetError`` when the views differ in size (a batch has one size)."""
+        idx = list(range(len(self))) if indices is None else [indices] if isinstance(indices, (int, np.integer)) \
+            else list(indices)
+        sizes = {(self.widths[i], self.heights[i]) for i in idx}
+        if len(sizes) != 1:
+            raise DatasetError(f"views {idx[:8]} have {len(sizes)} different image sizes; a camera batch has one")
+        (W, H), = sizes
+        pick = (lambda a: None if a is None else np.asarray(a)[idx])
+        return Cameras.from_numpy(self.viewmats[idx], self.Ks[idx], W, H, device=device, names=[self.names[i] for i in idx],
+                                  time=pick(self.times), light_position=pick(self.light_positions),
+                                  light_intensity=pick(self.light_intensities))
 
 
 @dataclass

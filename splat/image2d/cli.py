@@ -18,7 +18,7 @@ from typing import Annotated, Optional, Sequence, Tuple
 import tyro
 
 from splat.io import atomic_write
-from splat.render_cli import save_png
+from splat.io.images import save_png
 
 from . import codec
 from .fit import FitConfig, evaluate, fit, load_image
@@ -104,7 +104,7 @@ def run_fit(a: Fit) -> dict:
 
 
 def run_render(a: Render) -> Path:
-    from splat.models.image2d import load_image2d
+    from .files import load_image2d
 
     m = load_image2d(a.model)
     img = m.render(a.scale, size=a.size, crop=a.crop, first_k=a.first_k, backend=a.backend, clamp=True)
@@ -116,7 +116,7 @@ def run_render(a: Render) -> Path:
 
 def run_encode(a: Encode) -> dict:
     from splat.metrics import psnr
-    from splat.models.image2d import load_image2d
+    from .files import load_image2d
 
     m = load_image2d(a.model)
     target = None

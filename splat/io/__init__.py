@@ -53,7 +53,12 @@ from .common import (SH_C0, SPLAT_KEYS, FormatError, atomic_write, num_gaussians
 __all__ = [
     "FORMATS",
     "LOAD_FORMATS",
+    "CHECKPOINT_SUFFIXES",
+    "SH_C0",
+    "SPLAT_KEYS",
     "FormatError",
+    "atomic_write",
+    "read_file_bytes",
     "detect_format",
     "load",
     "save",

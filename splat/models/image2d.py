@@ -119,28 +119,6 @@ class Image2D:
             raise ValueError(f"{where}: 2D image model is missing {e}") from None
 
 
-def load_image2d(path: Union[str, Path]) -> Image2D:
-    """Load a model written by `Image2D.save` (.pt) or a codec file (.sgi)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    data = path.read_bytes()
-    from splat.image2d.codec import MAGIC, decode_bytes
-
-    if data[:len(MAGIC)] == MAGIC:
-        return decode_bytes(data, where=str(path))
-    import io
-    import pickle
-    import zipfile
-
-    try:
-        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError):
-        raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi)"
-                         ) from None
-    return Image2D.from_state_dict(sd, where=str(path))
-
-
 def render_image2d(model: Image2D, scale: float = 1.0, *, size: Optional[Tuple[int, int]] = None,
                    crop: Optional[Tuple[int, int, int, int]] = None, first_k: Optional[int] = None,
                    backend: str = "auto", clamp: bool = False, return_weights: bool = False):

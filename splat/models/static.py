@@ -1,4 +1,5 @@
-"""Static 3D Gaussian splats: the parameter layout, initialisation and rendering.
+"""Static 3D Gaussian splats: the parameter layout, initialisation, rendering, and the
+`StaticModel` kind that the trainer builds for ``--model static``.
 
 A model is a dict of tensors with gsplat's `simple_trainer` layout, so that files,
 strategies and checkpoints are interchangeable with it:
@@ -12,16 +13,20 @@ strategies and checkpoints are interchangeable with it:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Dict, Optional
+from typing import Annotated, Dict, Mapping, Optional
 
 import numpy as np
 import torch
+import tyro
 from torch import Tensor
 
-from ..io import SH_C0
-from ..io import sh_degree as sh_degree_of  # SH degree of a splats dict, from the shN shape
-from ..render import rasterize
+from ..cameras import Cameras
+from ..io.common import SH_C0
+from ..io.common import sh_degree as sh_degree_of  # SH degree of a splats dict, from the shN shape
+from ..render import Gaussians, RenderSettings, rasterize
+from .base import Model
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -74,16 +79,116 @@ def init_splats(points: np.ndarray | Tensor, rgb: np.ndarray | Tensor, sh_degree
     }
 
 
+def splats_to_gaussians(splats: Mapping[str, Tensor], sh_degree: Optional[int] = None) -> Gaussians:
+    """The renderable form of a splats dict: exp of the log-scales, sigmoid of the opacity
+    logits, [sh0, shN] concatenated as SH [N,K,3]; `sh_degree` defaults to the full degree."""
+    if sh_degree is None:
+        sh_degree = sh_degree_of(splats)
+    return Gaussians(splats["means"], splats["quats"], torch.exp(splats["scales"]), torch.sigmoid(splats["opacities"]),
+                     torch.cat([splats["sh0"], splats["shN"]], 1), sh_degree)
+
+
 def render_splats(splats: Dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int, height: int,
                   sh_degree: Optional[int] = None, backgrounds: Optional[Tensor] = None, **kwargs):
     """Render a splats dict (log scales, logit opacities, SH) with `splat.rasterize`.
 
     `sh_degree` defaults to the model's full degree; lower values use the first bands only.
     Other keyword arguments go to `rasterize` (backend, render_mode, absgrad, tiles, ...).
+    Returns `rasterize`'s (colors [C,H,W,D], alphas [C,H,W,1], info).
     """
-    if sh_degree is None:
-        sh_degree = sh_degree_of(splats)
-    colors = torch.cat([splats["sh0"], splats["shN"]], 1)
-    return rasterize(splats["means"], splats["quats"], torch.exp(splats["scales"]),
-                     torch.sigmoid(splats["opacities"]), colors, viewmats, Ks, width, height,
-                     sh_degree=sh_degree, backgrounds=backgrounds, **kwargs)
+    g = splats_to_gaussians(splats, sh_degree)
+    return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, viewmats, Ks, width, height,
+                     sh_degree=g.sh_degree, backgrounds=backgrounds, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the model kind
+
+
+def _alias(*names: str):
+    """The option's name before the model kinds were named (`--lr-means` for `--static.lr-means`)."""
+    return tyro.conf.arg(aliases=names)
+
+
+@dataclasses.dataclass
+class StaticConfig:
+    """Options of the static 3DGS model (`--static.*`; the old top-level names still work)."""
+
+    sh_degree: Annotated[int, _alias("--sh-degree")] = 3
+    """Maximum spherical-harmonic degree (0..3)."""
+    sh_degree_interval: Annotated[int, _alias("--sh-degree-interval")] = 1000
+    """Raise the SH degree by one every this many steps (scaled with --scale-schedule)."""
+    init_opacity: Annotated[float, _alias("--init-opacity")] = 0.1
+    """Opacity of the initial Gaussians."""
+    init_scale: Annotated[float, _alias("--init-scale")] = 1.0
+    """Multiplier of the nearest-neighbour initial scale."""
+    lr_means: Annotated[float, _alias("--lr-means")] = 1.6e-4
+    """Position learning rate, times the scene scale; decays exponentially to lr_means_final."""
+    lr_means_final: Annotated[float, _alias("--lr-means-final")] = 1.6e-6
+    """Position learning rate at the last step, times the scene scale."""
+    lr_scales: Annotated[float, _alias("--lr-scales")] = 5e-3
+    """Learning rate of the log-scales."""
+    lr_quats: Annotated[float, _alias("--lr-quats")] = 1e-3
+    """Learning rate of the quaternions."""
+    lr_opacities: Annotated[float, _alias("--lr-opacities")] = 5e-2
+    """Learning rate of the opacity logits."""
+    lr_sh0: Annotated[float, _alias("--lr-sh0")] = 2.5e-3
+    """Learning rate of the SH DC colour."""
+    lr_shN: Annotated[float, _alias("--lr-shN")] = 2.5e-3 / 20
+    """Learning rate of the higher SH bands."""
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for options no model can be built with."""
+        if not 0 <= self.sh_degree <= 3:
+            raise ValueError(f"--sh-degree must be 0..3, got {self.sh_degree}")
+        if not 0 < self.init_opacity < 1:
+            raise ValueError(f"--init-opacity must be in (0, 1), got {self.init_opacity}")
+
+    def scaled(self, factor: float) -> "StaticConfig":
+        """The SH schedule of a run `factor` times as long as 30k steps (gsplat's steps_scaler)."""
+        return dataclasses.replace(self, sh_degree_interval=int(self.sh_degree_interval * factor))
+
+
+class StaticModel(Model):
+    """Static 3D Gaussian splatting (Kerbl et al. 2023): the splats dict (module docstring) as
+    parameters, SH colours raised one degree every ``sh_degree_interval`` steps, the
+    reference learning rates (means: exponential decay over the run, times the scene
+    scale). No regularisers."""
+
+    name = "static"
+    Config = StaticConfig
+    per_gaussian = PARAM_NAMES
+
+    def __init__(self, config: StaticConfig, params: Mapping[str, Tensor], scene_scale: float = 1.0):
+        super().__init__(config, params, scene_scale)
+        self.sh_interval = max(1, int(config.sh_degree_interval))
+
+    @classmethod
+    def create(cls, config: StaticConfig, dataset, *, seed: int = 0) -> "StaticModel":
+        """Gaussians at the dataset's initial points (`init_splats`)."""
+        splats = init_splats(dataset.points, dataset.points_rgb, config.sh_degree, config.init_opacity,
+                             config.init_scale)
+        return cls(config, splats, float(dataset.scene_scale))
+
+    @classmethod
+    def from_splats(cls, splats: Mapping[str, Tensor], config: Optional[StaticConfig] = None) -> "StaticModel":
+        """A model from any splats dict (a model file), its SH degree taken from ``shN``."""
+        config = config or StaticConfig(sh_degree=sh_degree_of(splats))
+        return cls(config, {k: splats[k].float().contiguous() for k in PARAM_NAMES})
+
+    def gaussians(self, cameras: Cameras, settings: RenderSettings = RenderSettings(),
+                  step: Optional[int] = None) -> Gaussians:
+        degree = self.config.sh_degree if step is None else min(step // self.sh_interval, self.config.sh_degree)
+        return splats_to_gaussians(self.params, degree)
+
+    def learning_rates(self, step: int, iterations: int) -> Dict[str, float]:
+        c = self.config
+        t = min(max(step / max(iterations, 1), 0.0), 1.0)
+        means = self.scene_scale * math.exp((1 - t) * math.log(c.lr_means) + t * math.log(c.lr_means_final))
+        return {"means": means, "scales": c.lr_scales, "quats": c.lr_quats, "opacities": c.lr_opacities,
+                "sh0": c.lr_sh0, "shN": c.lr_shN}
+
+    def summary(self) -> str:
+        return f"SH degree {self.config.sh_degree}"
+
+    def to_splats(self) -> Dict[str, Tensor]:
+        return {k: self.params[k].detach().cpu() for k in PARAM_NAMES}

@@ -14,34 +14,43 @@ threshold, e.g. 0.0008).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Annotated, Any, Dict
 
 import torch
+import tyro
 
-from . import ops
+from .ops import duplicate, remove, reset_opacity, split
 from .base import Strategy
+
+
+def _alias(name: str):
+    """The option's name from before the strategies were named (`--strategy.X` for `--adc.X`)."""
+    return tyro.conf.arg(aliases=(f"--strategy.{name}",))
 
 
 @dataclasses.dataclass
 class ADCStrategy(Strategy):
-    prune_opa: float = 0.005
+    prune_opa: Annotated[float, _alias("prune-opa")] = 0.005
     """Remove Gaussians whose opacity falls below this."""
-    grow_grad2d: float = 0.0002
+    grow_grad2d: Annotated[float, _alias("grow-grad2d")] = 0.0002
     """Average 2D-mean gradient above which a Gaussian is cloned or split."""
-    grow_scale3d: float = 0.01
+    grow_scale3d: Annotated[float, _alias("grow-scale3d")] = 0.01
     """Gaussians with max scale up to this fraction of the scene scale are cloned, larger ones split."""
-    prune_scale3d: float = 0.1
+    prune_scale3d: Annotated[float, _alias("prune-scale3d")] = 0.1
     """After the first opacity reset, remove Gaussians larger than this fraction of the scene scale."""
-    refine_start_iter: int = 500
-    refine_stop_iter: int = 15_000
-    refine_every: int = 100
-    reset_every: int = 3000
+    refine_start_iter: Annotated[int, _alias("refine-start-iter")] = 500
+    """First step of density control (clone, split, prune)."""
+    refine_stop_iter: Annotated[int, _alias("refine-stop-iter")] = 15_000
+    """Density control stops at this step."""
+    refine_every: Annotated[int, _alias("refine-every")] = 100
+    """Steps between two density-control rounds."""
+    reset_every: Annotated[int, _alias("reset-every")] = 3000
     """Clamp opacities to 2 * prune_opa every this many steps (0: never)."""
-    absgrad: bool = False
+    absgrad: Annotated[bool, _alias("absgrad")] = False
     """Use AbsGS's absolute 2D-mean gradient (the renderer must be called with absgrad=True)."""
-    revised_opacity: bool = False
+    revised_opacity: Annotated[bool, _alias("revised-opacity")] = False
     """Split with the opacity correction of 'Revising Densification in Gaussian Splatting'."""
-    max_gaussians: int = 0
+    max_gaussians: Annotated[int, _alias("max-gaussians")] = 0
     """Stop growing beyond this many Gaussians (0: no limit)."""
 
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
@@ -63,7 +72,7 @@ class ADCStrategy(Strategy):
             state["grad2d"].zero_()
             state["count"].zero_()
         if self.reset_every > 0 and step % self.reset_every == 0 and step > 0:
-            ops.reset_opacity(params, optimizers, state, 2.0 * self.prune_opa)
+            reset_opacity(params, optimizers, state, 2.0 * self.prune_opa)
             events["reset"] = 1
         return events
 
@@ -108,10 +117,10 @@ class ADCStrategy(Strategy):
                 spl &= mask
         n_dup, n_split = int(dup.sum()), int(spl.sum())
         if n_dup:
-            ops.duplicate(params, optimizers, state, dup)
+            duplicate(params, optimizers, state, dup)
         spl = torch.cat([spl, torch.zeros(n_dup, dtype=torch.bool, device=spl.device)])
         if n_split:
-            ops.split(params, optimizers, state, spl, generator=generator, revised_opacity=self.revised_opacity)
+            split(params, optimizers, state, spl, generator=generator, revised_opacity=self.revised_opacity)
         return {"clone": n_dup, "split": n_split}
 
     @torch.no_grad()
@@ -121,7 +130,7 @@ class ADCStrategy(Strategy):
             prune |= torch.exp(params["scales"]).max(-1).values > self.prune_scale3d * state["scene_scale"]
         n = int(prune.sum())
         if n:
-            ops.remove(params, optimizers, state, prune)
+            remove(params, optimizers, state, prune)
         return {"prune": n}
 
     def scaled(self, factor: float) -> "ADCStrategy":

@@ -1,6 +1,8 @@
 """The density-control interface.
 
-A strategy sees the parameters (a `torch.nn.ParameterDict` with the splats layout),
+A strategy sees the parameters (the model's `GaussianParams`, a ``ParameterDict`` whose
+per-Gaussian entries include ``means``, ``scales`` (log), ``quats`` and ``opacities``
+(logits); a plain splats ``ParameterDict`` works too),
 one optimizer per parameter (`dict[str, torch.optim.Optimizer]`, as gsplat does),
 its own state dict and the renderer's `info`, at two points of each step:
 
@@ -13,7 +15,9 @@ its own state dict and the renderer's `info`, at two points of each step:
 
 (`optimizer.step` first, as gsplat does.) `generator` is a torch.Generator the
 trainer derives from the seed and the step, so that random choices (split
-positions, MCMC relocation) are reproducible across --resume.
+positions, MCMC relocation) are reproducible across --resume. The trainer picks a
+strategy by name (``--strategy adc``; `splat.train.registry.STRATEGIES`) and the
+strategy dataclass's fields are its options (``--adc.grow-grad2d``).
 
 Strategies that change the number of Gaussians must keep the optimizer state aligned
 with the parameters (see `ops.py`). The state dict holds tensors and plain numbers
@@ -27,6 +31,14 @@ import torch
 
 
 class Strategy:
+    absgrad = False
+    """Whether the renderer must accumulate |d loss / d means2d| (AbsGS) for this strategy."""
+
+    def scaled(self, factor: float) -> "Strategy":
+        """The strategy for a run `factor` times as long as 30k steps (its step counts scaled);
+        a strategy without a schedule returns itself."""
+        return self
+
     def check_sanity(self, params: torch.nn.ParameterDict, optimizers: Dict[str, torch.optim.Optimizer]) -> None:
         missing = [k for k in ("means", "scales", "quats", "opacities") if k not in params]
         if missing:

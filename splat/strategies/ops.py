@@ -1,4 +1,8 @@
-"""Operations that change the set of Gaussians while keeping optimizer state aligned."""
+"""Operations that change the set of Gaussians while keeping optimizer state aligned.
+
+They work on any model kind's `GaussianParams` (or a plain splats ParameterDict):
+only the per-Gaussian entries change; `split` samples the children from the
+Gaussian that ``means``, ``quats`` and ``scales`` (log) describe."""
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -7,16 +11,18 @@ import torch
 from torch import Tensor
 
 from ..backends.torch_ref import quat_to_rotmat
+from ..models.base import per_gaussian_names
 
 
 @torch.no_grad()
 def update_params(params: torch.nn.ParameterDict, optimizers: Dict[str, torch.optim.Optimizer],
                   param_fn: Callable[[str, Tensor], Tensor], state_fn: Callable[[str, Tensor], Tensor],
                   names: Optional[list] = None) -> None:
-    """Replace each parameter by `param_fn(name, p)` and each per-Gaussian optimizer
-    state tensor (Adam's moments) by `state_fn(key, v)`, re-registering the new
-    parameter with its optimizer."""
-    for name in names or list(params.keys()):
+    """Replace each per-Gaussian parameter (`names`, default all of them: see
+    `splat.models.base.per_gaussian_names`) by `param_fn(name, p)` and each per-Gaussian
+    optimizer state tensor (Adam's moments) by `state_fn(key, v)`, re-registering the new
+    parameter with its optimizer. Shared parameters (a decoder's weights) are left alone."""
+    for name in names or per_gaussian_names(params):
         old = params[name]
         new = torch.nn.Parameter(param_fn(name, old.data), requires_grad=old.requires_grad)
         opt = optimizers[name]

@@ -1,0 +1,194 @@
+"""`TrainConfig`: the options of `splat-train`, and its JSON form in run directories
+and checkpoints.
+
+The model, density strategy and optimizer are plain choices by name (``--model
+static --strategy adc --optimizer adam``, from `splat.train.registry`); each
+piece's own options live under its name (``--static.lr-means``,
+``--adc.grow-grad2d``, ``--adam.eps``). The names options had before the pieces
+were named (``--lr-means``, ``--sh-degree``, ``--strategy.grow-grad2d``, ...)
+still work as aliases, and configurations saved in that layout load (see
+`config_from_json`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, List, Literal, Optional, Tuple
+
+from ..models.static import StaticConfig
+from ..optim.adam import AdamConfig
+from ..render import Backend, RasterizeMode
+from ..strategies.adc import ADCStrategy
+from .registry import MODELS, OPTIMIZERS, STRATEGIES, Registry
+
+__all__ = ["TrainConfig", "config_to_json", "config_from_json", "DEFAULT_ITERATIONS", "DEFAULT_SCENE_ITERATIONS"]
+
+DEFAULT_ITERATIONS = 30_000
+DEFAULT_SCENE_ITERATIONS = 3000
+
+ModelName = Literal[MODELS.names()]  # type: ignore[valid-type]
+StrategyName = Literal[STRATEGIES.names()]  # type: ignore[valid-type]
+OptimizerName = Literal[OPTIMIZERS.names()]  # type: ignore[valid-type]
+ExportFormat = Literal["ply", "splat", "spz", "compressed_ply"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Train Gaussians on a COLMAP, NeRF-synthetic or nerfstudio folder (or the embedded default scene)."""
+
+    data: Optional[Path] = None
+    """Dataset folder (format detected); omit to train the embedded default scene."""
+    out: Path = Path("runs/default")
+    """Run directory: config.json, metrics.json, ckpts/, renders/, model.ply."""
+    iterations: Optional[int] = None
+    """Optimizer steps (one view per step). Default: 30000, or 3000 for the embedded default scene."""
+    resume: bool = False
+    """Continue from the last checkpoint in --out (its saved config is used)."""
+    data_format: Literal["auto", "colmap", "blender", "nerfstudio"] = "auto"
+    """Dataset layout; auto detects it from the folder."""
+    downscale: int = 1
+    """Integer image downscale factor (uses images_N/ folders where they exist)."""
+    test_every: int = 8
+    """Every N-th image (by name) is held out for testing where the data has no split; 0 = no test set."""
+    background: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Background colour: RGBA images are composited on it and renders use it."""
+    normalize: bool = True
+    """Recentre and rescale COLMAP/nerfstudio scenes (the transform is saved with the model)."""
+    max_init_points: Optional[int] = None
+    """Subsample the initial point cloud to at most this many points."""
+    num_random_points: int = 100_000
+    """Random initial points when the data has none (NeRF-synthetic without points3d.ply)."""
+    model: ModelName = "static"
+    """Model kind (its options: --<model>.*)."""
+    strategy: StrategyName = "adc"
+    """Density control (its options: --<strategy>.*; step counts are for 30000 iterations, see --scale-schedule)."""
+    optimizer: OptimizerName = "adam"
+    """Optimizer (its options: --<optimizer>.*)."""
+    backend: Backend = "auto"
+    """Renderer backend: auto (cuda for CUDA tensors, else the native cpu one), cpu, torch (reference), cuda."""
+    rasterize_mode: RasterizeMode = "classic"
+    """classic, or antialiased (Mip-Splatting's opacity compensation)."""
+    device: str = "cpu"
+    """Torch device of the model and images (cpu, cuda)."""
+    ssim_lambda: float = 0.2
+    """Loss = (1 - lambda) * L1 + lambda * (1 - SSIM)."""
+    scale_schedule: bool = True
+    """Multiply the density-control and SH step counts by iterations/30000 (gsplat's steps_scaler)."""
+    eval_every: int = 0
+    """Evaluate on the test views every N steps (0: only at the end)."""
+    save_every: int = 1000
+    """Write a checkpoint every N steps (and at the end, and on Ctrl-C)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    export: List[ExportFormat] = dataclasses.field(default_factory=lambda: ["ply"])
+    """Formats to write the final model in (model.<ext>)."""
+    save_renders: int = -1
+    """How many test views to save as PNG (prediction beside ground truth); -1: all."""
+    seed: int = 0
+    """Seed of the random initial points, the view order and density control's random choices."""
+    progress: bool = True
+    """Show a progress bar."""
+    viewer: bool = False
+    """Serve a live web viewer of the training (viser): the current model from any camera, status, loss plot, pause."""
+    viewer_port: int = 8080
+    """Port of the live viewer (0: any free port)."""
+    viewer_host: str = "127.0.0.1"
+    """Address the live viewer listens on; 0.0.0.0 makes it reachable from other machines."""
+    viewer_wait: bool = True
+    """After training, keep the viewer open on the final model until Ctrl-C."""
+    static: StaticConfig = dataclasses.field(default_factory=StaticConfig)
+    """--model static: 3D Gaussian splatting with SH colours."""
+    adc: ADCStrategy = dataclasses.field(default_factory=ADCStrategy)
+    """--strategy adc: adaptive density control (3DGS; gsplat's DefaultStrategy)."""
+    adam: AdamConfig = dataclasses.field(default_factory=AdamConfig)
+    """--optimizer adam: Adam per parameter."""
+
+    def options(self, kind: str):
+        """The options of the chosen piece of `kind` ("model", "strategy", "optimizer"):
+        its `TrainConfig` field, or its defaults when it has none. Raises ``ValueError``
+        for a name that is not registered."""
+        entry = _REGISTRIES[kind][getattr(self, kind)]
+        return getattr(self, entry.field) if entry.field else entry.options_class()
+
+    def total_iterations(self) -> int:
+        """--iterations, or its default (30000; 3000 for the embedded default scene)."""
+        if self.iterations is not None:
+            return int(self.iterations)
+        return DEFAULT_SCENE_ITERATIONS if self.data is None else DEFAULT_ITERATIONS
+
+
+_REGISTRIES = {"model": MODELS, "strategy": STRATEGIES, "optimizer": OPTIMIZERS}
+
+
+def registry(kind: str) -> Registry:
+    return _REGISTRIES[kind]
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def config_to_json(cfg) -> dict:
+    """A config dataclass (nested ones included) as JSON-ready plain values."""
+
+    def conv(v):
+        if isinstance(v, Path):
+            return str(v)
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+# options that sat at the top level (and `strategy` held ADC's options) before the pieces were named
+_LEGACY_STATIC = ("sh_degree", "sh_degree_interval", "init_opacity", "init_scale", "lr_means", "lr_means_final",
+                  "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN")
+
+
+def _migrate(d: dict) -> dict:
+    """The 0.1 layout (``strategy`` = ADC's options, model options at the top level) -> today's."""
+    d = dict(d)
+    if isinstance(d.get("strategy"), dict):
+        d["adc"] = d.pop("strategy")
+        d["strategy"] = "adc"
+        d.setdefault("static", {}).update({k: d.pop(k) for k in _LEGACY_STATIC if k in d})
+    return d
+
+
+def _build(cls, d: dict, where: str):
+    """Instantiate dataclass `cls` from `d`, nested dataclasses, paths and tuples included."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"{where} has unknown fields {sorted(unknown)}")
+    return cls(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in d.items()})
+
+
+def _coerce(hint, v: Any, where: str):
+    if v is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        return _coerce(typing.get_args(hint)[0], v, where)
+    if origin is typing.Union:  # Optional[X]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(inner[0], v, where) if len(inner) == 1 else v
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, v, where)
+    if hint is Path:
+        return Path(v)
+    if origin is tuple:
+        return tuple(v)
+    return v
+
+
+def config_from_json(d: dict, cls=TrainConfig) -> TrainConfig:
+    """A `TrainConfig` from `config_to_json`'s output (also the 0.1 layout). Raises
+    ``ValueError`` naming an unknown field."""
+    return _build(cls, _migrate(d), "checkpoint config")

@@ -1,0 +1,309 @@
+"""The one training loop: data -> model -> render -> loss -> optimizer + density strategy,
+for every model kind, with checkpoints and exact resume, evaluation, the run
+directory and callbacks.
+
+One step (``Trainer.train_step``):
+
+    cameras, image = the step's training view          (a fresh random order each epoch)
+    optimizer.set_learning_rates(model.learning_rates(step, iterations))
+    loss, out = optimizer.step(forward)                  forward: model.render(cameras, step=step)
+                                                         -> strategy.step_pre_backward
+                                                         -> photometric loss + model.losses
+    strategy.step_post_backward(...)                     may clone, split, prune Gaussians
+
+The model, strategy and optimizer come from `splat.train.registry` by the names in
+`TrainConfig`; nothing here knows which ones they are.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+import numpy as np
+import torch
+
+from ..data import Dataset
+from ..io.common import atomic_write
+from ..io.images import save_png
+from ..metrics import psnr as psnr_fn
+from ..models.base import Model
+from ..render import RenderSettings
+from .callbacks import Callback, CallbackList, load_callback
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import DEFAULT_ITERATIONS, TrainConfig, config_from_json, config_to_json
+from .data import Views, load_data, step_generator, view_for_step
+from .evaluate import evaluate
+from .losses import photometric_loss
+from .registry import MODELS, OPTIMIZERS
+
+__all__ = ["Trainer", "EXPORT_SUFFIXES"]
+
+EXPORT_SUFFIXES = {"ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply"}
+# options of this command, not of the run, when resuming
+_SESSION_FIELDS = ("viewer", "viewer_port", "viewer_host", "viewer_wait")
+
+
+class Trainer:
+    """Train the model `cfg` names on its data.
+
+    ``Trainer(cfg)`` loads the data and builds (or, with ``cfg.resume``, restores) the
+    model, optimizer and strategy; ``train()`` runs the loop and returns the final
+    metrics; ``close()`` releases the callbacks (a viewer waits there for Ctrl-C when
+    asked to). `callbacks` attach from outside (see `splat.train.callbacks`);
+    ``cfg.viewer`` adds the viewer plugin's. `dataset` trains on an already loaded
+    `splat.data.Dataset` instead of loading ``cfg.data``.
+
+    Raises ``ValueError`` for bad options, missing checkpoints and unusable data, with
+    the problem and, where there is one, the file named.
+    """
+
+    def __init__(self, cfg: TrainConfig, log=print, callbacks: Iterable[Callback] = (),
+                 dataset: Optional[Dataset] = None):
+        self.log = log
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = torch.device(cfg.device)
+        ck = None
+        if cfg.resume:
+            path = latest_checkpoint(self.out)
+            if path is None:
+                raise ValueError(f"--resume: no checkpoint in {self.out / 'ckpts'}")
+            ck = load_checkpoint(path)
+            saved = config_from_json(ck["config"])
+            saved.resume = True
+            saved.out = cfg.out
+            for f in _SESSION_FIELDS:
+                setattr(saved, f, getattr(cfg, f))
+            self.cfg = cfg = saved
+            log(f"resuming {path} at step {ck['step']}")
+        self.iterations = cfg.total_iterations()
+        if self.iterations <= 0:
+            raise ValueError(f"--iterations must be positive, got {self.iterations}")
+        model_cls = MODELS[cfg.model].cls
+        optimizer_cls = OPTIMIZERS[cfg.optimizer].cls
+        model_options, strategy = cfg.options("model"), cfg.options("strategy")
+        if hasattr(model_options, "check"):
+            model_options.check()
+        self.callbacks = CallbackList(callbacks)
+        if cfg.viewer:  # the plugin checks its port now, before the data is loaded
+            self.callbacks.append(load_callback("viewer", cfg))
+        if cfg.scale_schedule:
+            factor = self.iterations / DEFAULT_ITERATIONS
+            strategy = strategy.scaled(factor)
+            model_options = model_options.scaled(factor) if hasattr(model_options, "scaled") else model_options
+        self.strategy = strategy
+        self.settings = RenderSettings(cfg.backend, cfg.rasterize_mode)
+
+        t0 = time.perf_counter()
+        self.data = dataset if dataset is not None else load_data(cfg)
+        self.train_views = Views(self.data.train, self.device)
+        self.test_views = Views(self.data.test, self.device)
+        if len(self.train_views) == 0:
+            raise ValueError("the dataset has no training views")
+        model_cls.check_cameras(self.train_views.camera(0), where=str(self.data.root))
+        self.background = torch.tensor(np.asarray(self.data.background, dtype=np.float32), device=self.device)
+        # on resume, the scene scale the run started with (learning rates and thresholds depend on it)
+        scene_scale = float(ck["scene_scale"]) if ck is not None else float(self.data.scene_scale)
+        log(f"data: {self.data.format} {self.data.root}: {len(self.train_views)} train / {len(self.test_views)} test "
+            f"views, {len(self.data.points):,} initial points{' (random)' if self.data.points_random else ''}, "
+            f"scene scale {scene_scale:.3f} ({time.perf_counter() - t0:.1f} s)")
+        if ck is None:
+            self.model: Model = model_cls.create(model_options, self.data, seed=cfg.seed)
+            self.start_step, self.train_seconds, self.history = 0, 0.0, []
+        else:
+            self.model = model_cls.from_state(model_options, ck["splats"], scene_scale)
+            self.start_step, self.train_seconds, self.history = int(ck["step"]), float(ck["train_seconds"]), ck["history"]
+        self.model.to(self.device)
+        self.optimizer = optimizer_cls(self.model.params, self.model.learning_rates(self.start_step, self.iterations),
+                                       cfg.options("optimizer"))
+        self.strategy.check_sanity(self.model.params, self.optimizer.optimizers)
+        self.state = self.strategy.initialize_state(self.model.scene_scale)
+        if ck is not None:
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.state.update({k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                               for k, v in ck["strategy_state"].items()})
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.model.num_gaussians
+
+    def set_model(self, model: Model) -> None:
+        """Train `model` from here on, with a fresh optimizer and strategy state (benchmarks
+        use this to train a fixed-size model)."""
+        self.model = model.to(self.device)
+        self.optimizer = type(self.optimizer)(model.params, model.learning_rates(self.start_step, self.iterations),
+                                              self.cfg.options("optimizer"))
+        self.strategy.check_sanity(model.params, self.optimizer.optimizers)
+        self.state = self.strategy.initialize_state(model.scene_scale)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, step: int) -> dict:
+        """One optimizer step on the step's training view; returns its loss, PSNR and the
+        strategy's events (clone/split/prune counts)."""
+        cfg = self.cfg
+        i = view_for_step(step, len(self.train_views), cfg.seed)
+        cameras, gt = self.train_views.camera(i), self.train_views.image(i)
+        self.optimizer.set_learning_rates(self.model.learning_rates(step, self.iterations))
+
+        def forward():
+            out = self.model.render(cameras, self.settings, step=step, backgrounds=self.background[None],
+                                    absgrad=self.strategy.absgrad)
+            self.strategy.step_pre_backward(self.model.params, self.optimizer.optimizers, self.state, step, out.info)
+            loss = photometric_loss(out.colors[0], gt, cfg.ssim_lambda)
+            for term in self.model.losses(step, out).values():
+                loss = loss + term
+            return loss, out
+
+        loss, out = self.optimizer.step(forward)
+        events = self.strategy.step_post_backward(self.model.params, self.optimizer.optimizers, self.state, step,
+                                                  out.info, generator=step_generator(cfg.seed, step))
+        with torch.no_grad():
+            p = psnr_fn(out.colors[0].detach().clamp(0, 1), gt).item()
+        return {"loss": loss.item(), "psnr": p, "events": events}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, step: int, save_renders: int = 0) -> dict:
+        """Test-view metrics of the current model; the first `save_renders` views (-1: all) are
+        written to renders/test_<i>.png, render beside ground truth."""
+        rdir = self.out / "renders"
+
+        def save(i, pred, gt):
+            if save_renders < 0 or i < save_renders:
+                rdir.mkdir(parents=True, exist_ok=True)
+                save_png(rdir / f"test_{i:03d}.png", torch.cat([pred, gt], 1))
+
+        m = evaluate(self.model, self.test_views, self.settings, self.background, save=save)
+        if not m:
+            return {"step": step, "num_gaussians": self.num_gaussians}
+        return {"step": step, "psnr": m["psnr"], "ssim": m["ssim"], "num_gaussians": self.num_gaussians,
+                "render_ms": m["render_ms"], "per_view": m["per_view"]}
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def save_checkpoint(self, step: int) -> Path:
+        path = save_checkpoint(self.out, step, {
+            "train_seconds": self.train_seconds, "scene_scale": self.model.scene_scale, "model": self.cfg.model,
+            "splats": self.model.state(), "optimizer": self.optimizer.state_dict(),
+            "strategy_state": {k: v for k, v in self.state.items() if k != "scene_scale"},
+            "config": config_to_json(self.cfg), "history": self.history,
+            "transform": np.asarray(self.data.transform).tolist(),
+        }, keep=self.cfg.keep_checkpoints)
+        self.callbacks.on_checkpoint(self, step, path)
+        return path
+
+    def export(self) -> List[Path]:
+        """The model in each --export format as model.<ext> (none for a model kind with no static form)."""
+        from .. import io as splat_io
+
+        splats = self.model.to_splats()
+        if splats is None:
+            if self.cfg.export:
+                self.log(f"export: a {self.model.name} model has no static form; skipped {', '.join(self.cfg.export)}")
+            return []
+        paths = []
+        for fmt in self.cfg.export:
+            opts = {"antialiased": self.cfg.rasterize_mode == "antialiased"} if fmt == "spz" else {}
+            paths.append(splat_io.save(self.out / f"model{EXPORT_SUFFIXES[fmt]}", splats, format=fmt, **opts))
+        return paths
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        """Run the remaining steps, evaluate, export, write metrics.json; returns the metrics.
+        Ctrl-C (SIGINT or SIGTERM) finishes the current step, writes a checkpoint and
+        re-raises KeyboardInterrupt. The callbacks stay open until ``close()``."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.out / "config.json", json.dumps(config_to_json(self.cfg), indent=2).encode())
+        try:
+            self.callbacks.on_train_start(self)
+            return self._loop()
+        except BaseException:
+            self.close(completed=False)
+            raise
+
+    def close(self, completed: bool = True) -> None:
+        """Close the callbacks (once)."""
+        callbacks, self.callbacks = self.callbacks, CallbackList()
+        callbacks.close(self, completed)
+
+    def _loop(self) -> dict:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.iterations, initial=self.start_step, desc="train", dynamic_ncols=True,
+                       mininterval=0.5, file=sys.stdout)
+        step = self.start_step
+        ema_loss = ema_psnr = None
+        # Ctrl-C between steps: let the current step finish, so the checkpoint written
+        # on interrupt is a consistent state that --resume continues exactly
+        interrupted = []
+        old_handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
+        try:
+            t_last = time.perf_counter()
+            while step < self.iterations:
+                if interrupted:
+                    raise KeyboardInterrupt
+                r = self.train_step(step)
+                step += 1
+                self.callbacks.on_step(self, step, r)  # inside the timed step: what a callback costs, training pays
+                now = time.perf_counter()
+                self.train_seconds += now - t_last
+                ema_loss = r["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * r["loss"]
+                ema_psnr = r["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * r["psnr"]
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0 or step == self.iterations:
+                        bar.set_postfix(loss=f"{ema_loss:.4f}", psnr=f"{ema_psnr:.2f}", gaussians=self.num_gaussians,
+                                        refresh=False)
+                if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < self.iterations:
+                    m = self.evaluate(step)
+                    m.pop("per_view", None)
+                    m["train_seconds"] = self.train_seconds
+                    self.history.append(m)
+                    if "psnr" in m:
+                        (bar.write if bar else self.log)(
+                            f"step {step}: test PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f}, {m['num_gaussians']:,} Gaussians")
+                    self.callbacks.on_eval(self, step, m)
+                if cfg.save_every > 0 and step % cfg.save_every == 0 and step < self.iterations:
+                    self.save_checkpoint(step)
+                self.callbacks.on_pause_point(self, step, lambda: bool(interrupted))  # not training time
+                t_last = time.perf_counter()
+            if interrupted:
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            path = self.save_checkpoint(step)
+            self.log(f"interrupted at step {step}: saved {path}; continue with --out {self.out} --resume")
+            raise
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+        if bar is not None:
+            bar.close()
+        self.save_checkpoint(step)
+        final = self.evaluate(step, save_renders=cfg.save_renders)
+        exported = self.export()
+        metrics = {
+            "psnr": final.get("psnr"), "ssim": final.get("ssim"), "num_gaussians": self.num_gaussians,
+            "train_seconds": self.train_seconds, "iterations": self.iterations,
+            "seconds_per_iteration": self.train_seconds / max(1, self.iterations - self.start_step)
+            if self.start_step == 0 else None,
+            "render_ms": final.get("render_ms"), "test_views": len(self.test_views),
+            "train_views": len(self.train_views), "data": str(self.data.root), "format": self.data.format,
+            "backend": cfg.backend, "history": self.history, "per_view": final.get("per_view", []),
+            "model": [p.name for p in exported],
+            "model_kind": cfg.model, "strategy": cfg.strategy, "optimizer": cfg.optimizer,
+        }
+        atomic_write(self.out / "metrics.json", json.dumps(metrics, indent=2).encode())
+        self.callbacks.on_train_end(self, metrics)
+        return metrics

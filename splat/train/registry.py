@@ -1,0 +1,75 @@
+"""The pieces the trainer picks by name: model kinds, density strategies, optimizers.
+
+    MODELS["static"].cls        -> StaticModel      (--model static, options --static.*)
+    STRATEGIES["adc"].cls       -> ADCStrategy      (--strategy adc, options --adc.*)
+    OPTIMIZERS["adam"].cls      -> AdamOptimizer    (--optimizer adam, options --adam.*)
+
+A new capability is a module that implements the piece's interface
+(`splat.models.base.Model`, `splat.strategies.base.Strategy`,
+`splat.optim.base.Optimizer`) and one ``register`` call here; its options
+dataclass becomes a field of `TrainConfig` named after it (``field``), so the
+command line offers ``--<name>.*``. A piece registered without a field (a test's
+toy model, a third-party kind) trains with its default options.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+from ..models.static import StaticModel
+from ..optim.adam import AdamOptimizer
+from ..strategies.adc import ADCStrategy
+
+__all__ = ["Registry", "Entry", "MODELS", "STRATEGIES", "OPTIMIZERS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    cls: type
+    """The model or optimizer class, or the strategy dataclass itself."""
+    field: Optional[str] = None
+    """The `TrainConfig` field that holds its options, if it has one."""
+
+    @property
+    def options_class(self) -> type:
+        """The options dataclass: ``cls.Config`` for models and optimizers, the strategy class for strategies."""
+        return getattr(self.cls, "Config", self.cls)
+
+
+class Registry:
+    """Named pieces of one kind (``"model"``, ``"strategy"``, ``"optimizer"``)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: Dict[str, Entry] = {}
+
+    def register(self, name: str, cls: type, field: Optional[str] = None) -> Entry:
+        """Add (or replace) the piece `name`; returns its entry."""
+        entry = Entry(name, cls, field)
+        self._entries[name] = entry
+        return entry
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def __getitem__(self, name: str) -> Entry:
+        if name not in self._entries:
+            raise ValueError(f"unknown {self.kind} {name!r}; choose one of {', '.join(self._entries)}")
+        return self._entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def names(self) -> Tuple[str, ...]:
+        return tuple(self._entries)
+
+
+MODELS = Registry("model")
+MODELS.register("static", StaticModel, field="static")
+
+STRATEGIES = Registry("strategy")
+STRATEGIES.register("adc", ADCStrategy, field="adc")
+
+OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS.register("adam", AdamOptimizer, field="adam")
