@@ -75,8 +75,9 @@ class Split:
             raise DatasetError(f"views {idx[:8]} have {len(sizes)} different image sizes; a camera batch has one")
         (W, H), = sizes
         pick = (lambda a: None if a is None else np.asarray(a)[idx])
-        return Cameras.from_numpy(self.viewmats[idx], self.Ks[idx], W, H, device=device, names=[self.names[i] for i in idx],
-                                  time=pick(self.times), light_position=pick(self.light_positions),
+        return Cameras.from_numpy(self.viewmats[idx], self.Ks[idx], W, H, device=device,
+                                  names=[self.names[i] for i in idx], time=pick(self.times),
+                                  light_position=pick(self.light_positions),
                                   light_intensity=pick(self.light_intensities))
 
 
