@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,14 +24,16 @@ __all__ = ["Cameras", "CAMERA_MODELS", "look_at", "camera_frame", "orbit_cameras
 
 CAMERA_MODELS = ("pinhole", "ortho", "fisheye")
 
-# per-camera tensors: name -> trailing shape (None: any length, as distortion coefficients)
+# per-camera tensors: name -> trailing shape (None: radial coefficients, counted per camera model)
 _PER_CAMERA = {
     "radial_coeffs": None, "tangential_coeffs": (2,), "thin_prism_coeffs": (4,),
     "time": (), "light_position": (3,), "light_intensity": (3,),
 }
+# radial coefficients per camera model (gsplat's convention): OpenCV k1..k6, Kannala-Brandt k1..k4
+_RADIAL = {"pinhole": 6, "fisheye": 4}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Cameras:
     """A batch of C cameras sharing one image size.
 
@@ -39,17 +42,19 @@ class Cameras:
         Ks: [C,3,3] float intrinsics in pixels.
         width, height: image size in pixels (> 0).
         camera_model: ``"pinhole"`` (what the renderer supports today), ``"ortho"`` or ``"fisheye"``.
-        radial_coeffs: [C,6] (OpenCV k1..k6) or [C,4] (Kannala-Brandt fisheye), or None.
+        radial_coeffs: [C,6] (pinhole: OpenCV k1..k6) or [C,4] (fisheye: Kannala-Brandt k1..k4), or None.
         tangential_coeffs: [C,2] (p1, p2) or None.  thin_prism_coeffs: [C,4] (s1..s4) or None.
         time: [C] time of each camera (dynamic scenes: 0..1 over the sequence), or None.
         light_position: [C,3] world position of a point light per camera (relightable scenes), or None.
         light_intensity: [C,3] its linear RGB radiant intensity, or None.
         names: C names (image names from the dataset), or None.
 
-    Raises ``ValueError`` naming the field for a wrong shape, a non-finite value, an
-    unknown camera model or a non-positive size. ``len(cams)`` is C; ``cams[i]``,
-    ``cams[a:b]`` and ``cams[index_tensor]`` select cameras; ``cams.to(device)`` moves
-    every tensor.
+    Every tensor has the dtype and device of ``viewmats``. A batch is immutable
+    (frozen): make a new one to change it. Raises ``ValueError`` naming the field for
+    a wrong shape, dtype or device, a non-finite value, an unknown camera model or a
+    size that is not a positive integer. ``len(cams)`` is C; ``cams[i]`` (any integer),
+    ``cams[a:b:s]``, ``cams[list]`` and ``cams[index or boolean tensor]`` select cameras;
+    ``cams.to(device)`` moves every tensor.
     """
 
     viewmats: Tensor
@@ -72,30 +77,37 @@ class Cameras:
         C = V.shape[0]
         if not isinstance(K, Tensor) or tuple(K.shape) != (C, 3, 3):
             raise ValueError(f"Cameras: Ks must be a [{C},3,3] tensor, got {_shape(K)}")
-        if isinstance(self.width, bool) or isinstance(self.height, bool) or int(self.width) != self.width \
-                or int(self.height) != self.height or self.width < 1 or self.height < 1:
-            raise ValueError(f"Cameras: width and height must be positive integers, got {self.width}x{self.height}")
-        self.width, self.height = int(self.width), int(self.height)
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"Cameras: width and height must be positive integers, got "
+                                 f"{self.width!r} x {self.height!r}")
+            object.__setattr__(self, name, int(v))
         if self.camera_model not in CAMERA_MODELS:
             raise ValueError(f"Cameras: camera_model {self.camera_model!r}; expected one of {', '.join(CAMERA_MODELS)}")
         for name in ("viewmats", "Ks") + tuple(_PER_CAMERA):
             t = getattr(self, name)
             if t is None:
                 continue
-            trail = _PER_CAMERA.get(name)
-            if name in _PER_CAMERA and (not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] != C
-                                        or (trail is not None and tuple(t.shape[1:]) != trail)
-                                        or (trail is None and t.dim() != 2)):
-                want = f"[{C}{''.join(f',{d}' for d in trail)}]" if trail is not None else f"[{C},K]"
-                raise ValueError(f"Cameras: {name} must be a {want} tensor, got {_shape(t)}")
+            if name in _PER_CAMERA:
+                trail = _PER_CAMERA[name]
+                if trail is None:
+                    if self.camera_model not in _RADIAL:
+                        raise ValueError(f"Cameras: camera_model {self.camera_model!r} takes no radial_coeffs")
+                    trail = (_RADIAL[self.camera_model],)
+                if not isinstance(t, Tensor) or tuple(t.shape) != (C,) + trail:
+                    want = f"[{C}{''.join(f',{d}' for d in trail)}]"
+                    raise ValueError(f"Cameras: {name} must be a {want} tensor"
+                                     + (f" for a {self.camera_model} camera" if name == "radial_coeffs" else "")
+                                     + f", got {_shape(t)}")
             if not t.is_floating_point():
                 raise ValueError(f"Cameras: {name} must be floating point, got {t.dtype}")
+            if t.dtype != V.dtype or t.device != V.device:
+                raise ValueError(f"Cameras: {name} is {t.dtype} on {t.device}, viewmats {V.dtype} on {V.device}")
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"Cameras: {name} has non-finite values")
-            if t.device != V.device:
-                raise ValueError(f"Cameras: {name} is on {t.device}, viewmats on {V.device}")
         if self.names is not None:
-            self.names = list(self.names)
+            object.__setattr__(self, "names", list(self.names))
             if len(self.names) != C:
                 raise ValueError(f"Cameras: {len(self.names)} names for {C} cameras")
 
@@ -104,18 +116,28 @@ class Cameras:
         return int(self.viewmats.shape[0])
 
     def __getitem__(self, index) -> "Cameras":
-        """Cameras `index` (an int, a slice, a list or an index/boolean tensor) as a new batch."""
-        if isinstance(index, int):
-            if not -len(self) <= index < len(self):
-                raise IndexError(f"camera {index} out of range for {len(self)} cameras")
-            index = slice(index % len(self), index % len(self) + 1)
-        idx = index if isinstance(index, slice) else torch.as_tensor(index, device=self.viewmats.device)
-        if isinstance(idx, Tensor) and idx.dtype == torch.bool:
-            idx = idx.nonzero().squeeze(1)
-        names = None
-        if self.names is not None:
-            picked = range(len(self))[idx] if isinstance(idx, slice) else idx.tolist()
-            names = [self.names[i] for i in picked]
+        """Cameras `index` (an integer, a slice, a list, or an index or boolean tensor or
+        array) as a new batch. Raises ``IndexError`` for an index out of range."""
+        C = len(self)
+        if isinstance(index, slice):
+            idx = torch.tensor(range(C)[index], dtype=torch.int64)
+        else:
+            arr = np.asarray(index.cpu() if isinstance(index, Tensor) else index)
+            if arr.dtype == bool:
+                if arr.shape != (C,):
+                    raise IndexError(f"a boolean camera mask needs {C} entries, got shape {list(arr.shape)}")
+                arr = np.nonzero(arr)[0]
+            elif arr.size == 0:
+                arr = arr.astype(np.int64)
+            elif arr.dtype.kind not in "iu":
+                raise IndexError(f"cameras are selected by integers, slices or masks, got {arr.dtype} {index!r}")
+            arr = arr.reshape(-1)
+            bad = arr[(arr < -C) | (arr >= C)]
+            if bad.size:
+                raise IndexError(f"camera {int(bad[0])} out of range for {C} cameras")
+            idx = torch.from_numpy(arr % max(C, 1))
+        names = None if self.names is None else [self.names[i] for i in idx.tolist()]
+        idx = idx.to(self.device)
         return self._replace(lambda t: t[idx], names=names)
 
     def to(self, device) -> "Cameras":

@@ -85,7 +85,6 @@ def render(cfg: RenderConfig, log=print) -> dict:
     render_mode = {"rgb": "RGB", "depth": "ED", "alpha": "RGB"}[cfg.mode]
     bgt = torch.tensor(bg, dtype=torch.float32)
 
-    out.mkdir(parents=True, exist_ok=True)
     result: dict = {"out": str(out)}
     t0 = time.perf_counter()
     if cfg.cameras in ("test", "train"):
@@ -93,6 +92,7 @@ def render(cfg: RenderConfig, log=print) -> dict:
         if len(split) == 0:
             raise ValueError(f"the dataset has no {cfg.cameras} views")
         views = Views(split, "cpu")
+        model.check_cameras(views.camera(0), where=f"{data_path} ({cfg.cameras} views)")
         folder = out / cfg.cameras
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -130,12 +130,14 @@ def render(cfg: RenderConfig, log=print) -> dict:
             Vs = orbit_cameras(cfg.frames, train_V, model.params["means"].detach().cpu().numpy(), cfg.elevation)
         else:
             Vs = path_cameras(cfg.frames, train_V)
+        cams = Cameras.from_numpy(Vs, np.repeat(K0[None], len(Vs), 0), W, H)
+        model.check_cameras(cams, where=f"--cameras {cfg.cameras}")
+        out.mkdir(parents=True, exist_ok=True)
         frames, depth_range = [], None
         backgrounds = bgt[None] if cfg.mode == "rgb" else None
-        for V in Vs:
+        for i in range(len(cams)):
             with torch.no_grad():
-                c, a, _, _ = model.render(Cameras.from_numpy(V[None], K0[None], W, H), settings,
-                                          backgrounds=backgrounds, render_mode=render_mode)
+                c, a, _, _ = model.render(cams[i], settings, backgrounds=backgrounds, render_mode=render_mode)
             c, a = c[0], a[0]
             if cfg.mode == "depth" and depth_range is None:
                 depth_range = depth_range_of(c, a)

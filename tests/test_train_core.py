@@ -24,7 +24,8 @@ from splat.models.base import GaussianParams, Model
 from splat.models.static import StaticConfig, StaticModel, init_splats, render_splats
 from splat.render import Gaussians, RenderSettings, render_gaussians
 from splat.strategies import ADCStrategy, ops
-from splat.train import MODELS, Callback, TrainConfig, Trainer, train
+from splat.optim import AdamOptimizer
+from splat.train import MODELS, OPTIMIZERS, STRATEGIES, Callback, TrainConfig, Trainer, train
 from splat.train.config import config_from_json, config_to_json
 
 QUIET = lambda *a: None  # noqa: E731
@@ -64,6 +65,20 @@ def test_cameras_select_move_and_concatenate():
         c[4]
 
 
+def test_cameras_take_any_integer_index_and_are_immutable():
+    c = _cams(3, names=["a", "b", "c"])
+    assert c[np.int64(1)].names == ["b"] and c[torch.tensor(2)].names == ["c"]
+    assert c[::-1].names == ["c", "b", "a"] and len(c[[]]) == 0
+    assert c[np.array([True, False, True])].names == ["a", "c"]
+    with pytest.raises(IndexError, match="selected by integers"):
+        c[1.5]
+    with pytest.raises(IndexError, match="needs 3 entries"):
+        c[[True, False]]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.width = 10
+    assert Cameras(c.viewmats, c.Ks, np.int64(64), 48).width == 64
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(viewmats=torch.eye(4)), "viewmats must be a \\[C,4,4\\] tensor"),
     (dict(Ks=torch.eye(3).repeat(2, 1, 1)), "Ks must be a \\[3,3,3\\] tensor"),
@@ -72,10 +87,16 @@ def test_cameras_select_move_and_concatenate():
     (dict(camera_model="equirect"), "camera_model 'equirect'"),
     (dict(time=torch.zeros(2)), "time must be a \\[3\\] tensor"),
     (dict(light_position=torch.zeros(3, 2)), "light_position must be a \\[3,3\\] tensor"),
-    (dict(radial_coeffs=torch.zeros(3)), "radial_coeffs must be a \\[3,K\\] tensor"),
+    (dict(radial_coeffs=torch.zeros(3)), "radial_coeffs must be a \\[3,6\\] tensor for a pinhole camera"),
     (dict(time=torch.tensor([0.0, float("nan"), 1.0])), "time has non-finite values"),
     (dict(Ks=torch.eye(3, dtype=torch.int64).repeat(3, 1, 1)), "Ks must be floating point"),
     (dict(names=["a"]), "1 names for 3 cameras"),
+    (dict(width=None), "width and height must be positive integers, got None"),
+    (dict(width=float("inf")), "width and height must be positive integers, got inf"),
+    (dict(width="64"), "width and height must be positive integers, got '64'"),
+    (dict(Ks=torch.eye(3, dtype=torch.float64).repeat(3, 1, 1)), "Ks is torch.float64 on cpu, viewmats torch.float32"),
+    (dict(camera_model="fisheye", radial_coeffs=torch.zeros(3, 6)), "radial_coeffs must be a \\[3,4\\] tensor for a fish"),
+    (dict(camera_model="ortho", radial_coeffs=torch.zeros(3, 6)), "camera_model .ortho. takes no radial_coeffs"),
 ])
 def test_cameras_refuse_bad_fields(change, message):
     base = dict(viewmats=_cams().viewmats, Ks=_cams().Ks, width=64, height=48)
@@ -168,6 +189,8 @@ def test_density_ops_leave_shared_parameters_alone():
     assert opts["decoder"].param_groups[0]["params"][0] is params["decoder"]
     with pytest.raises(ValueError, match="disagree on N"):
         GaussianParams({"means": torch.zeros(3, 3), "feat": torch.zeros(4, 2)}, per_gaussian=("means", "feat"))
+    with pytest.raises(ValueError, match="name the per-Gaussian parameters"):
+        GaussianParams({"means": torch.zeros(3, 3)}, per_gaussian=())
 
 
 # ----------------------------------------------------------------------------- a second model kind
@@ -205,13 +228,15 @@ class TimeColourModel(Model):
         feats = p["f0"][None] + cameras.time[:, None, None] * p["f1"][None]  # [C, N, 4]
         return Gaussians(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), feats)
 
-    def decode(self, features, cameras, step=None):
-        return features @ self.params["decoder_w"] + self.params["decoder_b"]
+    def decode(self, features, alphas, cameras, step=None):
+        # features are alpha-weighted sums: the affine decoder's bias is weighted by alpha too
+        return features @ self.params["decoder_w"] + alphas * self.params["decoder_b"]
 
     def learning_rates(self, step, iterations):
         return {k: (1e-3 if k == "means" else self.config.lr) for k in self.params.keys()}
 
-    def losses(self, step, out):
+    def losses(self, step, out, cameras, images):
+        assert images.shape == out.colors.shape and len(cameras) == 1
         return {"smooth": self.config.smooth * self.params["f1"].pow(2).mean()}
 
 
@@ -288,14 +313,63 @@ def test_a_second_model_kind_resumes_bit_for_bit(blender_dir, tmp_path, toy_kind
 
 
 def test_a_model_that_needs_time_refuses_data_without_it(blender_dir, tmp_path, toy_kind):
-    with pytest.raises(ValueError, match="--model toy-time needs per-camera time; .* has none"):
+    with pytest.raises(ValueError, match="--model toy-time needs per-camera time; .* \\(train views\\) has none"):
         Trainer(_toy_cfg(tmp_path / "x", data=blender_dir), log=QUIET)
+    ds = _timed_dataset(blender_dir)
+    ds.test.times = None  # refused before training, not in the final evaluation
+    with pytest.raises(ValueError, match="needs per-camera time; .* \\(test views\\) has none"):
+        Trainer(_toy_cfg(tmp_path / "y"), log=QUIET, dataset=ds)
+    assert not (tmp_path / "y").exists()
+
+
+def test_render_cli_refuses_cameras_a_model_cannot_render(blender_dir, tmp_path, toy_kind):
+    from splat.render_cli import RenderConfig, render
+
+    Trainer(_toy_cfg(tmp_path / "toy", iterations=5, save_every=0), log=QUIET, dataset=_timed_dataset(blender_dir)).train()
+    for cams in ("orbit", "test"):
+        out = tmp_path / f"render_{cams}"
+        with pytest.raises(ValueError, match="--model toy-time needs per-camera time; .* has none"):
+            render(RenderConfig(model=tmp_path / "toy", cameras=cams, frames=3, data=blender_dir, out=out), log=QUIET)
+        assert not out.exists()
 
 
 def test_unknown_pieces_are_refused_by_name(blender_dir, tmp_path):
     for kind, value in (("model", "4dgs"), ("strategy", "mcmc"), ("optimizer", "lm")):
         with pytest.raises(ValueError, match=f"unknown {kind} '{value}'"):
             Trainer(small_train_config(blender_dir, tmp_path / kind, **{kind: value}), log=QUIET)
+    # the 0.1 Python form, an options object where the name goes, says what to write instead
+    with pytest.raises(ValueError, match="strategy is chosen by name .* TrainConfig\\(strategy='adc', adc=...\\)"):
+        TrainConfig(strategy=ADCStrategy()).options("strategy")
+
+
+class PenalisedADC(ADCStrategy):
+    """ADC plus a loss term (as MCMC adds its opacity regulariser)."""
+
+    def losses(self, params, state, step, info):
+        return {"opacity": 10.0 * torch.sigmoid(params["opacities"]).mean()}
+
+
+class AttachedAdam(AdamOptimizer):
+    attached = []
+
+    def attach(self, trainer):
+        AttachedAdam.attached.append((trainer.model, len(trainer.train_views)))
+
+
+def test_strategies_add_loss_terms_and_optimizers_see_the_trainer(blender_dir, tmp_path):
+    STRATEGIES.register("penalised", PenalisedADC)
+    OPTIMIZERS.register("attached", AttachedAdam)
+    try:
+        runs = {}
+        for name, kw in (("plain", {}), ("penalised", dict(strategy="penalised", optimizer="attached"))):
+            t = Trainer(small_train_config(blender_dir, tmp_path / name, iterations=30, export=[], **kw), log=QUIET)
+            t.train()
+            runs[name] = torch.sigmoid(t.model.params["opacities"]).mean().item()
+        assert runs["penalised"] < 0.8 * runs["plain"], runs  # the term reached the gradient
+        assert AttachedAdam.attached == [(t.model, len(t.train_views))]
+    finally:
+        STRATEGIES.unregister("penalised")
+        OPTIMIZERS.unregister("attached")
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -519,9 +593,25 @@ def test_checkpoints_of_splat_0_1_resume(blender_dir, tmp_path, monkeypatch):
     assert got["version"] == 2 and got["model"] == "static"
     for k in ref:
         assert torch.equal(got["splats"][k], ref[k]), k
+    # a checkpoint that lacks what a resume needs is refused by name
+    broken = tmp_path / "broken" / "ckpts"
+    broken.mkdir(parents=True)
+    ck = torch.load(b / "ckpts" / "ckpt_120.pt", weights_only=True)
+    del ck["config"]
+    torch.save(ck, broken / "ckpt_5.pt")
+    with pytest.raises(ValueError, match="ckpt_5.pt: a splat training checkpoint without config"):
+        Trainer(TrainConfig(out=broken.parent, resume=True), log=QUIET)
     # and splat-render opens the resumed run as before
     from splat.train.run import load_model
 
     model, run_cfg = load_model(b)
     assert isinstance(model, StaticModel) and run_cfg["static"]["sh_degree"] == 1
     assert splat.io.load(b / "ckpts" / "ckpt_120.pt")["means"].shape == ref["means"].shape
+
+
+def test_splat_trainer_is_still_a_program():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "splat.trainer", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--model" in r.stdout and "--strategy.grow-grad2d" in r.stdout, r.stderr

@@ -43,13 +43,15 @@ class GaussianParams(torch.nn.ParameterDict):
     """A model's parameters: one ``ParameterDict`` whose ``per_gaussian`` entries share
     their first dimension N (one row per Gaussian); other entries are shared.
 
-    Raises ``ValueError`` when a per-Gaussian name is missing or the first dimensions
-    disagree."""
+    Raises ``ValueError`` when no entry is per-Gaussian, a per-Gaussian name is missing
+    or their first dimensions disagree."""
 
     def __init__(self, tensors: Mapping[str, Tensor], per_gaussian: Iterable[str]):
         super().__init__({k: v if isinstance(v, torch.nn.Parameter) else torch.nn.Parameter(v)
                           for k, v in tensors.items()})
         self.per_gaussian = tuple(per_gaussian)
+        if not self.per_gaussian:
+            raise ValueError("GaussianParams: name the per-Gaussian parameters (a Model sets `per_gaussian`)")
         missing = [k for k in self.per_gaussian if k not in self]
         if missing:
             raise ValueError(f"GaussianParams: per-Gaussian parameters {missing} are missing")
@@ -59,13 +61,13 @@ class GaussianParams(torch.nn.ParameterDict):
 
     @property
     def num_gaussians(self) -> int:
-        return int(self[self.per_gaussian[0]].shape[0]) if self.per_gaussian else 0
+        return int(self[self.per_gaussian[0]].shape[0])
 
 
 def per_gaussian_names(params) -> Tuple[str, ...]:
     """The per-Gaussian entries of `params`: ``params.per_gaussian`` for a `GaussianParams`,
     every key for a plain dict or ``ParameterDict`` (gsplat's layout, all per-Gaussian)."""
-    return tuple(getattr(params, "per_gaussian", None) or params.keys())
+    return params.per_gaussian if isinstance(params, GaussianParams) else tuple(params.keys())
 
 
 class RenderOutput(NamedTuple):
@@ -83,9 +85,23 @@ class Model(torch.nn.Module):
 
     Subclasses set ``name`` (the ``--model`` choice), ``Config`` (their options
     dataclass, ``--<name>.*`` on the command line) and ``per_gaussian`` (the names of
-    their per-Gaussian parameters), and implement ``create``, ``gaussians`` and
+    their per-Gaussian parameters, which include ``means`` [N,3], ``scales`` (log),
+    ``quats`` and ``opacities`` (logits), what density control and the camera
+    generators read), and implement ``create``, ``gaussians`` and
     ``learning_rates``. ``requires`` lists the camera fields the model needs from the
-    data (``"time"``, ``"light_position"``); the trainer refuses data without them.
+    data (``"time"``, ``"light_position"``); the trainer and `splat-render` refuse
+    cameras without them.
+
+    ``Config`` may define ``check()`` (raise ``ValueError`` for unusable options; the
+    trainer calls it before loading data) and ``scaled(factor)`` (the options for a
+    run `factor` times as long as 30k steps, with ``--scale-schedule``).
+
+    Contracts the loop relies on: ``gaussians`` for a batch whose cameras differ in
+    what the model depends on (times, lights) may return per-camera colours
+    [C,N,D] but one geometry, so a model whose geometry depends on the camera renders
+    such cameras one per call (the trainer renders one view per step); random
+    choices come from generators seeded by the seed and the step (as
+    `splat.train.data.step_generator`), never the global RNG, so a resumed run is exact.
     """
 
     name: ClassVar[str] = ""
@@ -135,8 +151,11 @@ class Model(torch.nn.Module):
         finished model, as evaluation and export see it)."""
         raise NotImplementedError
 
-    def decode(self, features: Tensor, cameras: Cameras, step: Optional[int] = None) -> Tensor:
-        """Post-render step of feature models: rendered features [C,H,W,F] -> RGB [C,H,W,3]."""
+    def decode(self, features: Tensor, alphas: Tensor, cameras: Cameras, step: Optional[int] = None) -> Tensor:
+        """Post-render step of feature models: rendered features [C,H,W,F] (alpha-weighted sums,
+        as rasterize composites them) and alphas [C,H,W,1] -> RGB [C,H,W,3] premultiplied by
+        alpha (the background is then added as ``rgb + (1 - alpha) * background``); a decoder
+        of unweighted features divides by alpha first and multiplies its output back."""
         raise NotImplementedError(f"{type(self).__name__} renders colours; it has no decoder")
 
     def render(self, cameras: Cameras, settings: RenderSettings = RenderSettings(), *, step: Optional[int] = None,
@@ -153,7 +172,7 @@ class Model(torch.nn.Module):
         colors, alphas, info = render_gaussians(g, cameras, settings, render_mode=render_mode, **kwargs)
         if render_mode in ("D", "ED"):
             return RenderOutput(colors, alphas, info, g)
-        rgb = self.decode(colors[..., :F], cameras, step)
+        rgb = self.decode(colors[..., :F], alphas, cameras, step)
         if backgrounds is not None:
             rgb = rgb + (1.0 - alphas) * backgrounds[:, None, None, :]
         return RenderOutput(torch.cat([rgb, colors[..., F:]], -1), alphas, info, g)
@@ -163,8 +182,10 @@ class Model(torch.nn.Module):
         """The learning rate of every parameter at `step` of a run of `iterations` steps."""
         raise NotImplementedError
 
-    def losses(self, step: int, out: RenderOutput) -> Dict[str, Tensor]:
-        """Regularisation terms for this step's render, weighted, summed into the loss by the trainer."""
+    def losses(self, step: int, out: RenderOutput, cameras: Cameras, images: Tensor) -> Dict[str, Tensor]:
+        """The model's own loss terms for this step, weighted, added by the trainer to the image
+        loss: regularisers, or terms that need the step's `cameras` and ground-truth `images`
+        [C,H,W,3] in [0,1] (losses on other render channels, say)."""
         return {}
 
     @classmethod

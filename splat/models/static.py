@@ -19,8 +19,8 @@ from typing import Annotated, Dict, Mapping, Optional
 
 import numpy as np
 import torch
-import tyro
 from torch import Tensor
+from tyro.conf import arg
 
 from ..cameras import Cameras
 from ..io.common import SH_C0
@@ -104,36 +104,32 @@ def render_splats(splats: Dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width
 # ----------------------------------------------------------------------------- the model kind
 
 
-def _alias(*names: str):
-    """The option's name before the model kinds were named (`--lr-means` for `--static.lr-means`)."""
-    return tyro.conf.arg(aliases=names)
-
-
 @dataclasses.dataclass
 class StaticConfig:
-    """Options of the static 3DGS model (`--static.*`; the old top-level names still work)."""
+    """Options of the static 3DGS model (`--static.*`; each alias is the option's name from
+    before the model kinds were named)."""
 
-    sh_degree: Annotated[int, _alias("--sh-degree")] = 3
+    sh_degree: Annotated[int, arg(aliases=("--sh-degree",))] = 3
     """Maximum spherical-harmonic degree (0..3)."""
-    sh_degree_interval: Annotated[int, _alias("--sh-degree-interval")] = 1000
+    sh_degree_interval: Annotated[int, arg(aliases=("--sh-degree-interval",))] = 1000
     """Raise the SH degree by one every this many steps (scaled with --scale-schedule)."""
-    init_opacity: Annotated[float, _alias("--init-opacity")] = 0.1
+    init_opacity: Annotated[float, arg(aliases=("--init-opacity",))] = 0.1
     """Opacity of the initial Gaussians."""
-    init_scale: Annotated[float, _alias("--init-scale")] = 1.0
+    init_scale: Annotated[float, arg(aliases=("--init-scale",))] = 1.0
     """Multiplier of the nearest-neighbour initial scale."""
-    lr_means: Annotated[float, _alias("--lr-means")] = 1.6e-4
+    lr_means: Annotated[float, arg(aliases=("--lr-means",))] = 1.6e-4
     """Position learning rate, times the scene scale; decays exponentially to lr_means_final."""
-    lr_means_final: Annotated[float, _alias("--lr-means-final")] = 1.6e-6
+    lr_means_final: Annotated[float, arg(aliases=("--lr-means-final",))] = 1.6e-6
     """Position learning rate at the last step, times the scene scale."""
-    lr_scales: Annotated[float, _alias("--lr-scales")] = 5e-3
+    lr_scales: Annotated[float, arg(aliases=("--lr-scales",))] = 5e-3
     """Learning rate of the log-scales."""
-    lr_quats: Annotated[float, _alias("--lr-quats")] = 1e-3
+    lr_quats: Annotated[float, arg(aliases=("--lr-quats",))] = 1e-3
     """Learning rate of the quaternions."""
-    lr_opacities: Annotated[float, _alias("--lr-opacities")] = 5e-2
+    lr_opacities: Annotated[float, arg(aliases=("--lr-opacities",))] = 5e-2
     """Learning rate of the opacity logits."""
-    lr_sh0: Annotated[float, _alias("--lr-sh0")] = 2.5e-3
+    lr_sh0: Annotated[float, arg(aliases=("--lr-sh0",))] = 2.5e-3
     """Learning rate of the SH DC colour."""
-    lr_shN: Annotated[float, _alias("--lr-shN")] = 2.5e-3 / 20
+    lr_shN: Annotated[float, arg(aliases=("--lr-shN",))] = 2.5e-3 / 20
     """Learning rate of the higher SH bands."""
 
     def check(self) -> None:

@@ -38,8 +38,15 @@ class Optimizer:
     def __init__(self, params: Mapping[str, torch.nn.Parameter], learning_rates: Mapping[str, float], config):
         raise NotImplementedError
 
+    def attach(self, trainer) -> None:
+        """Called once the trainer has its model, data and render settings: an optimizer that
+        needs more than the step's forward (Levenberg-Marquardt's Jacobian products over
+        image subsets, a distributed wrapper's process group) takes them from `trainer`
+        here. No-op by default."""
+
     def step(self, forward: Callable[[], Tuple[Tensor, Any]]) -> Tuple[Tensor, Any]:
-        """Run ``forward() -> (loss, extra)`` and update the parameters; returns its result."""
+        """Run ``forward() -> (loss, out)`` and update the parameters; returns the ``(loss, out)``
+        the update was made from (the loop hands ``out.info`` to the density strategy)."""
         raise NotImplementedError
 
     def set_learning_rates(self, learning_rates: Mapping[str, float]) -> None:

@@ -17,40 +17,38 @@ import dataclasses
 from typing import Annotated, Any, Dict
 
 import torch
-import tyro
+from tyro.conf import arg
 
 from .ops import duplicate, remove, reset_opacity, split
 from .base import Strategy
 
 
-def _alias(name: str):
-    """The option's name from before the strategies were named (`--strategy.X` for `--adc.X`)."""
-    return tyro.conf.arg(aliases=(f"--strategy.{name}",))
-
-
 @dataclasses.dataclass
 class ADCStrategy(Strategy):
-    prune_opa: Annotated[float, _alias("prune-opa")] = 0.005
+    """Adaptive density control (module docstring); each alias is the option's name from
+    before the strategies were named (`--strategy.X`)."""
+
+    prune_opa: Annotated[float, arg(aliases=("--strategy.prune-opa",))] = 0.005
     """Remove Gaussians whose opacity falls below this."""
-    grow_grad2d: Annotated[float, _alias("grow-grad2d")] = 0.0002
+    grow_grad2d: Annotated[float, arg(aliases=("--strategy.grow-grad2d",))] = 0.0002
     """Average 2D-mean gradient above which a Gaussian is cloned or split."""
-    grow_scale3d: Annotated[float, _alias("grow-scale3d")] = 0.01
+    grow_scale3d: Annotated[float, arg(aliases=("--strategy.grow-scale3d",))] = 0.01
     """Gaussians with max scale up to this fraction of the scene scale are cloned, larger ones split."""
-    prune_scale3d: Annotated[float, _alias("prune-scale3d")] = 0.1
+    prune_scale3d: Annotated[float, arg(aliases=("--strategy.prune-scale3d",))] = 0.1
     """After the first opacity reset, remove Gaussians larger than this fraction of the scene scale."""
-    refine_start_iter: Annotated[int, _alias("refine-start-iter")] = 500
+    refine_start_iter: Annotated[int, arg(aliases=("--strategy.refine-start-iter",))] = 500
     """First step of density control (clone, split, prune)."""
-    refine_stop_iter: Annotated[int, _alias("refine-stop-iter")] = 15_000
+    refine_stop_iter: Annotated[int, arg(aliases=("--strategy.refine-stop-iter",))] = 15_000
     """Density control stops at this step."""
-    refine_every: Annotated[int, _alias("refine-every")] = 100
+    refine_every: Annotated[int, arg(aliases=("--strategy.refine-every",))] = 100
     """Steps between two density-control rounds."""
-    reset_every: Annotated[int, _alias("reset-every")] = 3000
+    reset_every: Annotated[int, arg(aliases=("--strategy.reset-every",))] = 3000
     """Clamp opacities to 2 * prune_opa every this many steps (0: never)."""
-    absgrad: Annotated[bool, _alias("absgrad")] = False
+    absgrad: Annotated[bool, arg(aliases=("--strategy.absgrad",))] = False
     """Use AbsGS's absolute 2D-mean gradient (the renderer must be called with absgrad=True)."""
-    revised_opacity: Annotated[bool, _alias("revised-opacity")] = False
+    revised_opacity: Annotated[bool, arg(aliases=("--strategy.revised-opacity",))] = False
     """Split with the opacity correction of 'Revising Densification in Gaussian Splatting'."""
-    max_gaussians: Annotated[int, _alias("max-gaussians")] = 0
+    max_gaussians: Annotated[int, arg(aliases=("--strategy.max-gaussians",))] = 0
     """Stop growing beyond this many Gaussians (0: no limit)."""
 
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:

@@ -9,6 +9,7 @@ its own state dict and the renderer's `info`, at two points of each step:
     state = strategy.initialize_state(scene_scale)
     ...render -> info
     strategy.step_pre_backward(params, optimizers, state, step, info)
+    loss = image loss + model losses + sum(strategy.losses(params, state, step, info).values())
     loss.backward()
     for opt in optimizers.values(): opt.step(); opt.zero_grad()
     strategy.step_post_backward(params, optimizers, state, step, info, generator)  # may add/remove Gaussians
@@ -55,6 +56,11 @@ class Strategy:
 
     def step_pre_backward(self, params, optimizers, state, step: int, info: Dict[str, Any]) -> None:
         pass
+
+    def losses(self, params, state, step: int, info: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """Loss terms the strategy adds to the step's loss (weighted; e.g. MCMC's opacity and
+        scale regularisers), computed after the render and before the backward."""
+        return {}
 
     def step_post_backward(self, params, optimizers, state, step: int, info: Dict[str, Any],
                            generator: Optional[torch.Generator] = None) -> Dict[str, int]:

@@ -29,6 +29,8 @@ __all__ = ["CKPT_VERSION", "save_checkpoint", "load_checkpoint", "list_checkpoin
 
 CKPT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+_REQUIRED = ("step", "model", "splats", "scene_scale", "optimizer", "strategy_state", "train_seconds", "history",
+             "config")
 
 
 def list_checkpoints(out: Path) -> List[Path]:
@@ -65,8 +67,11 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"{path}: not a readable splat checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("version") not in READABLE_VERSIONS or "splats" not in ck:
-        raise ValueError(f"{path}: not a splat training checkpoint (version {CKPT_VERSION})")
+        raise ValueError(f"{path}: not a splat training checkpoint (versions {', '.join(map(str, READABLE_VERSIONS))})")
     if ck["version"] == 1:
-        ck["optimizer"] = ck.pop("optimizers")
+        ck["optimizer"] = ck.pop("optimizers", None)
         ck["model"] = "static"
+    missing = [k for k in _REQUIRED if ck.get(k) is None]
+    if missing:
+        raise ValueError(f"{path}: a splat training checkpoint without {', '.join(missing)} (truncated or hand-made)")
     return ck

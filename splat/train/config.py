@@ -20,7 +20,7 @@ from ..models.static import StaticConfig
 from ..optim.adam import AdamConfig
 from ..render import Backend, RasterizeMode
 from ..strategies.adc import ADCStrategy
-from .registry import MODELS, OPTIMIZERS, STRATEGIES, Registry
+from .registry import MODELS, OPTIMIZERS, STRATEGIES
 
 __all__ = ["TrainConfig", "config_to_json", "config_from_json", "DEFAULT_ITERATIONS", "DEFAULT_SCENE_ITERATIONS"]
 
@@ -119,10 +119,6 @@ class TrainConfig:
 
 
 _REGISTRIES = {"model": MODELS, "strategy": STRATEGIES, "optimizer": OPTIMIZERS}
-
-
-def registry(kind: str) -> Registry:
-    return _REGISTRIES[kind]
 
 
 # ----------------------------------------------------------------------------- JSON

@@ -9,6 +9,7 @@ One step (``Trainer.train_step``):
     loss, out = optimizer.step(forward)                  forward: model.render(cameras, step=step)
                                                          -> strategy.step_pre_backward
                                                          -> photometric loss + model.losses
+                                                            + strategy.losses
     strategy.step_post_backward(...)                     may clone, split, prune Gaussians
 
 The model, strategy and optimizer come from `splat.train.registry` by the names in
@@ -74,7 +75,12 @@ class Trainer:
             if path is None:
                 raise ValueError(f"--resume: no checkpoint in {self.out / 'ckpts'}")
             ck = load_checkpoint(path)
-            saved = config_from_json(ck["config"])
+            try:
+                saved = config_from_json(ck["config"])
+                for kind in ("model", "strategy", "optimizer"):
+                    saved.options(kind)  # a piece this installation lacks fails here, naming the file
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
             saved.resume = True
             saved.out = cfg.out
             for f in _SESSION_FIELDS:
@@ -105,7 +111,9 @@ class Trainer:
         self.test_views = Views(self.data.test, self.device)
         if len(self.train_views) == 0:
             raise ValueError("the dataset has no training views")
-        model_cls.check_cameras(self.train_views.camera(0), where=str(self.data.root))
+        for name, views in (("train", self.train_views), ("test", self.test_views)):
+            if len(views):
+                model_cls.check_cameras(views.camera(0), where=f"{self.data.root} ({name} views)")
         self.background = torch.tensor(np.asarray(self.data.background, dtype=np.float32), device=self.device)
         # on resume, the scene scale the run started with (learning rates and thresholds depend on it)
         scene_scale = float(ck["scene_scale"]) if ck is not None else float(self.data.scene_scale)
@@ -123,6 +131,7 @@ class Trainer:
                                        cfg.options("optimizer"))
         self.strategy.check_sanity(self.model.params, self.optimizer.optimizers)
         self.state = self.strategy.initialize_state(self.model.scene_scale)
+        self.optimizer.attach(self)
         if ck is not None:
             self.optimizer.load_state_dict(ck["optimizer"])
             self.state.update({k: v.to(self.device) if isinstance(v, torch.Tensor) else v
@@ -140,6 +149,7 @@ class Trainer:
                                               self.cfg.options("optimizer"))
         self.strategy.check_sanity(model.params, self.optimizer.optimizers)
         self.state = self.strategy.initialize_state(model.scene_scale)
+        self.optimizer.attach(self)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict:
@@ -155,7 +165,9 @@ class Trainer:
                                     absgrad=self.strategy.absgrad)
             self.strategy.step_pre_backward(self.model.params, self.optimizer.optimizers, self.state, step, out.info)
             loss = photometric_loss(out.colors[0], gt, cfg.ssim_lambda)
-            for term in self.model.losses(step, out).values():
+            extra = {**self.model.losses(step, out, cameras, gt[None]),
+                     **self.strategy.losses(self.model.params, self.state, step, out.info)}
+            for term in extra.values():
                 loss = loss + term
             return loss, out
 

@@ -6,10 +6,12 @@
 
 A new capability is a module that implements the piece's interface
 (`splat.models.base.Model`, `splat.strategies.base.Strategy`,
-`splat.optim.base.Optimizer`) and one ``register`` call here; its options
-dataclass becomes a field of `TrainConfig` named after it (``field``), so the
-command line offers ``--<name>.*``. A piece registered without a field (a test's
-toy model, a third-party kind) trains with its default options.
+`splat.optim.base.Optimizer`), one ``register`` call here, and a field of
+`TrainConfig` that holds its options dataclass (named by ``field``), so the
+command line offers ``--<name> `` as a choice and ``--<name>.*`` for its
+options; the loop is not touched. A piece registered at run time without a
+field (a test's toy model, a third-party kind used from Python) trains with its
+default options; the command line's choices are the names registered here.
 """
 from __future__ import annotations
 
@@ -54,6 +56,11 @@ class Registry:
         self._entries.pop(name, None)
 
     def __getitem__(self, name: str) -> Entry:
+        if not isinstance(name, str):
+            raise ValueError(f"the {self.kind} is chosen by name ({', '.join(self._entries)}), got a "
+                             f"{type(name).__name__}: pass its options in TrainConfig's field of that name, "
+                             f"e.g. TrainConfig({self.kind}='{next(iter(self._entries))}', "
+                             f"{self[next(iter(self._entries))].field}=...)")
         if name not in self._entries:
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {', '.join(self._entries)}")
         return self._entries[name]

@@ -75,8 +75,11 @@ def load_model(path: Path, device: str = "cpu") -> Tuple[Model, Optional[dict]]:
         except ValueError:
             ck = None  # not a splat training checkpoint: splat.io reads gsplat-style ones, with its own errors
     if ck is not None:
-        cfg = config_from_json(ck["config"])
-        model = MODELS[cfg.model].cls.from_state(cfg.options("model"), ck["splats"], float(ck["scene_scale"]))
+        try:
+            cfg = config_from_json(ck["config"])
+            model = MODELS[cfg.model].cls.from_state(cfg.options("model"), ck["splats"], float(ck["scene_scale"]))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{file}: {e}") from None
         run_cfg = run_cfg or ck["config"]
     else:
         model = StaticModel.from_splats(splat_io.load(file))
