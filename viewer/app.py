@@ -467,10 +467,9 @@ class Viewer:
                 f"Gaussians **{l.num_gaussians:,}**")
 
     def _update_status(self) -> None:
+        """Plot and counts first, the status line last: a status that says "finished" comes
+        with the whole loss plot (tests and users poll the status)."""
         l = self.link
-        self.status.content = self._status_text()
-        self.pause.label = "Resume training" if l.paused else "Pause training"
-        self.pause.disabled = l.finished
         n = len(l.history_steps)
         if n:
             idx = np.unique(np.linspace(0, n - 1, min(n, PLOT_POINTS)).astype(np.int64))
@@ -483,6 +482,9 @@ class Viewer:
                 smooth[:k] = np.cumsum(loss[:k]) / np.arange(1, k + 1)
             self.plot.data = (x, smooth[idx])
         self.info.content = self._info_text().replace(f"{self.scene.num_gaussians:,}", f"{l.num_gaussians:,}")
+        self.pause.label = "Resume training" if l.paused else "Pause training"
+        self.pause.disabled = l.finished
+        self.status.content = self._status_text()
 
     def _status_loop(self) -> None:
         last_step = None
