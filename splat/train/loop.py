@@ -120,19 +120,13 @@ class Trainer:
         log(f"data: {self.data.format} {self.data.root}: {len(self.train_views)} train / {len(self.test_views)} test "
             f"views, {len(self.data.points):,} initial points{' (random)' if self.data.points_random else ''}, "
             f"scene scale {scene_scale:.3f} ({time.perf_counter() - t0:.1f} s)")
+        self._optimizer_cls = optimizer_cls
         if ck is None:
-            self.model: Model = model_cls.create(model_options, self.data, seed=cfg.seed)
             self.start_step, self.train_seconds, self.history = 0, 0.0, []
+            self.set_model(model_cls.create(model_options, self.data, seed=cfg.seed))
         else:
-            self.model = model_cls.from_state(model_options, ck["splats"], scene_scale)
             self.start_step, self.train_seconds, self.history = int(ck["step"]), float(ck["train_seconds"]), ck["history"]
-        self.model.to(self.device)
-        self.optimizer = optimizer_cls(self.model.params, self.model.learning_rates(self.start_step, self.iterations),
-                                       cfg.options("optimizer"))
-        self.strategy.check_sanity(self.model.params, self.optimizer.optimizers)
-        self.state = self.strategy.initialize_state(self.model.scene_scale)
-        self.optimizer.attach(self)
-        if ck is not None:
+            self.set_model(model_cls.from_state(model_options, ck["splats"], scene_scale))
             self.optimizer.load_state_dict(ck["optimizer"])
             self.state.update({k: v.to(self.device) if isinstance(v, torch.Tensor) else v
                                for k, v in ck["strategy_state"].items()})
@@ -142,11 +136,11 @@ class Trainer:
         return self.model.num_gaussians
 
     def set_model(self, model: Model) -> None:
-        """Train `model` from here on, with a fresh optimizer and strategy state (benchmarks
-        use this to train a fixed-size model)."""
-        self.model = model.to(self.device)
-        self.optimizer = type(self.optimizer)(model.params, model.learning_rates(self.start_step, self.iterations),
-                                              self.cfg.options("optimizer"))
+        """Train `model` from here on, with a fresh optimizer and strategy state (the trainer's
+        own start; benchmarks use it to train a fixed-size model)."""
+        self.model: Model = model.to(self.device)
+        self.optimizer = self._optimizer_cls(model.params, model.learning_rates(self.start_step, self.iterations),
+                                             self.cfg.options("optimizer"))
         self.strategy.check_sanity(model.params, self.optimizer.optimizers)
         self.state = self.strategy.initialize_state(model.scene_scale)
         self.optimizer.attach(self)
