@@ -28,8 +28,7 @@ def main(out_dir: Path = ROOT / "docs", steps: int = 1500, shot_at: int = 1200) 
     cfg = TrainConfig(out=Path("/tmp/splat_viewer_shots"), iterations=steps, progress=False, viewer=True,
                       viewer_port=0, viewer_wait=False, export=["ply"], save_renders=0)
     t = Trainer(cfg, log=lambda *a: None)
-    (cb,) = [c for c in t.callbacks if isinstance(c, ViewerCallback)]
-    viewer, link = cb.start(t)
+    viewer, link = ViewerCallback.attached_to(t).start(t)
     done = threading.Event()
 
     def run():

@@ -25,6 +25,7 @@ from viewer import app as viewer_app
 from viewer.app import Viewer, ViewerError, check_port
 from viewer.headless import HeadlessClient
 from viewer.live import TrainingLink
+from viewer.training import ViewerCallback
 from viewer.scene import (IMAGE2D_BACKGROUND, Image2DScene, SceneError, SplatScene, ViewCamera, _mat_to_quat,
                           load_scene, pose_from_viewmat, viewmat_from_pose)
 
@@ -563,21 +564,13 @@ def test_viewer_stop_frees_its_port(servers):
 # ----------------------------------------------------------------------------- 7. live training
 
 
-def viewer_callback(t):
-    """The viewer plugin that `--viewer` attached to trainer `t` (found through its entry point)."""
-    from viewer.training import ViewerCallback
-
-    (cb,) = [c for c in t.callbacks if isinstance(c, ViewerCallback)]
-    return cb
-
-
 
 def test_live_training_with_a_watching_client_is_bit_for_bit_the_same(blender_dir, trained_run, tmp_path):
     ref = trained_run[1]
     cfg = small_train_config(blender_dir, tmp_path / "live", export=["ply", "splat", "spz"], viewer=True, viewer_port=0,
                     viewer_host="127.0.0.1", viewer_wait=False)
     t = Trainer(cfg, log=QUIET)
-    viewer, link = viewer_callback(t).start(t)
+    viewer, link = ViewerCallback.attached_to(t).start(t)
     c = None
     try:
         viewer.refresh.value = 0.2  # ask for fresh models often
@@ -639,7 +632,7 @@ def test_pause_stops_steps_but_serves_snapshots(blender_dir, tmp_path):
     cfg = small_train_config(blender_dir, tmp_path / "paused", iterations=40, save_every=0, viewer=True, viewer_port=0,
                     viewer_host="127.0.0.1", viewer_wait=False, eval_every=0, save_renders=0)
     t = Trainer(cfg, log=QUIET)
-    viewer, link = viewer_callback(t).start(t)
+    viewer, link = ViewerCallback.attached_to(t).start(t)
     reached, go, entered = threading.Event(), threading.Event(), threading.Event()
     step_done, on_status = link.step_done, link.on_status
 

@@ -54,6 +54,15 @@ class ViewerCallback(LinkCallback):
         self.host, self.port, self.wait = host, port, wait
         self.viewer: Optional[Viewer] = None
 
+    @staticmethod
+    def attached_to(trainer) -> "ViewerCallback":
+        """The viewer callback that ``--viewer`` attached to `trainer` (to start it, or reach its
+        viewer and link, before training). Raises ``ValueError`` when there is none."""
+        found = [c for c in trainer.callbacks if isinstance(c, ViewerCallback)]
+        if len(found) != 1:
+            raise ValueError(f"{len(found)} viewer callbacks are attached to this trainer; expected one (--viewer)")
+        return found[0]
+
     def start(self, trainer) -> Tuple[Viewer, TrainingLink]:
         """Start serving `trainer`'s model (once; training starts it if nobody did)."""
         if self.viewer is None:
