@@ -30,6 +30,8 @@ constexpr float kAlphaThreshold = 1.0f / 255.0f;  // alphas below this are skipp
 constexpr float kMaxAlpha = 0.99f;                // alphas are clamped to this
 constexpr float kTransmittanceEps = 1e-4f;        // a pixel stops when T would fall to this
 constexpr float kMaxExtend = 3.33f;               // bounding-box half-size in standard deviations
+constexpr float kMinQuatNorm2 = 1e-24f;           // |q|^2 below this (|q| < 1e-12, torch's normalize eps):
+                                                  // the identity rotation, with zero gradient (gsplat's result)
 
 // ------------------------------------------------------------------ small types
 struct vec2 { float x, y; };
@@ -98,9 +100,12 @@ SPLAT_HD float fast_exp(float x) {
 
 // ------------------------------------------------------------------ rotations
 // Rotation matrix of a (not necessarily unit) quaternion (w, x, y, z).
+// A degenerate quaternion (|q|^2 < kMinQuatNorm2, e.g. all zeros) is the identity.
 SPLAT_HD mat3 quat_to_rotmat(const float q[4]) {
-    float n = 1.f / sqrtf(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
-    float w = q[0] * n, x = q[1] * n, y = q[2] * n, z = q[3] * n;
+    float n2 = q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3];
+    bool degenerate = n2 < kMinQuatNorm2;
+    float n = degenerate ? 0.f : 1.f / sqrtf(n2);
+    float w = degenerate ? 1.f : q[0] * n, x = q[1] * n, y = q[2] * n, z = q[3] * n;
     mat3 R;
     R.m[0][0] = 1.f - 2.f * (y * y + z * z);
     R.m[0][1] = 2.f * (x * y - w * z);
@@ -115,8 +120,14 @@ SPLAT_HD mat3 quat_to_rotmat(const float q[4]) {
 }
 
 // Gradient of quat_to_rotmat: v_R -> v_q (for the raw, unnormalised quaternion).
+// Zero for a degenerate quaternion (the identity does not depend on it).
 SPLAT_HD void quat_to_rotmat_vjp(const float q[4], const mat3& v, float v_q[4]) {
-    float inv = 1.f / sqrtf(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+    float n2 = q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3];
+    if (n2 < kMinQuatNorm2) {
+        v_q[0] = v_q[1] = v_q[2] = v_q[3] = 0.f;
+        return;
+    }
+    float inv = 1.f / sqrtf(n2);
     float w = q[0] * inv, x = q[1] * inv, y = q[2] * inv, z = q[3] * inv;
     const float(*g)[3] = v.m;
     float vw = 2.f * (-z * g[0][1] + y * g[0][2] + z * g[1][0] - x * g[1][2] - y * g[2][0] + x * g[2][1]);

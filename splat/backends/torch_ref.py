@@ -23,12 +23,22 @@ ALPHA_THRESHOLD = 1.0 / 255.0
 MAX_ALPHA = 0.99
 TRANSMITTANCE_EPS = 1e-4
 MAX_EXTEND = 3.33
+MIN_QUAT_NORM2 = 1e-24  # |q|^2 below this (|q| < 1e-12, torch's normalize eps): the identity rotation
 
 
 # ------------------------------------------------------------------ projection
 def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """[..., 4] (w, x, y, z), not necessarily unit -> [..., 3, 3]."""
-    q = quats / quats.norm(dim=-1, keepdim=True)
+    """[..., 4] (w, x, y, z), not necessarily unit -> [..., 3, 3].
+
+    A degenerate quaternion (``|q|^2 < MIN_QUAT_NORM2``, e.g. all zeros) is the identity
+    rotation with zero gradient, as on the native backends (gsplat's ``F.normalize`` gives
+    the same rotation)."""
+    n2 = (quats * quats).sum(-1, keepdim=True)
+    degenerate = n2 < MIN_QUAT_NORM2
+    safe = torch.where(degenerate, torch.ones_like(n2), n2)
+    identity = torch.zeros_like(quats)
+    identity[..., 0] = 1.0
+    q = torch.where(degenerate, identity, quats / torch.sqrt(safe))
     w, x, y, z = q.unbind(-1)
     R = torch.stack(
         [

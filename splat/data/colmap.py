@@ -10,17 +10,23 @@ Layout::
 Camera models: SIMPLE_PINHOLE and PINHOLE are used directly; SIMPLE_RADIAL, RADIAL, OPENCV,
 FULL_OPENCV and the fisheye models SIMPLE_FISHEYE, FISHEYE, SIMPLE_RADIAL_FISHEYE,
 RADIAL_FISHEYE, OPENCV_FISHEYE are undistorted to a pinhole camera (see ``distortion.py``);
-other models are refused. The initial points are the model's points3D with their colours.
+other models are refused. The initial points are the model's points3D with their colours; points
+with NaN/Inf coordinates are dropped with a warning naming the file. Binary files are checked
+record by record before pycolmap reads them, and text image names may contain spaces
+(``colmap_files``).
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .colmap_files import check_binary_model, read_text_model
 from .common import (
     DatasetError,
     ViewSpec,
+    drop_nonfinite_points,
     every_nth_split,
     finish_dataset,
     load_views,
@@ -139,10 +145,23 @@ def load_colmap(
     for n in MODEL_FILES:
         if not ((model_dir / f"{n}.bin").is_file() or (model_dir / f"{n}.txt").is_file()):
             raise DatasetError(f"{model_dir}: the COLMAP model has no {n}.bin or {n}.txt")
-    try:
-        rec = pycolmap.Reconstruction(str(model_dir))
-    except Exception as e:  # pycolmap raises ValueError/RuntimeError with the C++ message
-        raise DatasetError(f"{model_dir}: cannot read the COLMAP model: {e}") from None
+    binary = all((model_dir / f"{n}.bin").is_file() for n in MODEL_FILES)
+    if not binary and not all((model_dir / f"{n}.txt").is_file() for n in MODEL_FILES):
+        raise DatasetError(f"{model_dir}: the COLMAP model mixes .bin and .txt files; keep one kind "
+                           "(`colmap model_converter` converts between them)")
+    names_by_id: dict[int, str] | None = None
+    with tempfile.TemporaryDirectory(prefix="splat-colmap-") as tmp:
+        if binary:
+            check_binary_model(model_dir)
+            read_dir = model_dir
+        else:
+            names_by_id, text_pts, text_rgb, read_dir = read_text_model(model_dir, Path(tmp))
+        try:
+            rec = pycolmap.Reconstruction(str(read_dir))
+        except Exception as e:  # pycolmap raises ValueError/RuntimeError with the C++ message
+            raise DatasetError(f"{model_dir}: cannot read the COLMAP model: {e}") from None
+    points_file = model_dir / ("points3D.bin" if binary else "points3D.txt")
+    image_name = (lambda img: img.name) if names_by_id is None else (lambda img: names_by_id[img.image_id])
 
     cameras = rec.cameras
     images = rec.images
@@ -157,11 +176,12 @@ def load_colmap(
 
     intrinsics: dict[int, tuple[np.ndarray, Distortion | None, str, int, int]] = {}
     specs: list[ViewSpec] = []
-    for img in sorted(registered, key=lambda im: im.name):
+    for img in sorted(registered, key=image_name):
+        name = image_name(img)
         cid = img.camera_id
         if cid not in intrinsics:
             if cid not in cameras:
-                raise DatasetError(f"{model_dir}: image {img.name} refers to camera {cid}, which the model does not define")
+                raise DatasetError(f"{model_dir}: image {name} refers to camera {cid}, which the model does not define")
             cam = cameras[cid]
             model_name = _model_name(cam)
             K, dist = camera_intrinsics(model_name, list(cam.params), cid)
@@ -171,8 +191,8 @@ def load_colmap(
         viewmat[:3, :4] = _cam_from_world(img)
         specs.append(
             ViewSpec(
-                name=img.name,
-                path=image_dir / img.name,
+                name=name,
+                path=image_dir / name,
                 viewmat=viewmat,
                 K=K,
                 width=W,
@@ -180,7 +200,7 @@ def load_colmap(
                 distortion=dist,
                 camera_key=("colmap", cid),
                 camera_label=f"camera {cid} ({model})",
-                downscaled_path=(down_dir / img.name) if down_dir is not None else None,
+                downscaled_path=(down_dir / name) if down_dir is not None else None,
             )
         )
 
@@ -205,9 +225,14 @@ def load_colmap(
 
     # points
     pids = sorted(rec.points3D.keys())
-    if pids:
-        pts = np.array([rec.points3D[i].xyz for i in pids], dtype=np.float64)
-        rgb = np.array([rec.points3D[i].color for i in pids], dtype=np.uint8)
+    if not binary:
+        pts, rgb = drop_nonfinite_points(text_pts, text_rgb, points_file)
+        pts, rgb = (pts, rgb) if len(pts) else (None, None)
+    elif pids:
+        pts = np.array([rec.points3D[i].xyz for i in pids], dtype=np.float64).reshape(-1, 3)
+        rgb = np.array([rec.points3D[i].color for i in pids], dtype=np.uint8).reshape(-1, 3)
+        pts, rgb = drop_nonfinite_points(pts, rgb, points_file)
+        pts, rgb = (pts, rgb) if len(pts) else (None, None)
     else:
         pts, rgb = None, None
 

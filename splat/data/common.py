@@ -680,9 +680,18 @@ def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 c = c * 255.0
             rgb = np.clip(np.rint(np.nan_to_num(c)), 0, 255).astype(np.uint8)
             break
-    if not np.all(np.isfinite(xyz)):
-        raise DatasetError(f"{path}: PLY vertex positions contain NaN or Inf")
-    return xyz, rgb
+    return drop_nonfinite_points(xyz, rgb, path)
+
+
+def drop_nonfinite_points(xyz: np.ndarray, rgb: np.ndarray | None, source: Path | str):
+    """The one policy for initial points with NaN/Inf coordinates, in every loader: they are dropped
+    with a warning naming ``source`` (the file) and the count. Returns ``(xyz, rgb)`` without them."""
+    ok = np.isfinite(xyz).all(axis=1)
+    if ok.all():
+        return xyz, rgb
+    warnings.warn(f"{source}: dropped {int((~ok).sum())} of {len(xyz)} points with NaN/Inf coordinates",
+                  stacklevel=2)
+    return xyz[ok], (None if rgb is None else rgb[ok])
 
 
 def load_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:

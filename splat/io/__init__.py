@@ -27,8 +27,11 @@ Policies shared by every format:
 * ``N = 0`` is not allowed: saving an empty model and loading a file with no
   Gaussians both raise ``FormatError`` (no viewer can use an empty file, and
   an empty file almost always means an upstream bug).
-* Saving validates the dict first (keys, shapes, dtypes, finite values,
-  non-zero quaternions) and writes to a temporary file in the destination
+* Degenerate quaternions (all zeros, or ``|q| < 1e-12``) mean the identity
+  rotation everywhere: every backend renders them so (as gsplat does), readers
+  replace them by (1, 0, 0, 0) with a warning naming the file, the count and the
+  first index, and writers store the identity.
+* Saving validates the dict first (keys, shapes, dtypes, finite values) and writes to a temporary file in the destination
   directory that is renamed over the target only when complete: a failed save
   leaves no output, no temporary file, and any existing file untouched.
 * Readers raise ``FormatError`` (a ``ValueError``) naming the file and the
@@ -47,8 +50,8 @@ from . import compressed_ply as _compressed_ply
 from . import ply as _ply
 from . import splat_format as _splat
 from . import spz as _spz
-from .common import (SH_C0, SPLAT_KEYS, FormatError, atomic_write, num_gaussians, read_file_bytes, sh_degree,
-                     validate_splats)
+from .common import (SH_C0, SPLAT_KEYS, FormatError, atomic_write, identity_for_degenerate_quats, num_gaussians,
+                     read_file_bytes, sh_degree, validate_splats)
 
 __all__ = [
     "FORMATS",
@@ -117,6 +120,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(splats, Mapping) or "means" not in splats:
         keys = list(ckpt.keys())[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise FormatError(f"{p}: checkpoint has no 'splats' dict with 'means' (top level: {keys})")
+    q = splats.get("quats")
+    if isinstance(q, torch.Tensor) and q.ndim == 2 and q.shape[-1] == 4 and q.is_floating_point():
+        identity_for_degenerate_quats(q.detach().float().cpu().numpy(), f"{p}")  # the warning naming the file
     arrs = validate_splats(splats, where=f"{p}: splats")
     return {k: torch.from_numpy(v) for k, v in arrs.items()}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 
 __all__ = ["SH_C0", "SPLAT_KEYS", "FormatError", "read_file_bytes", "atomic_write", "degree_for_rest", "sh_degree",
-           "num_gaussians", "validate_splats", "to_splats"]
+           "num_gaussians", "validate_splats", "to_splats", "degenerate_quats",
+           "identity_for_degenerate_quats", "MIN_QUAT_NORM2"]
 
 SH_C0 = 0.28209479177387814
 SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -155,10 +157,35 @@ def validate_splats(splats: Mapping[str, Any], where: str = "splats") -> dict[st
                 f"{where}: '{k}' has {int(bad.sum())} non-finite values (NaN/inf) in "
                 f"{len(rows)} Gaussians, first at index {int(rows[0])}"
             )
-    qn = np.linalg.norm(out["quats"].astype(np.float64), axis=1)
-    if (qn == 0).any():
-        i = int(np.nonzero(qn == 0)[0][0])
-        raise FormatError(f"{where}: 'quats' has a zero quaternion at index {i}")
+    out["quats"] = identity_for_degenerate_quats(out["quats"])
+    return out
+
+
+MIN_QUAT_NORM2 = 1e-24  # the rasterizer's threshold (splat_math.h kMinQuatNorm2, torch_ref.MIN_QUAT_NORM2)
+
+
+def degenerate_quats(quats: np.ndarray) -> np.ndarray:
+    """Boolean [N]: quaternions the rasterizer renders as the identity rotation
+    (``|q|^2 < 1e-24``: all zeros, or below torch's normalisation epsilon)."""
+    q = np.asarray(quats, dtype=np.float32)
+    return (q * q).sum(-1) < np.float32(MIN_QUAT_NORM2)
+
+
+def identity_for_degenerate_quats(quats: np.ndarray, where: str | None = None) -> np.ndarray:
+    """The one policy for degenerate (e.g. all-zero) quaternions, shared by every reader,
+    writer and backend: such a Gaussian has the identity rotation, which is what gsplat
+    renders (``F.normalize`` leaves zeros, whose rotation matrix is the identity). Returns
+    ``quats`` with those rows set to (1, 0, 0, 0); with ``where`` (a file), warns naming it,
+    the count and the first index."""
+    bad = degenerate_quats(quats)
+    if not bad.any():
+        return quats
+    idx = np.nonzero(bad)[0]
+    if where is not None:
+        warnings.warn(f"{where}: {len(idx)} Gaussians have a zero (degenerate) quaternion, first at index "
+                      f"{int(idx[0])}; they get the identity rotation, as gsplat renders them", stacklevel=3)
+    out = np.array(quats, dtype=np.float32, copy=True)
+    out[idx] = (1.0, 0.0, 0.0, 0.0)
     return out
 
 
@@ -176,10 +203,17 @@ def to_splats(
     arrs = dict(means=means, scales=scales, quats=quats, opacities=opacities, sh0=sh0, shN=shN)
     out: dict[str, torch.Tensor] = {}
     for k, a in arrs.items():
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        if not np.isfinite(a).all():
-            raise FormatError(f"{where}: '{k}' decodes to {int((~np.isfinite(a)).sum())} non-finite values")
-        out[k] = torch.from_numpy(a)
+        # a fresh, writable, C-ordered copy: a field of a structured array read from the file's bytes
+        # is read-only, and for one Gaussian numpy keeps its odd strides, which torch refuses
+        a = np.array(a, dtype=np.float32, order="C", copy=True)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            rows = np.nonzero(bad.reshape(len(a), -1).any(1))[0] if a.ndim else np.zeros(1, int)
+            raise FormatError(f"{where}: '{k}' decodes to {int(bad.sum())} non-finite values (NaN/inf), "
+                              f"first at Gaussian {int(rows[0])}")
+        if k == "quats":
+            a = identity_for_degenerate_quats(a, where)
+        out[k] = torch.from_numpy(np.ascontiguousarray(a))
     if out["means"].shape[0] == 0:
         raise FormatError(f"{where}: file contains no Gaussians")
     return out

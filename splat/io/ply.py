@@ -10,8 +10,9 @@ them too); ``normals=False`` drops them, which gives exactly gsplat's
 ``export_splats(format="ply")`` bytes. Values round-trip bit for bit.
 
 Read: the header is parsed here (no plyfile needed); properties are found by
-name in any order, extra properties and elements are ignored, any numeric type
-(char..double) is accepted, and ``binary_little_endian``, ``binary_big_endian``
+name in any order, extra properties and elements are ignored, extra properties may have any numeric type; the Gaussian properties must be
+float or double (integer-typed ones, often half floats stored as ``ushort``, are
+refused with a message), and ``binary_little_endian``, ``binary_big_endian``
 and ``ascii`` are all read. The SH degree comes from the number of
 ``f_rest_*`` properties (0, 9, 24 or 45). A PlayCanvas compressed layout is
 detected from the element names (``is_compressed_layout``); ``splat.io.load`` then
@@ -41,6 +42,7 @@ PLY_TYPES = {
     "float": "f4", "float32": "f4",
     "double": "f8", "float64": "f8",
 }
+_TYPE_NAMES = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint"}
 _FORMATS = {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": "="}
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
@@ -255,6 +257,17 @@ def decode_ply(data: bytes, where: str = "<bytes>", header: PlyHeader | None = N
     n = v.shape[0]
     if n == 0:
         raise FormatError(f"{where}: file contains no Gaussians (element vertex 0)")
+    kinds = dict(vertex_el.properties)
+    ints = [p for p in (*_REQUIRED, *(f"f_rest_{i}" for i in rest)) if np.dtype(kinds[p]).kind in "iu"]
+    if ints:
+        # graphdeco, gsplat, SuperSplat and every peer write these as float; an integer type is most often a
+        # writer that stored half floats as ushort (1.0 -> 15360), which cannot be told from real integers
+        types = sorted({_TYPE_NAMES[kinds[p]] for p in ints})
+        raise FormatError(
+            f"{where}: Gaussian properties {ints[:4]}{' ...' if len(ints) > 4 else ''} are stored as integers "
+            f"({', '.join(types)}); the 3DGS .ply stores them as float or double. If they hold half-float bit "
+            "patterns, convert the file to float32 (e.g. numpy: arr.view(np.float16).astype(np.float32))"
+        )
 
     def cols(*names: str) -> np.ndarray:
         return np.stack([np.asarray(v[c], dtype=np.float32) for c in names], axis=1)
