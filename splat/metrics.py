@@ -13,9 +13,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def psnr(a: Tensor, b: Tensor, data_range: float = 1.0) -> Tensor:
-    """PSNR in dB of images in [0, data_range]; [..., H, W, C] -> [...] (per image)."""
-    mse = ((a - b) ** 2).flatten(-3).mean(-1)
+def _mask_of(mask: Tensor, like: Tensor) -> Tensor:
+    """A mask [..., H, W] or [..., H, W, 1] (bool or 0/1) as bool [..., H, W, 1] broadcastable to `like`."""
+    m = mask if mask.shape[-1] == 1 and mask.ndim == like.ndim else mask[..., None]
+    if m.shape[-3:-1] != like.shape[-3:-1]:
+        raise ValueError(f"mask of shape {list(mask.shape)} does not match images of shape {list(like.shape)}")
+    return m.to(like.device) > 0
+
+
+def psnr(a: Tensor, b: Tensor, data_range: float = 1.0, mask: Tensor | None = None) -> Tensor:
+    """PSNR in dB of images in [0, data_range]; [..., H, W, C] -> [...] (per image).
+
+    `mask` [..., H, W(, 1)]: only pixels where it is non-zero count (the mean squared error is
+    over them); an all-zero mask gives the 1e-20 floor's PSNR."""
+    if mask is None:
+        mse = ((a - b) ** 2).flatten(-3).mean(-1)
+    else:
+        m = _mask_of(mask, a).to(a.dtype)
+        mse = (((a - b) ** 2) * m).flatten(-3).sum(-1) / (m.flatten(-3).sum(-1) * a.shape[-1]).clamp_min(1)
     return 10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-20))
 
 
@@ -35,12 +50,19 @@ def _blur(x: Tensor, g: Tensor, padding: int) -> Tensor:
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5, padding: str = "valid",
-         data_range: float = 1.0) -> Tensor:
+         data_range: float = 1.0, mask: Tensor | None = None) -> Tensor:
     """Mean SSIM per image of [..., H, W, C] images -> [...].
 
     padding="valid" averages over windows fully inside the image (torchmetrics,
     gsplat's evaluation); "same" zero-pads (the 3DGS training loss).
+    `mask` [..., H, W(, 1)]: pixels where it is zero are set to 0 in both images (as
+    nerfstudio's splatfacto does; they carry no error, no gradient and none of their content
+    reaches a kept pixel's window) and the mean is over the windows centred on kept pixels.
     """
+    if mask is not None:
+        m = _mask_of(mask, a)
+        a, b = a * m, b * m
+        mm = m[..., 0].reshape(-1, *a.shape[-3:-1]).to(a.dtype)
     lead = a.shape[:-3]
     H, W, C = a.shape[-3:]
     x = a.reshape(-1, H, W, C).permute(0, 3, 1, 2)
@@ -55,7 +77,13 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5, padding: st
     sxy = _blur(x * y, g, p) - mu_x * mu_y
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     m = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return m.flatten(1).mean(1).reshape(lead)
+    if mask is None:
+        return m.flatten(1).mean(1).reshape(lead)
+    if padding != "same":  # window centres of the valid windows
+        h = window // 2
+        mm = mm[:, h:h + m.shape[-2], h:h + m.shape[-1]]
+    w = mm[:, None].expand_as(m)
+    return ((m * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1)).reshape(lead)
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

@@ -536,7 +536,7 @@ def test_load_image_errors(tmp_path):
 
     txt = tmp_path / "notes.png"
     txt.write_text("this is not an image\n")
-    with pytest.raises(ValueError, match="not an image Pillow can read"):
+    with pytest.raises(ValueError, match=r"notes\.png: cannot read image"):
         load_image(txt)
     with pytest.raises(FileNotFoundError, match="no such image file"):
         load_image(tmp_path / "missing.png")
@@ -552,7 +552,7 @@ def test_load_image_errors(tmp_path):
     for n in (30, len(data) // 2):
         bad = tmp_path / f"trunc{n}.png"
         bad.write_bytes(data[:n])
-        with pytest.raises(ValueError, match="unreadable image|not an image"):
+        with pytest.raises(ValueError, match=r"trunc\d+\.png: cannot read image"):
             load_image(bad)
     # greyscale and 16-bit files come back as 3 channels in [0, 1]
     Image.fromarray(arr[..., 0]).save(tmp_path / "grey.png")

@@ -159,3 +159,104 @@ def test_integer_typed_gaussian_properties_are_refused_with_the_reason(tmp_path)
     p3 = tmp_path / "double.ply"
     p3.write_bytes(ply_bytes(rows.astype(np.float64), types=["double"] * 14))
     np.testing.assert_array_equal(sio.load(p3)["scales"].numpy(), rows[:, 7:10])
+
+
+# ------------------------------------------------------------------ 2. dataset content
+
+pycolmap = pytest.importorskip("pycolmap")
+
+
+def _colmap_with_nan_points(root: Path, binary: bool):
+    from test_data import make_colmap
+
+    rec, truth, pts, cols, _ = make_colmap(root, n_images=6, binary=True, n_points=20)
+    bad = [2, 5, 11]
+    for j, pid in enumerate(sorted(rec.points3D.keys())):
+        if j in bad:
+            rec.points3D[pid].xyz = np.array([np.nan, 0.0, np.inf][j % 3:] + [np.nan, 0.0, np.inf][:j % 3])
+    d = root / "sparse/0"
+    for f in d.iterdir():
+        f.unlink()
+    if binary:
+        rec.write_binary(str(d))
+    else:
+        rec.write_text(str(d))
+        text = (d / "points3D.txt").read_text()
+        assert "nan" in text
+    return pts, cols, bad
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_colmap_nan_points_are_dropped_with_a_warning_naming_the_file(tmp_path, binary):
+    from splat.data import load_dataset
+
+    pts, cols, bad = _colmap_with_nan_points(tmp_path, binary)
+    name = "points3D.bin" if binary else "points3D.txt"
+    with pytest.warns(UserWarning, match=rf"sparse/0/{name}: dropped 3 of 20 points with NaN/Inf"):
+        ds = load_dataset(tmp_path, normalize=False)
+    keep = [i for i in range(20) if i not in bad]
+    np.testing.assert_allclose(ds.points, pts[keep], atol=1e-6)
+    np.testing.assert_array_equal(ds.points_rgb, cols[keep])
+    assert np.isfinite(ds.points).all()
+
+
+def test_ply_point_clouds_with_nan_points_are_dropped_too(tmp_path):
+    from test_data import write_ply
+
+    from splat.data.common import read_ply_points
+
+    xyz = np.random.default_rng(0).normal(size=(10, 3))
+    xyz[[1, 7], 2] = np.nan
+    write_ply(tmp_path / "p.ply", xyz, np.full((10, 3), 9, np.uint8))
+    with pytest.warns(UserWarning, match=r"p\.ply: dropped 2 of 10 points with NaN/Inf"):
+        got, rgb = read_ply_points(tmp_path / "p.ply")
+    np.testing.assert_allclose(got, np.delete(xyz, [1, 7], 0), atol=1e-6)
+    assert len(rgb) == 8
+
+
+def test_colmap_text_image_names_with_spaces(tmp_path):
+    from test_data import make_colmap, pattern, save_png
+
+    from splat.data import load_dataset
+
+    make_colmap(tmp_path, n_images=5, binary=False)
+    d = tmp_path / "sparse/0"
+    text = (d / "images.txt").read_text()
+    for i in range(5):
+        old = f"img_{i:03d}.png"
+        new = f"my photo {i:03d}.png"
+        text = text.replace(f" {old}\n", f" {new}\n")
+        (tmp_path / "images" / old).rename(tmp_path / "images" / new)
+    (d / "images.txt").write_text(text)
+    ds = load_dataset(tmp_path, test_every=0)
+    assert sorted(ds.train.names) == [f"my photo {i:03d}.png" for i in range(5)]
+    # the binary model of the same scene gives the same cameras
+    rec = pycolmap.Reconstruction(str(d))
+    assert {im.name for im in rec.images.values()} == {"my"}  # pycolmap alone cuts the name
+    del save_png, pattern
+
+
+def test_colmap_binary_counts_checked_against_the_size(tmp_path):
+    from test_data import make_colmap
+
+    from splat.data import DatasetError, load_dataset
+
+    make_colmap(tmp_path, n_images=4)
+    p = tmp_path / "sparse/0/images.bin"
+    good = p.read_bytes()
+    p.write_bytes(struct.pack("<Q", 1 << 62) + good[8:])
+    with pytest.raises(DatasetError, match=r"images\.bin: claims 4611686018427387904 images"):
+        load_dataset(tmp_path)
+    p.write_bytes(good[:-5])
+    with pytest.raises(DatasetError, match=r"images\.bin: truncated"):
+        load_dataset(tmp_path)
+    p.write_bytes(good + b"\0\0")
+    with pytest.raises(DatasetError, match=r"images\.bin: 2 unexpected bytes after the last record"):
+        load_dataset(tmp_path)
+    p.write_bytes(good)
+    q = tmp_path / "sparse/0/points3D.bin"
+    pts = bytearray(q.read_bytes())
+    struct.pack_into("<Q", pts, 8 + 43, 1 << 40)  # the first point's track length
+    q.write_bytes(bytes(pts))
+    with pytest.raises(DatasetError, match=r"points3D\.bin: 3D point 0 claims a track of 1099511627776"):
+        load_dataset(tmp_path)

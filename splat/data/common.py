@@ -14,10 +14,12 @@ Conventions
   (``images_f/``) exists whose size is within one pixel of ``W / f``; then its own size is used
   and K is scaled by its real ratio. Shrinking uses PIL's BOX filter (area averaging, exact
   block means for divisible sizes).
-* RGBA images are composited on ``background`` (in float, rounded to uint8) and their alpha is
-  kept in ``Split.alphas``; greyscale, palette, LA and 16-bit images are converted to 8-bit RGB
-  (16-bit greyscale by ``round(v / 257)``; Pillow itself reduces 16-bit colour PNGs to 8 bits).
-  EXIF orientation is ignored, as COLMAP does.
+* Images are decoded by ``splat.io.images.read_image`` (the one reader: bit depth from the file's
+  mode, float images as they are) and stored as 8-bit RGB; RGBA images are composited on
+  ``background`` (in float, rounded to uint8) and their alpha is kept in ``Split.alphas``. EXIF
+  orientation is ignored (the stored pixels), as COLMAP's poses assume.
+* Masks (nerfstudio ``mask_path``): non-zero = kept; they follow downscaling (a pixel is kept
+  only if its whole area is) and undistortion, and are kept in ``Split.masks``.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..cameras import Cameras
+from ..io.common import FormatError
+from ..io.images import read_image as _read
 from .distortion import Distortion, DistortionError, build_undistort_map
 
 
@@ -60,6 +64,7 @@ class Split:
     times: np.ndarray | None = None  # float32 [M]: time of each view (dynamic scenes), if the data has it
     light_positions: np.ndarray | None = None  # float32 [M, 3]: a point light per view (relightable sets)
     light_intensities: np.ndarray | None = None  # float32 [M, 3]: its linear RGB intensity
+    masks: list[np.ndarray | None] | None = None  # bool [H, W] (True = pixel used), None where a view has none
 
     def __len__(self) -> int:
         return len(self.names)
@@ -157,51 +162,37 @@ def as_matrix(value: Any, rows: Sequence[int], cols: int, key: str, path: Path, 
 
 
 def read_image(path: Path, background: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read an image as uint8 RGB ``[H, W, 3]``; RGBA sources are composited on ``background``
-    (float RGB in [0, 1]) and their alpha is returned too (else None)."""
+    """Read an image as uint8 RGB ``[H, W, 3]`` with ``splat.io.images.read_image`` (bit depth from
+    the file's mode, stored orientation); RGBA sources are composited on ``background`` (float RGB
+    in [0, 1]) and their alpha is returned too (else None)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb, alpha = _pil_to_rgb_alpha(im)
-    except FileNotFoundError:
-        raise DatasetError(f"image file not found: {path}") from None
-    except IsADirectoryError:
-        raise DatasetError(f"image path is a directory, not a file: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
-    if alpha is not None:
-        a = alpha.astype(np.float32)[..., None] / 255.0
-        out = rgb.astype(np.float32) * a + (255.0 * background.astype(np.float32)) * (1.0 - a)
-        rgb = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return rgb, alpha
+        img = _read(path, orientation="stored")
+    except FormatError as e:
+        raise DatasetError(f"cannot read image {e}") from None
+    alpha = img.alpha_uint8()
+    if alpha is None:
+        return img.rgb_uint8(), None
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    rgb = img.rgb_uint8().astype(np.float32) * a + (255.0 * background.astype(np.float32)) * (1.0 - a)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), alpha
 
 
-def _pil_to_rgb_alpha(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    mode = im.mode
-    if mode == "RGB":
-        return np.asarray(im, dtype=np.uint8).copy(), None
-    if mode == "RGBA":
-        a = np.asarray(im, dtype=np.uint8)
-        return a[..., :3].copy(), a[..., 3].copy()
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        return _pil_to_rgb_alpha(im)
-    if mode in ("L", "1"):
-        g = np.asarray(im.convert("L"), dtype=np.uint8)
-        return np.repeat(g[..., None], 3, axis=2), None
-    if mode in ("LA", "La", "PA", "RGBa"):
-        return _pil_to_rgb_alpha(im.convert("RGBA"))
-    if mode.startswith("I"):  # I, I;16, I;16B, I;16L, ...: 16-bit greyscale
-        g = np.asarray(im).astype(np.float64)
-        g = np.clip(np.rint(g / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=2), None
-    if mode == "F":  # float greyscale: [0, 1] when it fits, else taken as [0, 255]
-        g = np.asarray(im).astype(np.float64)
-        if np.nanmax(g, initial=0.0) <= 1.0:
-            g = g * 255.0
-        g = np.clip(np.rint(np.nan_to_num(g)), 0, 255).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=2), None
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy(), None
+def read_mask(path: Path) -> np.ndarray:
+    """A mask image as bool ``[H, W]``: True (kept) where the first channel is non-zero, as
+    nerfstudio reads ``mask_path`` (0 = the pixel is left out of the loss and the metrics)."""
+    try:
+        img = _read(path, orientation="stored")
+    except FormatError as e:
+        raise DatasetError(f"cannot read mask {e}") from None
+    return img.pixels[..., 0] > 0
+
+
+def downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask shrunk to ``size = (w, h)`` the way images shrink (BOX: each pixel averages an
+    area): a pixel is kept only when its whole area is (any masked-out part would bring
+    masked-out colour into the pixel)."""
+    m = np.where(mask, 255, 0).astype(np.uint8)
+    return _resize(m, size) == 255
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -260,6 +251,7 @@ class ViewSpec:
     camera_label: str = "the camera"  # for messages, e.g. "camera 3 (OPENCV)"
     downscaled_path: Path | None = None  # a pre-downscaled copy to use when downscaling, if it exists
     make_K: Callable[[int, int], np.ndarray] | None = None
+    mask_path: Path | None = None  # a full-resolution mask (non-zero = pixel used), nerfstudio's mask_path
 
 
 @dataclass
@@ -271,6 +263,7 @@ class LoadedView:
     width: int
     height: int
     viewmat: np.ndarray  # float64 [4, 4]
+    mask: np.ndarray | None = None  # bool [H, W]
 
 
 def check_distortion(specs: Sequence[ViewSpec], undistort: bool) -> None:
@@ -345,6 +338,17 @@ def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict
             if alpha is not None:
                 alpha = _resize(alpha, (tw, th))
 
+    mask = None
+    if spec.mask_path is not None:
+        mask = read_mask(spec.mask_path)
+        if (mask.shape[1], mask.shape[0]) not in ((W, H), (w, h)):
+            raise DatasetError(f"mask {spec.mask_path} has size {mask.shape[1]}x{mask.shape[0]}, but its image "
+                               f"{src} is {w}x{h} (full resolution {W}x{H})")
+        if (mask.shape[1], mask.shape[0]) != (tw, th):
+            mask = downscale_mask(mask, (tw, th))
+        if not mask.any():
+            warnings.warn(f"mask {spec.mask_path} leaves out every pixel of view '{spec.name}'", stacklevel=2)
+
     K = spec.K if spec.K is not None else spec.make_K(W, H)
     K = np.array(K, dtype=np.float64)
     K[0, :] *= tw / W
@@ -366,14 +370,17 @@ def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict
         rgb = umap.apply(rgb)
         if alpha is not None:
             alpha = umap.apply(alpha)
+        if mask is not None:
+            mask = umap.apply(np.where(mask, 255, 0).astype(np.uint8)) == 255
         K = umap.K_new.copy()
-    return LoadedView(spec.name, rgb, alpha, K, tw, th, np.asarray(spec.viewmat, dtype=np.float64))
+    return LoadedView(spec.name, rgb, alpha, K, tw, th, np.asarray(spec.viewmat, dtype=np.float64), mask)
 
 
 def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np.ndarray) -> Split:
     """A Split of ``views[indices]`` with the (normalised) ``viewmats`` of all views."""
     idx = list(indices)
     alphas = [views[i].alpha for i in idx]
+    masks = [views[i].mask for i in idx]
     return Split(
         names=[views[i].name for i in idx],
         images=[views[i].image for i in idx],
@@ -382,6 +389,7 @@ def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np
         widths=[views[i].width for i in idx],
         heights=[views[i].height for i in idx],
         alphas=alphas if any(a is not None for a in alphas) else None,
+        masks=masks if any(m is not None for m in masks) else None,
     )
 
 

@@ -18,6 +18,10 @@
   can be mapped back to the original COLMAP frame: ``original = inv(applied) @ inv(transform) @ p``.
 * ``file_path`` is relative to the json's folder; for ``downscale=f``, ``images_f/<file name>``
   there is used when it exists (nerfstudio's convention).
+* ``mask_path`` (per frame, relative like ``file_path``): a mask image at the image's full
+  resolution (or its downscaled size); 0 = the pixel is left out of the training loss and of the
+  metrics, as in nerfstudio. Masks follow downscaling (a pixel is kept only if its whole area is)
+  and undistortion (``Split.masks``).
 * Split: ``train_filenames`` / ``test_filenames`` (``val_filenames`` when there is no test list)
   are honoured; otherwise every ``test_every``-th frame by file name.
 """
@@ -138,6 +142,14 @@ def load_nerfstudio(
         c2w = as_matrix(require(fr, "transform_matrix", json_path, where), (3, 4), 4, "transform_matrix", json_path, where)
         make_K, w, h, dist, key, label = frame_camera(meta, fr, json_path, i)
         name = norm_name(fp)
+        mask_path = None
+        if "mask_path" in fr:
+            mp = fr["mask_path"]
+            if not isinstance(mp, str) or not mp:
+                raise DatasetError(f"{json_path}: key 'mask_path'{where} must be a non-empty string, got {mp!r}")
+            mask_path = data_dir / norm_name(mp)
+            if not mask_path.is_file():
+                raise DatasetError(f"{json_path}: mask file {mask_path}{where} not found")
         specs.append(
             ViewSpec(
                 name=name,
@@ -151,6 +163,7 @@ def load_nerfstudio(
                 camera_key=key,
                 camera_label=label,
                 downscaled_path=(data_dir / f"images_{downscale}" / PurePosixPath(name).name) if downscale > 1 else None,
+                mask_path=mask_path,
             )
         )
     seen: set[str] = set()

@@ -82,26 +82,22 @@ def image_to_tensor(img) -> Tensor:
 
 
 def load_image(path) -> Tensor:
-    """Read an image file as float32 [H,W,3] in [0,1]; a clear error for anything else."""
+    """Read an image file as float32 [H,W,3] in [0,1] with `splat.io.images.read_image`: the
+    picture as image viewers show it (EXIF orientation applied), bit depth from the file's mode
+    (a dark 16-bit PNG stays dark, a float TIFF is taken as it is), alpha composited on black.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (``FormatError``)
+    naming the file for anything unreadable."""
     from pathlib import Path
 
-    from PIL import Image, UnidentifiedImageError
+    from ..io.images import composite, read_image
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-                return torch.as_tensor(np.repeat(arr[..., None], 3, -1))
-            return image_to_tensor(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image Pillow can read") from None
-    except OSError as e:
-        raise ValueError(f"{path}: unreadable image ({e})") from None
+    img = read_image(path, orientation="exif")
+    rgb = composite(img.rgb_float(), img.alpha_float(), (0.0, 0.0, 0.0))
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
 
 
 def _gradient_magnitude(img: Tensor) -> Tensor:

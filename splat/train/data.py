@@ -2,7 +2,7 @@
 training device, and the order views are visited in."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -26,12 +26,15 @@ def load_data(cfg: TrainConfig) -> Dataset:
 class Views:
     """A split's views: ``camera(i)`` a one-camera `Cameras` batch on the device (made
     once), ``image(i)`` the float image [H,W,3] in [0,1] (kept as uint8 on the CPU until
-    asked for)."""
+    asked for), ``mask(i)`` its mask or None."""
 
     def __init__(self, split: Split, device):
         self.names = list(split.names)
         self.images = [torch.from_numpy(np.ascontiguousarray(im)) for im in split.images]
         self.cameras: List[Cameras] = [split.cameras(i, device=device) for i in range(len(split))]
+        self.masks: List[Optional[torch.Tensor]] = [
+            None if m is None else torch.from_numpy(np.ascontiguousarray(m))[..., None].to(device)
+            for m in (split.masks or [None] * len(split))]
         self.device = device
 
     def __len__(self) -> int:
@@ -42,6 +45,10 @@ class Views:
 
     def image(self, i: int) -> torch.Tensor:
         return self.images[i].to(self.device, torch.float32) / 255.0
+
+    def mask(self, i: int) -> Optional[torch.Tensor]:
+        """bool [H,W,1] (True = pixel used by the loss and the metrics), or None."""
+        return self.masks[i]
 
 
 def view_for_step(step: int, n_views: int, seed: int) -> int:

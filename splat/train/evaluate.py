@@ -32,8 +32,8 @@ def render_views(model: Model, views: Views, settings: RenderSettings, *, backgr
 
 def evaluate(model: Model, views: Views, settings: RenderSettings, background: Tensor,
              save: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> dict:
-    """PSNR and SSIM (`splat.metrics`, averaged over views) of the views rendered on
-    `background` [3] against their images, the median render time, and per-view figures.
+    """PSNR and SSIM (`splat.metrics`, averaged over views; over each view's kept pixels
+    where the data has masks) of the views rendered on `background` [3] against their images, the median render time, and per-view figures.
     `save(i, pred, gt)` gets each clamped render and its image. An empty split gives {}."""
     if len(views) == 0:
         return {}
@@ -41,9 +41,9 @@ def evaluate(model: Model, views: Views, settings: RenderSettings, background: T
     for i, colors, _, seconds in render_views(model, views, settings, backgrounds=background[None]):
         secs.append(seconds)
         pred = colors.clamp(0, 1)
-        gt = views.image(i)
-        ps.append(psnr_fn(pred, gt).item())
-        ss.append(ssim_fn(pred, gt).item())
+        gt, mask = views.image(i), views.mask(i)
+        ps.append(psnr_fn(pred, gt, mask=mask).item())
+        ss.append(ssim_fn(pred, gt, mask=mask).item())
         if save is not None:
             save(i, pred, gt)
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "render_ms": 1000 * float(np.median(secs)),

@@ -151,14 +151,14 @@ class Trainer:
         strategy's events (clone/split/prune counts)."""
         cfg = self.cfg
         i = view_for_step(step, len(self.train_views), cfg.seed)
-        cameras, gt = self.train_views.camera(i), self.train_views.image(i)
+        cameras, gt, mask = self.train_views.camera(i), self.train_views.image(i), self.train_views.mask(i)
         self.optimizer.set_learning_rates(self.model.learning_rates(step, self.iterations))
 
         def forward():
             out = self.model.render(cameras, self.settings, step=step, backgrounds=self.background[None],
                                     absgrad=self.strategy.absgrad)
             self.strategy.step_pre_backward(self.model.params, self.optimizer.optimizers, self.state, step, out.info)
-            loss = photometric_loss(out.colors[0], gt, cfg.ssim_lambda)
+            loss = photometric_loss(out.colors[0], gt, cfg.ssim_lambda, mask)
             extra = {**self.model.losses(step, out, cameras, gt[None]),
                      **self.strategy.losses(self.model.params, self.state, step, out.info)}
             for term in extra.values():
@@ -169,7 +169,7 @@ class Trainer:
         events = self.strategy.step_post_backward(self.model.params, self.optimizer.optimizers, self.state, step,
                                                   out.info, generator=step_generator(cfg.seed, step))
         with torch.no_grad():
-            p = psnr_fn(out.colors[0].detach().clamp(0, 1), gt).item()
+            p = psnr_fn(out.colors[0].detach().clamp(0, 1), gt, mask=mask).item()
         return {"loss": loss.item(), "psnr": p, "events": events}
 
     # ------------------------------------------------------------------ evaluation
