@@ -260,3 +260,167 @@ def test_colmap_binary_counts_checked_against_the_size(tmp_path):
     q.write_bytes(bytes(pts))
     with pytest.raises(DatasetError, match=r"points3D\.bin: 3D point 0 claims a track of 1099511627776"):
         load_dataset(tmp_path)
+
+
+def _nerfstudio_with_masks(root: Path, downscaled_noise=True):
+    import json
+
+    from test_data import make_nerfstudio
+
+    meta, truth, _, _ = make_nerfstudio(root, n=6, W=48, H=36)
+    rng = np.random.default_rng(1)
+    masks = {}
+    for k, fr in enumerate(meta["frames"]):
+        m = np.full((36, 48), 255, np.uint8)
+        m[5:17, 7:30] = 0  # not aligned to the 2x2 blocks of --downscale 2
+        name = f"masks/mask_{k}.png"
+        (root / "masks").mkdir(exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(m).save(root / name)
+        fr["mask_path"] = name
+        masks[fr["file_path"]] = m > 0
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return meta, truth, masks
+
+
+def test_nerfstudio_masks_loaded_and_downscaled(tmp_path):
+    from splat.data import load_dataset
+
+    _, truth, masks = _nerfstudio_with_masks(tmp_path)
+    ds = load_dataset(tmp_path, test_every=3)
+    assert ds.train.masks is not None and ds.test.masks is not None
+    for split in (ds.train, ds.test):
+        for name, m in zip(split.names, split.masks):
+            np.testing.assert_array_equal(m, masks[name])
+    ds2 = load_dataset(tmp_path, test_every=3, downscale=2)
+    m2 = ds2.train.masks[0]
+    assert m2.shape == (18, 24)
+    full = masks[ds2.train.names[0]]
+    # a pixel is kept only when its whole 2x2 area is
+    want = full.reshape(18, 2, 24, 2).all(axis=(1, 3))
+    np.testing.assert_array_equal(m2, want)
+
+
+def test_masked_pixels_are_left_out_of_the_loss_and_the_metrics():
+    from splat.metrics import psnr, ssim
+    from splat.train.losses import photometric_loss
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(30, 40, 3, generator=g)
+    pred = (gt + 0.05 * torch.randn(30, 40, 3, generator=g)).clamp(0, 1).requires_grad_()
+    mask = torch.ones(30, 40, 1, dtype=torch.bool)
+    mask[4:15, 6:25] = False
+    loss = photometric_loss(pred, gt, 0.2, mask)
+    loss.backward()
+    assert (pred.grad[~mask[..., 0]] == 0).all() and (pred.grad[mask[..., 0]] != 0).any()
+    # whatever the masked pixels hold, in the prediction or the ground truth, nothing changes
+    noise_gt = torch.where(mask, gt, torch.rand(30, 40, 3, generator=g))
+    noise_pred = torch.where(mask, pred.detach(), torch.rand(30, 40, 3, generator=g))
+    for a, b in ((noise_pred, gt), (pred.detach(), noise_gt), (noise_pred, noise_gt)):
+        torch.testing.assert_close(photometric_loss(a, b, 0.2, mask), loss.detach())
+        torch.testing.assert_close(psnr(a, b, mask=mask), psnr(pred.detach(), gt, mask=mask))
+        torch.testing.assert_close(ssim(a, b, mask=mask), ssim(pred.detach(), gt, mask=mask))
+    # masked PSNR is the PSNR of the kept pixels
+    keep = mask[..., 0]
+    mse = ((pred.detach() - gt)[keep] ** 2).mean()
+    torch.testing.assert_close(psnr(pred.detach(), gt, mask=mask), 10 * torch.log10(1 / mse))
+    # an all-ones mask is no mask
+    torch.testing.assert_close(ssim(pred.detach(), gt, mask=torch.ones(30, 40)), ssim(pred.detach(), gt))
+    torch.testing.assert_close(photometric_loss(pred.detach(), gt, 0.2, torch.ones(30, 40, 1, dtype=torch.bool)),
+                               photometric_loss(pred.detach(), gt, 0.2))
+
+
+def test_training_ignores_what_masked_pixels_hold(tmp_path):
+    """Noise painted into the masked-out pixels of every image changes neither the trained model
+    nor its metrics (the same run with the clean images gives the same numbers)."""
+    from PIL import Image
+    from synthetic_data import small_train_config
+
+    from splat.train import Trainer
+
+    results = []
+    for variant in ("clean", "noisy"):
+        root = tmp_path / variant
+        _, truth, masks = _nerfstudio_with_masks(root)
+        if variant == "noisy":
+            rng = np.random.default_rng(5)
+            for name, m in masks.items():
+                arr = np.asarray(Image.open(root / name)).copy()
+                arr[~m] = rng.integers(0, 256, size=(int((~m).sum()), 3))
+                Image.fromarray(arr).save(root / name)
+        cfg = small_train_config(root, tmp_path / f"run_{variant}", iterations=60, test_every=3, export=[],
+                                 save_every=0)
+        tr = Trainer(cfg, log=lambda *a, **k: None)
+        try:
+            tr.train()
+            results.append((tr.evaluate(60), {k: v.detach().clone() for k, v in tr.model.params.items()}))
+        finally:
+            tr.close()
+    (m_clean, p_clean), (m_noisy, p_noisy) = results
+    assert m_clean["psnr"] == pytest.approx(m_noisy["psnr"], abs=1e-4)
+    for k in p_clean:
+        torch.testing.assert_close(p_clean[k], p_noisy[k], atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ 4. image reading
+
+
+def _write_exif_png(path: Path, arr: np.ndarray, orientation: int):
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif.tobytes())
+
+
+def test_one_image_reader_bit_depth_from_the_mode(tmp_path):
+    from PIL import Image
+    from test_data import write_png16
+
+    from splat.data.common import read_image as read_for_3d
+    from splat.image2d.fit import load_image
+
+    dark16 = (np.arange(12).reshape(3, 4) * 90).astype(np.uint16)  # max 990 of 65535: a dark image
+    write_png16(tmp_path / "dark16.png", dark16)
+    img2d = load_image(tmp_path / "dark16.png").numpy()
+    np.testing.assert_allclose(img2d[..., 0], dark16 / 65535.0, atol=1e-7)  # not 257x too bright
+    rgb3d, _ = read_for_3d(tmp_path / "dark16.png", np.zeros(3, np.float32))
+    np.testing.assert_array_equal(rgb3d[..., 0], np.rint(dark16 / 257.0))
+
+    f = (np.arange(12).reshape(3, 4) / 40.0).astype(np.float32)  # in [0, 0.275]: a float TIFF in [0, 1]
+    Image.fromarray(f, "F").save(tmp_path / "f.tif")
+    np.testing.assert_allclose(load_image(tmp_path / "f.tif").numpy()[..., 1], f, atol=1e-7)  # not 255x too dark
+    rgb3d, _ = read_for_3d(tmp_path / "f.tif", np.zeros(3, np.float32))
+    np.testing.assert_array_equal(rgb3d[..., 2], np.rint(f * 255.0))
+
+    hot = (f * 10).astype(np.float32)  # a float image beyond [0, 1]: clipped, with a word
+    Image.fromarray(hot, "F").save(tmp_path / "hot.tif")
+    with pytest.warns(UserWarning, match=r"hot\.tif: float image values span .* clipped"):
+        np.testing.assert_allclose(load_image(tmp_path / "hot.tif").numpy()[..., 0], np.clip(hot, 0, 1))
+
+
+def test_alpha_policy_and_orientation(tmp_path):
+    from PIL import Image
+
+    from splat.data.common import read_image as read_for_3d
+    from splat.image2d.fit import load_image
+
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = [[255, 0, 51], [255, 255, 255]]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    img2d = load_image(tmp_path / "a.png").numpy()  # composited on black
+    np.testing.assert_allclose(img2d[0, :, 0], [200 / 255, 0.0, 200 / 255 * 0.2], atol=1e-6)
+    rgb3d, alpha = read_for_3d(tmp_path / "a.png", np.array([0.0, 0.0, 1.0], np.float32))  # on --background
+    np.testing.assert_array_equal(rgb3d[0, 1], [0, 0, 255])
+    np.testing.assert_array_equal(alpha, rgba[..., 3])
+
+    arr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    _write_exif_png(tmp_path / "rot.png", arr, orientation=6)  # "rotate 90 CW to display"
+    shown = load_image(tmp_path / "rot.png").numpy()
+    assert shown.shape == (3, 2, 3)  # the 2D fit sees the picture as viewers show it
+    np.testing.assert_allclose(shown * 255, np.rot90(arr, k=-1), atol=1e-4)
+    stored, _ = read_for_3d(tmp_path / "rot.png", np.zeros(3, np.float32))
+    np.testing.assert_array_equal(stored, arr)  # the 3D loaders keep the stored pixels
