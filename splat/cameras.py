@@ -256,6 +256,18 @@ def _horizon_axes(up: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return a, np.cross(up, a)
 
 
+def points_scale(points: np.ndarray) -> float:
+    """The size of a scene known only by its points ([P,3], e.g. a model file's means): 1.1x the
+    90th-percentile distance from their median (3DGS's camera extent is 1.1x a radius too), or
+    1.0 for no or coincident points. Sets the near plane where no training cameras are known."""
+    m = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    m = m[np.isfinite(m).all(1)]
+    if len(m) == 0:
+        return 1.0
+    r = float(np.percentile(np.linalg.norm(m - np.median(m, 0), axis=1), 90))
+    return 1.1 * r if r > 0 else 1.0
+
+
 def orbit_cameras(n: int, viewmats: Optional[np.ndarray] = None, points: Optional[np.ndarray] = None,
                   elevation_deg: float = 25.0) -> np.ndarray:
     """n world->camera matrices [n,4,4] on a circle around the scene, looking at its centre.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import math
 from typing import Dict, Literal, Optional, Tuple
 
 import torch
@@ -205,6 +206,22 @@ class RenderSettings:
 
     backend: Backend = "auto"
     rasterize_mode: RasterizeMode = "classic"
+    near_plane: float = 0.01
+    """Depth below which Gaussians are culled (world units; `for_scene` scales it)."""
+    far_plane: float = 1e10
+    """Depth beyond which Gaussians are culled (world units)."""
+
+    def for_scene(self, scene_scale: float) -> "RenderSettings":
+        """These settings with the near and far planes of a scene of size `scene_scale`
+        (``NEAR_PLANE * scene_scale``, ``FAR_PLANE * scene_scale``), so that a scene at 1e-3 or
+        1e3 renders like the same scene at 1 (gsplat's fixed 0.01 culls a millimetre scene)."""
+        if not (math.isfinite(scene_scale) and scene_scale > 0):
+            raise ValueError(f"scene_scale must be a positive finite number, got {scene_scale}")
+        return dataclasses.replace(self, near_plane=NEAR_PLANE * scene_scale, far_plane=FAR_PLANE * scene_scale)
+
+
+NEAR_PLANE = 0.01  # in units of the scene scale (the training views' extent, 3DGS's cameras_extent)
+FAR_PLANE = 1e10
 
 
 def render_gaussians(gaussians: Gaussians, cameras: Cameras, settings: RenderSettings = RenderSettings(),
@@ -220,6 +237,8 @@ def render_gaussians(gaussians: Gaussians, cameras: Cameras, settings: RenderSet
         _fail(f"cameras: the rasterizer projects undistorted pinhole cameras only, got camera_model="
               f"{cameras.camera_model!r}" + (" with distortion coefficients" if cameras.camera_model == "pinhole" else ""))
     g = gaussians
+    kwargs.setdefault("near_plane", settings.near_plane)
+    kwargs.setdefault("far_plane", settings.far_plane)
     return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cameras.viewmats, cameras.Ks, cameras.width,
                      cameras.height, sh_degree=g.sh_degree, backend=settings.backend,
                      rasterize_mode=settings.rasterize_mode, **kwargs)

@@ -72,7 +72,8 @@ def render(cfg: RenderConfig, log=print) -> dict:
         out = model_path.parent.parent / "render"
     bg = cfg.background or (tuple(run_cfg["background"]) if run_cfg else (1.0, 1.0, 1.0))
     settings = RenderSettings(cfg.backend, cfg.rasterize_mode or (run_cfg.get("rasterize_mode", "classic")
-                                                                  if run_cfg else "classic"))
+                                                                  if run_cfg else "classic")
+                              ).for_scene(model.scene_scale)
     log(f"{model.num_gaussians:,} Gaussians, {model.summary()}")
 
     data = None

@@ -2,6 +2,7 @@
 viewers), one test per kind of fault, each asserting the right value. Every input is built here."""
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 from pathlib import Path
@@ -424,3 +425,83 @@ def test_alpha_policy_and_orientation(tmp_path):
     np.testing.assert_allclose(shown * 255, np.rot90(arr, k=-1), atol=1e-4)
     stored, _ = read_for_3d(tmp_path / "rot.png", np.zeros(3, np.float32))
     np.testing.assert_array_equal(stored, arr)  # the 3D loaders keep the stored pixels
+
+
+# ------------------------------------------------------------------ 3. scene scale
+
+
+def _scaled_views(views: dict, s: float) -> dict:
+    out = dict(views)
+    vm = views["viewmats"].clone()
+    vm[:, :3, 3] *= s
+    out["viewmats"] = vm
+    out["points"] = views["points"] * s
+    return out
+
+
+@pytest.mark.parametrize("with_points", [False, True], ids=["random-init", "points"])
+def test_a_scene_in_millimetres_or_kilometres_trains_like_the_same_scene_at_unit_scale(tmp_path, with_points):
+    """Every absolute length (near/far planes, random-init cube, initial scales, density-control
+    thresholds, learning rates) follows the scene scale: the same NeRF-synthetic-style scene with
+    its cameras and points scaled by 1e-3 and 1e3 reaches the unit-scale PSNR within 1.5 dB
+    (before, the fixed 0.01 near plane culled the millimetre scene: 14 dB against 28 dB)."""
+    from synthetic_data import make_views, small_train_config, write_blender
+
+    from splat.train import Trainer
+
+    views = make_views(n_views=10, width=40, height=32, n_gauss=200)
+    psnr = {}
+    for s in (1.0, 1e-3, 1e3):
+        root = write_blender(tmp_path / f"scale_{s:g}", _scaled_views(views, s), with_points=False)
+        if with_points:  # the same noisy points at every scale
+            from test_data import write_ply
+
+            noisy = views["points"] + np.random.default_rng(0).normal(0, 0.02, views["points"].shape)
+            write_ply(root / "points3d.ply", noisy * s, views["rgb"])
+        cfg = small_train_config(root, tmp_path / f"run_{s:g}", iterations=150, export=[], save_every=0,
+                                 num_random_points=4000)
+        tr = Trainer(cfg, log=lambda *a, **k: None)
+        try:
+            tr.train()
+            psnr[s] = tr.evaluate(150)["psnr"]
+        finally:
+            tr.close()
+    assert psnr[1.0] > 18, psnr
+    assert abs(psnr[1e-3] - psnr[1.0]) < 1.5, psnr
+    assert abs(psnr[1e3] - psnr[1.0]) < 1.5, psnr
+
+
+def test_scene_scaled_near_plane_and_model_file_scale():
+    from splat.models.static import StaticModel, init_splats
+    from splat.render import NEAR_PLANE, RenderSettings
+
+    st = RenderSettings("torch").for_scene(2e-3)
+    assert st.near_plane == pytest.approx(NEAR_PLANE * 2e-3) and st.backend == "torch"
+    with pytest.raises(ValueError, match="scene_scale must be a positive finite number"):
+        RenderSettings().for_scene(0.0)
+    pts = np.random.default_rng(0).normal(size=(500, 3)) * 1e-3
+    a = StaticModel.from_splats(init_splats(pts, np.zeros((500, 3), np.uint8), 0))
+    b = StaticModel.from_splats(init_splats(pts * 1e6, np.zeros((500, 3), np.uint8), 0))
+    assert b.scene_scale == pytest.approx(a.scene_scale * 1e6, rel=1e-6)
+    torch.testing.assert_close(b.params["scales"], a.params["scales"] + math.log(1e6), atol=1e-4, rtol=0)
+
+
+def test_a_scene_far_from_the_origin_warns_about_float32(tmp_path):
+    from synthetic_data import make_views, write_blender
+
+    from splat.data import load_dataset
+
+    views = make_views(n_views=6, width=16, height=16, n_gauss=20)
+    far = dict(views)
+    vm = views["viewmats"].double().clone()
+    shift = np.array([3e5, -2e5, 1e3])
+    # camera centre c -> c + shift: t' = t - R shift
+    vm[:, :3, 3] -= torch.einsum("nij,j->ni", vm[:, :3, :3], torch.tensor(shift))
+    far["viewmats"] = vm
+    far["points"] = views["points"] + shift
+    root = write_blender(tmp_path / "far", far)
+    with pytest.warns(UserWarning, match=r"far: the cameras are up to .* from the origin, .*float32 resolves only"):
+        load_dataset(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(write_blender(tmp_path / "near", views))

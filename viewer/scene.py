@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from splat.render import NEAR_PLANE
 
 __all__ = ["SceneError", "ViewCamera", "TrainingCamera", "SplatScene", "Image2DScene", "load_scene",
            "viewmat_from_pose", "pose_from_viewmat"]
@@ -131,8 +132,9 @@ class SplatScene:
 
     def __init__(self, splats: Dict[str, torch.Tensor], *, cameras: Sequence[TrainingCamera] = (),
                  background=(1.0, 1.0, 1.0), rasterize_mode: str = "classic", name: str = "model",
-                 up: Optional[np.ndarray] = None):
+                 up: Optional[np.ndarray] = None, scene_scale: Optional[float] = None):
         self._lock = threading.Lock()
+        self._scene_scale = scene_scale
         self._splats = self._check(splats, name)
         self.version = 0
         self.cameras = list(cameras)
@@ -164,6 +166,16 @@ class SplatScene:
     def num_gaussians(self) -> int:
         return int(self.splats["means"].shape[0])
 
+    @property
+    def scene_scale(self) -> float:
+        """The scene's size for the near plane: the training cameras' extent when known, else the
+        spread of the means at load time (`splat.cameras.points_scale`)."""
+        if self._scene_scale is None:
+            from splat.cameras import points_scale
+
+            self._scene_scale = points_scale(self.splats["means"].numpy())
+        return self._scene_scale
+
     def render(self, cam: ViewCamera, mode: str = "rgb", backend: str = "auto", **_) -> np.ndarray:
         """uint8 [H,W,3] from `cam`: colour, colour-mapped expected depth, or accumulated opacity."""
         from splat.io.images import colorize, depth_range_of
@@ -178,7 +190,8 @@ class SplatScene:
             c, a, _ = render_splats(s, torch.as_tensor(cam.viewmat, dtype=torch.float32)[None],
                                     torch.as_tensor(cam.K, dtype=torch.float32)[None], cam.width, cam.height,
                                     sh_degree=sh_degree_of(s), backgrounds=bg, render_mode=render_mode,
-                                    rasterize_mode=self.rasterize_mode, backend=backend)
+                                    rasterize_mode=self.rasterize_mode, backend=backend,
+                                    near_plane=NEAR_PLANE * self.scene_scale)
         c, a = c[0].cpu(), a[0].cpu()
         return colorize(c, a, mode, depth_range_of(c, a) if mode == "depth" else None)
 

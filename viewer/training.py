@@ -73,7 +73,7 @@ class ViewerCallback(LinkCallback):
                                  "static form yet")
             scene = SplatScene({k: v.clone() for k, v in splats.items()}, cameras=cameras_of_split(trainer.data.train),
                                background=tuple(trainer.cfg.background), rasterize_mode=trainer.cfg.rasterize_mode,
-                               name=Path(trainer.out).resolve().name)
+                               name=Path(trainer.out).resolve().name, scene_scale=trainer.model.scene_scale)
             self.viewer = Viewer(scene, host=self.host, port=self.port, link=self.link,
                                  snapshot_dir=Path(trainer.out) / "snapshots", log=trainer.log)
             trainer.log(f"viewer: {self.viewer.url}")

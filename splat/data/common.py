@@ -527,11 +527,45 @@ def scene_scale_from(viewmats: np.ndarray, points: np.ndarray | None = None) -> 
     return 1.0
 
 
-def random_points(n: int, rng: np.random.Generator, half_extent: float = 1.3) -> tuple[np.ndarray, np.ndarray]:
-    """3DGS's random initialisation: ``n`` points uniform in ``[-1.3, 1.3]^3`` with random colours."""
+RANDOM_INIT_EXTENT = 1.3  # 3DGS: the cube [-1.3, 1.3]^3 (NeRF-synthetic cameras at radius 4.03)
+NERF_SYNTHETIC_RADIUS = 4.0311289  # sqrt(16.25): the camera distance of every NeRF-synthetic scene
+
+
+def random_points(n: int, rng: np.random.Generator, half_extent: float = RANDOM_INIT_EXTENT
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """3DGS's random initialisation: ``n`` points uniform in ``[-half_extent, half_extent]^3`` with
+    random colours."""
     pts = rng.uniform(-half_extent, half_extent, size=(n, 3))
     rgb = rng.integers(0, 256, size=(n, 3), dtype=np.uint8)
     return pts, rgb
+
+
+def random_init_extent(viewmats: np.ndarray) -> float:
+    """Half-size of the random-init cube of object-centred data with no normalisation: 3DGS's 1.3
+    at NeRF-synthetic's camera distance of 4.03, scaled with the median distance of the cameras
+    from the origin (the object), so a scene in millimetres gets a cube in millimetres."""
+    C = camera_centres(viewmats)
+    d = float(np.median(np.linalg.norm(C, axis=1))) if len(C) else 0.0
+    if not (d > 0 and math.isfinite(d)):
+        return RANDOM_INIT_EXTENT
+    return RANDOM_INIT_EXTENT * d / NERF_SYNTHETIC_RADIUS
+
+
+def check_float32_precision(viewmats: np.ndarray, scene_scale: float, root: Path) -> None:
+    """Warn when the scene lies so far from the origin, for its size, that float32 positions lose
+    detail (every model and the rasterizer compute in float32): the spacing of float32 values at
+    the cameras' distance above 1e-5 of the scene's size (about 80 scene sizes away)."""
+    C = camera_centres(viewmats)
+    if not len(C) or not scene_scale > 0:
+        return
+    d = float(np.abs(C).max())
+    step = float(np.spacing(np.float32(d)))
+    if step > 1e-5 * scene_scale:
+        warnings.warn(
+            f"{root}: the cameras are up to {d:.4g} world units from the origin, {d / scene_scale:.0f}x the scene's "
+            f"size ({scene_scale:.4g}); float32 resolves only {step:.3g} units there ({step / scene_scale:.1e} of the "
+            "scene), so fine detail is lost. Train with normalisation (drop --no-normalize) or move the scene "
+            "near the origin", stacklevel=3)
 
 
 def subsample_points(points: np.ndarray, rgb: np.ndarray, max_points: int | None, rng: np.random.Generator):
@@ -576,21 +610,25 @@ def finish_dataset(
     if points_random:
         if num_random_points <= 0:
             raise DatasetError(f"{root}: the scene has no initial points and num_random_points is {num_random_points}")
-        pts, rgb = random_points(int(num_random_points), rng)
         if similarity is not None:  # the cube lives in the normalised frame; express it in the world
+            pts, rgb = random_points(int(num_random_points), rng)
             pts = transform_points(np.linalg.inv(similarity), pts)
+        else:  # object-centred data (NeRF-synthetic): the cube around the origin, sized by the cameras' distance
+            pts, rgb = random_points(int(num_random_points), rng, random_init_extent(viewmats[list(train_idx)]))
         points, points_rgb = pts, rgb
     points, points_rgb = subsample_points(np.asarray(points, np.float64), np.asarray(points_rgb, np.uint8), max_init_points, rng)
     vm = transform_viewmats(T, viewmats) if len(viewmats) else viewmats
     pts = transform_points(T, points)
     train_vm = vm[list(train_idx)]
+    scene_scale = scene_scale_from(train_vm, None if points_random else pts)
+    check_float32_precision(vm, scene_scale, root)
     return Dataset(
         train=make_split(views, train_idx, vm),
         test=make_split(views, test_idx, vm),
         points=pts.astype(np.float32),
         points_rgb=points_rgb.astype(np.uint8),
         points_random=bool(points_random),
-        scene_scale=scene_scale_from(train_vm, None if points_random else pts),
+        scene_scale=scene_scale,
         transform=T,
         background=background.astype(np.float32),
         format=fmt,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tyro.conf import arg
 
-from ..cameras import Cameras
+from ..cameras import Cameras, points_scale
 from ..io.common import SH_C0
 from ..io.common import sh_degree as sh_degree_of  # SH degree of a splats dict, from the shN shape
 from ..render import Gaussians, RenderSettings, rasterize
@@ -66,7 +66,8 @@ def init_splats(points: np.ndarray | Tensor, rgb: np.ndarray | Tensor, sh_degree
         d2 = (dist[:, 1:] ** 2).mean(1)
     else:
         d2 = np.ones(1)
-    d = np.sqrt(np.maximum(d2, 1e-14)) * init_scale
+    floor = 1e-7 * max(float(np.ptp(pts, axis=0).max()), 1e-30)  # coincident points: relative to the cloud's size
+    d = np.sqrt(np.maximum(d2, floor * floor)) * init_scale
     N = P
     K = num_sh_bases(sh_degree)
     return {
@@ -167,9 +168,11 @@ class StaticModel(Model):
 
     @classmethod
     def from_splats(cls, splats: Mapping[str, Tensor], config: Optional[StaticConfig] = None) -> "StaticModel":
-        """A model from any splats dict (a model file), its SH degree taken from ``shN``."""
+        """A model from any splats dict (a model file), its SH degree taken from ``shN`` and its
+        scene scale from the spread of its means (`splat.cameras.points_scale`)."""
         config = config or StaticConfig(sh_degree=sh_degree_of(splats))
-        return cls(config, {k: splats[k].float().contiguous() for k in PARAM_NAMES})
+        return cls(config, {k: splats[k].float().contiguous() for k in PARAM_NAMES},
+                   points_scale(splats["means"].detach().cpu().numpy()))
 
     def gaussians(self, cameras: Cameras, settings: RenderSettings = RenderSettings(),
                   step: Optional[int] = None) -> Gaussians:

@@ -139,6 +139,7 @@ class Trainer:
         """Train `model` from here on, with a fresh optimizer and strategy state (the trainer's
         own start; benchmarks use it to train a fixed-size model)."""
         self.model: Model = model.to(self.device)
+        self.settings = self.settings.for_scene(model.scene_scale)  # near/far planes follow the scene's size
         self.optimizer = self._optimizer_cls(model.params, model.learning_rates(self.start_step, self.iterations),
                                              self.cfg.options("optimizer"))
         self.strategy.check_sanity(model.params, self.optimizer.optimizers)
