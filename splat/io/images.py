@@ -115,7 +115,9 @@ def read_image(path: str | os.PathLike, orientation: Literal["stored", "exif"] =
             return _decode(im, p)
     except FormatError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:
+        raise FormatError(f"{p}: cannot read image: not an image file (no format Pillow reads recognises it)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise FormatError(f"{p}: cannot read image: {e}") from None
 
 
