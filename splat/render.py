@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import math
 from typing import Dict, Literal, Optional, Tuple
 
 import torch

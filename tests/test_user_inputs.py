@@ -263,13 +263,12 @@ def test_colmap_binary_counts_checked_against_the_size(tmp_path):
         load_dataset(tmp_path)
 
 
-def _nerfstudio_with_masks(root: Path, downscaled_noise=True):
+def _nerfstudio_with_masks(root: Path):
     import json
 
     from test_data import make_nerfstudio
 
     meta, truth, _, _ = make_nerfstudio(root, n=6, W=48, H=36)
-    rng = np.random.default_rng(1)
     masks = {}
     for k, fr in enumerate(meta["frames"]):
         m = np.full((36, 48), 255, np.uint8)

@@ -3,8 +3,6 @@ of ``Image2D.save`` or the ``.sgi`` codec file (told apart by the codec's magic)
 from __future__ import annotations
 
 import io
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Union
 
@@ -30,7 +28,12 @@ def load_image2d(path: Union[str, Path]) -> Image2D:
         return decode_bytes(data, where=str(path))
     try:
         sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError):
-        raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi)"
-                         ) from None
-    return Image2D.from_state_dict(sd, where=str(path))
+    except Exception as e:  # noqa: BLE001 - torch.load raises anything from IndexError to struct.error on bad bytes
+        raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi) "
+                         f"({type(e).__name__})") from None
+    try:
+        return Image2D.from_state_dict(sd, where=str(path))
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a readable pickle of the wrong shape
+        raise ValueError(f"{path}: not a splat 2D image model ({type(e).__name__}: {e})") from None

@@ -16,7 +16,8 @@ Reading (``read_image``, used by every dataset loader, ``splat-image fit`` and t
 * orientation: ``orientation="exif"`` applies the EXIF orientation tag, so a 2D fit is the
   picture as image viewers show it; the 3D loaders keep the stored pixels
   (``"stored"``), as COLMAP's poses assume.
-* any failure is a ``FormatError`` naming the file.
+* any failure is a ``FormatError`` naming the file; an image declaring more than
+  ``MAX_PIXELS`` (2^27) pixels is refused before anything is allocated.
 
 Used by the trainer (test renders), ``splat-render``, ``splat-image`` and the
 viewer (snapshots, depth view), so a picture looks the same wherever it is made.
@@ -91,7 +92,7 @@ def composite(rgb: np.ndarray, alpha: Optional[np.ndarray], background) -> np.nd
     return rgb * a + np.asarray(background, np.float32).reshape(1, 1, 3) * (1.0 - a)
 
 
-_EIGHT_BIT = {"L": 1, "RGB": 3}
+MAX_PIXELS = 1 << 27  # 134 million pixels (a 100-MP camera fits); a larger declared size is refused before decoding
 
 
 def read_image(path: str | os.PathLike, orientation: Literal["stored", "exif"] = "stored") -> DecodedImage:
@@ -107,8 +108,16 @@ def read_image(path: str | os.PathLike, orientation: Literal["stored", "exif"] =
         raise FormatError(f"{p}: image file not found")
     if not p.is_file():
         raise FormatError(f"{p}: not a regular file (an image was expected)")
+    try:  # from memory: a corrupt chunk length then cannot make a file read preallocate gigabytes
+        data = p.read_bytes()
+    except OSError as e:
+        raise FormatError(f"{p}: cannot read: {e.strerror or e}") from None
     try:
-        with Image.open(p) as im:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:  # before anything is allocated (a corrupt header can declare any size)
+                raise FormatError(f"{p}: declares {w}x{h} pixels, more than the {MAX_PIXELS:,} this reader decodes "
+                                  "(raise splat.io.images.MAX_PIXELS for larger images)")
             im.load()
             if orientation == "exif":
                 im = ImageOps.exif_transpose(im)
