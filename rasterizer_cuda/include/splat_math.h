@@ -643,12 +643,13 @@ SPLAT_HD int32_t alpha_contributes(float sigma, float raw_alpha) {
 
 // Gradient of alpha = min(kMaxAlpha, opacity * exp(-sigma(mean - pixel))) for a
 // contributing pair, given v_alpha. `vis` = exp(-sigma). The clamp passes no
-// gradient, as in the reference. Returned by value (no references), so that
+// gradient above kMaxAlpha, as in the reference. Returned by value (no references), so that
 // CPU loops calling it still vectorise.
 struct AlphaGrad { float v_a, v_b, v_c, v_mx, v_my, v_opacity; };
 SPLAT_HD AlphaGrad gaussian_alpha_vjp(float opacity, float vis, float a, float b, float c, float dx, float dy,
                                       float v_alpha) {
-    float open = opacity * vis < kMaxAlpha ? 1.f : 0.f;  // 0 where the clamp holds
+    float open = opacity * vis <= kMaxAlpha ? 1.f : 0.f;  // 0 where the clamp holds (passes at equality, as torch's
+                                                          // clamp and gsplat's backward do)
     float v_sigma = -open * opacity * vis * v_alpha;
     AlphaGrad g;
     g.v_a = 0.5f * v_sigma * dx * dx;

@@ -112,7 +112,9 @@ def project(
     det = a * c - b * b
     ok = in_depth & (det > 0)
     det = torch.where(ok, det, torch.ones_like(det))
-    compensations = torch.sqrt(torch.clamp(det_orig / det, min=0.0))
+    ratio = det_orig / det
+    pos = ratio > 0  # a zero-area footprint (a flat Gaussian seen edge-on) compensates to 0, with zero gradient
+    compensations = torch.where(pos, torch.sqrt(torch.where(pos, ratio, torch.ones_like(ratio))), 0.0)
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)
 
     with torch.no_grad():
