@@ -129,7 +129,10 @@ def main() -> int:
         HEADER.write_text(original)
     if earlier is not None:  # the earlier report with these mutants' new outcomes
         new = {(r["source"], r["change"]): r for r in results}
-        results = [new.get((r["source"], r["change"]), r) for r in earlier["mutants"]]
+        current = {_code(ln).strip() for ln in original.split("\n")}
+        results = [new.get((r["source"], r["change"]),
+                           r if r["source"] in current else {**r, "status": "source changed"})
+                   for r in earlier["mutants"]]
     survived = [r for r in results if r["status"] == "SURVIVED"]
     by_op = {op: (sum(r["op"] == op for r in results), sum(r["op"] == op for r in survived))
              for op in ("const", "cmp", "sign")}

@@ -112,6 +112,18 @@ def test_degenerate_quaternion_threshold_is_strict(any_backend):
     below = q_edge * 0.999
     c_below, _, _ = splat.rasterize(means, below, scales, opac, cols, V, K, W, H, backend=any_backend)
     torch.testing.assert_close(c_below, c_id, atol=0, rtol=0)
+    # and the backward agrees: a gradient at the threshold (huge, ~1/|q|), none below it
+    grads = {}
+    for name, q in (("edge", q_edge), ("below", below)):
+        for b in ("torch", any_backend):
+            qq = q.clone().requires_grad_(True)
+            c, _, _ = splat.rasterize(means, qq, scales, opac, cols, V, K, W, H, backend=b)
+            (c * torch.rand(c.shape, generator=torch.Generator().manual_seed(4))).sum().backward()
+            grads[name, b] = qq.grad
+    assert (grads["below", any_backend] == 0).all()
+    g_ref, g = grads["edge", "torch"], grads["edge", any_backend]
+    assert torch.isfinite(g).all() and g.abs().max() > 1e9
+    torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-4 * g_ref.abs().max().item())
 
 
 def _radius(backend, means, **kw):
@@ -207,3 +219,31 @@ def test_antialiased_gradients_of_a_flat_gaussian_seen_edge_on_are_finite(any_ba
     for t in (means, quats, scales, opac, cols):
         assert torch.isfinite(t.grad).all(), (any_backend, t.grad)
     assert info["opacities"][0, 0].item() == 0.0  # compensated to nothing: the flat one is invisible
+
+
+def test_gradients_exactly_at_the_guard_band_edge_match_the_reference(native):
+    """A mean exactly on the 1.3 x FoV guard band (x / z == the limit, exact in float32): the
+    clamp there passes the gradient, as torch's clamp does (the inside branch of the Jacobian)."""
+    import numpy as np
+
+    f32 = np.float32
+    lim = f32(f32(32 - 16) / f32(32)) + f32(0.3) * f32(f32(0.5) * f32(32) / f32(32))  # (W - cx)/fx + 0.3 tan
+    lim_neg = f32(f32(16) / f32(32)) + f32(0.3) * f32(f32(0.5) * f32(32) / f32(32))
+    z = 4.0
+    means = torch.tensor([[float(f32(z) * lim), 0.3, z], [-0.2, -float(f32(z) * lim_neg), z]])
+    assert means[0, 0].item() / z == float(lim)
+    quats = torch.tensor([[0.9, 0.2, -0.3, 0.1], [0.8, -0.1, 0.4, 0.2]])
+    scales = torch.tensor([[0.8, 0.6, 0.7], [0.6, 0.9, 0.5]])
+    opac = torch.tensor([0.8, 0.7])
+    cols = torch.tensor([[0.9, 0.2, 0.4], [0.1, 0.8, 0.5]])
+    K = torch.tensor([[[32.0, 0.0, 16.0], [0.0, 32.0, 16.0], [0.0, 0.0, 1.0]]])
+    w = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for b in ("torch", native):
+        ps = [t.clone().requires_grad_(True) for t in (means, quats, scales)]
+        c, a, _ = splat.rasterize(*ps, opac, cols, torch.eye(4)[None], K, 32, 32, backend=b)
+        ((c * w).sum() + a.sum()).backward()
+        grads[b] = [p.grad for p in ps]
+    for name, g_ref, g in zip(("means", "quats", "scales"), grads["torch"], grads[native]):
+        assert g_ref.abs().sum() > 0
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6 * g_ref.abs().max().item(), msg=name)

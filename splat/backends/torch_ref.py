@@ -97,8 +97,10 @@ def project(
     lim_x_neg = cx / fx + 0.3 * tan_fovx
     lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
     lim_y_neg = cy / fy + 0.3 * tan_fovy
-    tx = z * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x / z))
-    ty = z * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y / z))
+    # torch.clamp passes the whole gradient at the band's edge (as the native backward and gsplat do);
+    # torch.minimum/maximum would split it between the tied inputs
+    tx = z * torch.clamp(x / z, min=-lim_x_neg, max=lim_x_pos)
+    ty = z * torch.clamp(y / z, min=-lim_y_neg, max=lim_y_pos)
     zero = torch.zeros_like(z)
     J = torch.stack(
         [fx / z, zero, -fx * tx / (z * z), zero, fy / z, -fy * ty / (z * z)], dim=-1
