@@ -230,12 +230,13 @@ def test_gradients_exactly_at_the_guard_band_edge_match_the_reference(native):
     lim = f32(f32(32 - 16) / f32(32)) + f32(0.3) * f32(f32(0.5) * f32(32) / f32(32))  # (W - cx)/fx + 0.3 tan
     lim_neg = f32(f32(16) / f32(32)) + f32(0.3) * f32(f32(0.5) * f32(32) / f32(32))
     z = 4.0
-    means = torch.tensor([[float(f32(z) * lim), 0.3, z], [-0.2, -float(f32(z) * lim_neg), z]])
+    e_pos, e_neg = float(f32(z) * lim), float(f32(z) * lim_neg)
+    means = torch.tensor([[e_pos, 0.3, z], [-0.2, -e_neg, z], [-e_neg, -0.4, z], [0.5, e_pos, z]])  # one per edge
     assert means[0, 0].item() / z == float(lim)
-    quats = torch.tensor([[0.9, 0.2, -0.3, 0.1], [0.8, -0.1, 0.4, 0.2]])
-    scales = torch.tensor([[0.8, 0.6, 0.7], [0.6, 0.9, 0.5]])
-    opac = torch.tensor([0.8, 0.7])
-    cols = torch.tensor([[0.9, 0.2, 0.4], [0.1, 0.8, 0.5]])
+    quats = torch.tensor([[0.9, 0.2, -0.3, 0.1], [0.8, -0.1, 0.4, 0.2], [0.7, 0.3, 0.2, -0.4], [0.6, -0.2, 0.1, 0.5]])
+    scales = torch.tensor([[0.8, 0.6, 0.7], [0.6, 0.9, 0.5], [0.7, 0.5, 0.9], [0.5, 0.7, 0.6]])
+    opac = torch.tensor([0.8, 0.7, 0.75, 0.65])
+    cols = torch.tensor([[0.9, 0.2, 0.4], [0.1, 0.8, 0.5], [0.3, 0.3, 0.9], [0.7, 0.6, 0.1]])
     K = torch.tensor([[[32.0, 0.0, 16.0], [0.0, 32.0, 16.0], [0.0, 0.0, 1.0]]])
     w = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(2))
     grads = {}
