@@ -129,6 +129,117 @@ def test_adc_clones_splits_and_prunes():
     assert params["means"].shape[0] == 6 + 1 + 1 - 1
 
 
+def _adc_info(grads, radii=None, width=100, height=100):
+    means2d = torch.zeros(1, len(grads), 2, requires_grad=True)
+    means2d.grad = torch.tensor([[[g, 0.0] for g in grads]])
+    r = torch.ones(1, len(grads), 2, dtype=torch.int32) if radii is None else radii
+    return {"means2d": means2d, "radii": r, "width": width, "height": height}
+
+
+def test_adc_schedule_boundaries():
+    """Density control runs at steps start < step < stop with step % every == 0 (gsplat's
+    DefaultStrategy), and an opacity reset every reset_every steps; the state keys are part of
+    the checkpoint format. (Cases a mutation pass over adc.py found untested.)"""
+    strat = ADCStrategy(refine_start_iter=4, refine_stop_iter=12, refine_every=4, reset_every=8, prune_opa=0.01)
+    assert strat.initialize_state(2.5) == {"scene_scale": 2.5, "grad2d": None, "count": None}
+    for step, grows in ((4, False), (8, True), (11, False), (12, False)):
+        params, opts = _params_and_opts(N=4)
+        with torch.no_grad():
+            params["scales"][:] = -6.0  # small: cloned
+            params["opacities"][:] = 2.0
+        state = strat.initialize_state(1.0)
+        ev = strat.step_post_backward(params, opts, state, step, _adc_info([1.0, 0, 0, 0]),
+                                      generator=torch.Generator().manual_seed(0))
+        assert (ev.get("clone", 0) == 1) == grows, (step, ev)
+        if step >= 12:
+            assert ev == {} and state["grad2d"] is None  # nothing accumulated after the stop
+        else:
+            assert state["grad2d"] is not None
+        if step == 8:  # a reset step: opacities clamped to 2 * prune_opa
+            assert ev["reset"] == 1
+            assert torch.sigmoid(params["opacities"]).max().item() == pytest.approx(0.02, rel=1e-5)
+
+
+def test_adc_thresholds_are_strict_where_gsplat_is():
+    """grad > grow_grad2d grows, max scale <= grow_scale3d * scene_scale clones (else splits),
+    opacity < prune_opa prunes, and scale > prune_scale3d * scene_scale prunes only after the
+    first reset; gradients are in NDC-like units (pixels * size / 2 * cameras)."""
+    strat = ADCStrategy(refine_start_iter=0, refine_every=1, reset_every=5, grow_grad2d=0.5, grow_scale3d=0.1,
+                        prune_scale3d=0.3, prune_opa=0.25)
+    params, opts = _params_and_opts(N=6)
+    with torch.no_grad():
+        # scene scale 2: clone up to 0.2, prune above 0.6
+        params["scales"][:] = torch.log(torch.tensor([0.2, 0.2, 0.21, 0.7, 0.05, 0.05]))[:, None]
+        params["opacities"][:] = torch.logit(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.25, 0.2499]))
+    state = strat.initialize_state(2.0)
+    # 2D gradient 0.01 px * 100 / 2 = 0.5: exactly the threshold (not grown); 0.0102 -> 0.51 grows
+    grads = [0.0102, 0.01, 0.0102, 0.0, 0.0, 0.0]
+    ev = strat.step_post_backward(params, opts, state, 3, _adc_info(grads),
+                                  generator=torch.Generator().manual_seed(0))
+    assert ev == {"clone": 1, "split": 1, "prune": 1}, ev  # 0 cloned, 2 split, 5 pruned; 3 kept (before a reset)
+    params, opts = _params_and_opts(N=6)
+    with torch.no_grad():
+        params["scales"][:] = torch.log(torch.tensor([0.6, 0.61, 0.05, 0.05, 0.05, 0.05]))[:, None]
+        params["opacities"][:] = 2.0
+    state = strat.initialize_state(2.0)
+    ev = strat.step_post_backward(params, opts, state, 6, _adc_info([0.0] * 6),
+                                  generator=torch.Generator().manual_seed(0))
+    assert ev == {"clone": 0, "split": 0, "prune": 1}, ev  # after the reset at 5: only 0.61 > 0.6 goes
+    # the gradient normalisation: width / 2 * cameras, height likewise
+    state = strat.initialize_state(1.0)
+    params, _ = _params_and_opts(N=2)
+    info = _adc_info([0.02, 0.0], width=40)
+    info["means2d"].grad[0, 1, 1] = 0.03
+    strat._update_state(params, state, info)
+    torch.testing.assert_close(state["grad2d"], torch.tensor([0.4, 1.5]))
+    torch.testing.assert_close(state["count"], torch.tensor([1.0, 1.0]))
+    info = _adc_info([0.02, 0.02], radii=torch.tensor([[[1, 1], [0, 1]]], dtype=torch.int32))
+    strat._update_state(params, state, info)  # only Gaussians with both radii > 0 count
+    torch.testing.assert_close(state["count"], torch.tensor([2.0, 1.0]))
+
+
+def test_adc_max_gaussians_keeps_the_strongest_candidates():
+    strat = ADCStrategy(refine_start_iter=0, refine_every=1, reset_every=0, grow_grad2d=0.1, max_gaussians=7)
+    params, opts = _params_and_opts(N=5)
+    with torch.no_grad():
+        params["scales"][:] = -6.0
+        params["opacities"][:] = 2.0
+    means = params["means"].detach().clone()
+    state = strat.initialize_state(1.0)
+    ev = strat.step_post_backward(params, opts, state, 1, _adc_info([0.01, 0.05, 0.03, 0.0, 0.04]),
+                                  generator=torch.Generator().manual_seed(0))
+    assert ev["clone"] == 2 and params["means"].shape[0] == 7
+    torch.testing.assert_close(params["means"][5:].detach(), means[[1, 4]])  # the two largest gradients
+    ev = strat.step_post_backward(params, opts, state, 2, _adc_info([1.0] * 7),
+                                  generator=torch.Generator().manual_seed(0))
+    assert ev["clone"] == 0 and ev["split"] == 0  # full
+
+
+def test_adc_scaled_schedule():
+    s = ADCStrategy(refine_start_iter=500, refine_stop_iter=15_000, refine_every=100, reset_every=3000)
+    short = s.scaled(0.1)
+    assert (short.refine_start_iter, short.refine_stop_iter, short.refine_every, short.reset_every) == (50, 1500, 100,
+                                                                                                        300)
+    long = s.scaled(2.0)
+    assert (long.refine_start_iter, long.refine_stop_iter, long.refine_every, long.reset_every) == (1000, 30_000, 200,
+                                                                                                    6000)
+    assert ADCStrategy(refine_every=50).scaled(0.1).refine_every == 50  # never raised above the user's choice
+    assert short.grow_grad2d == s.grow_grad2d and short.prune_opa == s.prune_opa
+
+
+def test_adc_error_messages():
+    strat = ADCStrategy()
+    with pytest.raises(ValueError, match=r"^ADCStrategy: info\['means2d'\] does not require grad; render with "
+                                         r"gradients enabled$"):
+        strat.step_pre_backward(None, None, {}, 0, {"means2d": torch.zeros(1, 2, 2)})
+    params, _ = _params_and_opts(N=2)
+    info = {"means2d": torch.zeros(1, 2, 2, requires_grad=True), "radii": torch.ones(1, 2, 2), "width": 8, "height": 8}
+    with pytest.raises(ValueError, match=r"^ADCStrategy: no gradient on info\['means2d'\]$"):
+        strat._update_state(params, strat.initialize_state(), info)
+    with pytest.raises(ValueError, match=r"absgrad=True needs rasterize\(\.\.\., absgrad=True\)"):
+        ADCStrategy(absgrad=True)._update_state(params, strat.initialize_state(), info)
+
+
 # ----------------------------------------------------------------------------- training
 
 

@@ -504,3 +504,161 @@ def test_a_scene_far_from_the_origin_warns_about_float32(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset(write_blender(tmp_path / "near", views))
+
+
+# ------------------------------------------------------------------ COLMAP files, record by record
+# (the cases a mutation pass over splat/data/colmap_files.py showed untested)
+
+
+def _cameras_bin(*cams) -> bytes:
+    out = struct.pack("<Q", len(cams))
+    for cid, model, w, h, nparams in cams:
+        out += struct.pack("<iiQQ", cid, model, w, h) + struct.pack(f"<{nparams}d", *([1.0] * nparams))
+    return out
+
+
+def _images_bin(*imgs) -> bytes:
+    out = struct.pack("<Q", len(imgs))
+    for iid, name, npts in imgs:
+        out += struct.pack("<I4d3dI", iid, 1, 0, 0, 0, 0, 0, 0, 1) + name + struct.pack("<Q", npts) + b"\0" * 24 * npts
+    return out
+
+
+def _points_bin(*tracks) -> bytes:
+    out = struct.pack("<Q", len(tracks))
+    for i, t in enumerate(tracks):
+        out += struct.pack("<Q3d3Bd", i + 1, 0, 0, 0, 1, 2, 3, 0.5) + struct.pack("<Q", t) + b"\0" * 8 * t
+    return out
+
+
+@pytest.mark.parametrize("data,msg", [
+    (_cameras_bin((1, 1, 64, 48, 4)), None),
+    (_cameras_bin((1, 1, (1 << 20) - 1, 1, 4)), None),
+    (_cameras_bin((1, 1, 0, 48, 4)), r"camera 1 has an implausible size 0x48"),
+    (_cameras_bin((1, 1, 64, 0, 4)), r"camera 1 has an implausible size 64x0"),
+    (_cameras_bin((2, 1, 1 << 20, 48, 4)), r"camera 2 has an implausible size 1048576x48"),
+    (_cameras_bin((2, 1, 48, 1 << 20, 4)), r"camera 2 has an implausible size 48x1048576"),
+    (_cameras_bin((3, 99, 64, 48, 4)), r"camera 3 has unknown camera model id 99"),
+    (_cameras_bin((1, 1, 64, 48, 4))[:-1], r"truncated in the parameters of camera 1 \(needs 32 bytes\)"),
+    (struct.pack("<Q", 2) + _cameras_bin((1, 1, 64, 48, 4))[8:] + b"\0" * 10,
+     r"truncated in camera 1 \(at byte 64 of 74\)"),
+    (_cameras_bin((1, 1, 64, 48, 4)) + b"\0", r"1 unexpected bytes after the last record"),
+    (struct.pack("<Q", 2) + _cameras_bin((1, 1, 64, 48, 4))[8:], r"claims 2 cameras, which need at least 48 bytes, "
+                                                                   r"but only 56 remain|truncated in camera 1"),
+    (struct.pack("<Q", 3) + _cameras_bin((1, 1, 64, 48, 4))[8:], r"claims 3 cameras, which need at least 72 bytes, "
+                                                                   r"but only 56 remain"),
+])
+def test_colmap_cameras_bin_checks(tmp_path, data, msg):
+    from splat.data import DatasetError
+    from splat.data.colmap_files import _check_cameras
+
+    p = tmp_path / "cameras.bin"
+    p.write_bytes(data)
+    if msg is None:
+        _check_cameras(p)
+    else:
+        with pytest.raises(DatasetError, match=rf"cameras\.bin: {msg}"):
+            _check_cameras(p)
+
+
+@pytest.mark.parametrize("data,msg", [
+    (_images_bin((1, b"a b.png\0", 2), (7, b"c.png\0", 0)), None),
+    (_images_bin((5, b"abcdefghij", 0))[:-8], r"the name of image 5 has no terminating NUL"),
+    (_images_bin((5, b"\xff\xfe.png\0", 0)), r"the name of image 5 is not UTF-8"),
+    (_images_bin((5, b"a.png\0", 3))[:-48], r"claims 3 2D points of image 5, which need at least 72 bytes, but only "
+                                              r"24 remain"),
+    (_images_bin((5, b"a.png\0", 3), (6, b"b.png\0", 0))[:170], r"truncated in the pose of image 6 \(needs 56"),
+    (_images_bin((5, b"a.png\0", 3), (6, b"b.png\0", 0))[:220], r"truncated in the camera id of image 6"),
+    (struct.pack("<Q", 2) + _images_bin((5, b"a.png\0", 0))[8:], r"claims 2 images, which need at least 146 bytes"),
+])
+def test_colmap_images_bin_checks(tmp_path, data, msg):
+    from splat.data import DatasetError
+    from splat.data.colmap_files import _check_images
+
+    p = tmp_path / "images.bin"
+    p.write_bytes(data)
+    if msg is None:
+        _check_images(p)
+    else:
+        with pytest.raises(DatasetError, match=rf"images\.bin: {msg}"):
+            _check_images(p)
+
+
+@pytest.mark.parametrize("data,msg", [
+    (_points_bin(0, 3, 1), None),
+    (_points_bin(0, 3)[:-1], r"3D point 1 claims a track of 3 observations past the end of the file"),
+    (_points_bin(5, 0)[:-31], r"truncated in 3D point 1 \(at byte 99 of 119\)"),
+    (_points_bin(2) + b"\0\0", r"2 unexpected bytes after the last record"),
+    (struct.pack("<Q", 2) + _points_bin(0)[8:], r"claims 2 3D points, which need at least 102 bytes, but only 51"),
+])
+def test_colmap_points3d_bin_checks(tmp_path, data, msg):
+    from splat.data import DatasetError
+    from splat.data.colmap_files import _check_points
+
+    p = tmp_path / "points3D.bin"
+    p.write_bytes(data)
+    if msg is None:
+        _check_points(p)
+    else:
+        with pytest.raises(DatasetError, match=rf"points3D\.bin: {msg}"):
+            _check_points(p)
+
+
+TEXT_CAMERAS = "# Camera list\n1 PINHOLE 64 48 50 50 32 24\n"
+TEXT_IMAGES = ("# Image list\n# two lines per image\n1 1 0 0 0 0 0 3 1 my image 01.png\n10 20 -1 30 40 -1\n"
+               "2 1 0 0 0 0.1 0 3 1  other.png \n\n")
+TEXT_POINTS = "# 3D point list\n1 0.5 -1 2 255 0 7 0.5 1 0\n2 nan 0 inf 1 2 3 0.1\n"
+
+
+def test_colmap_text_model_reader(tmp_path):
+    from splat.data.colmap_files import read_text_model
+
+    (tmp_path / "m").mkdir()
+    for n, t in (("cameras", TEXT_CAMERAS), ("images", TEXT_IMAGES), ("points3D", TEXT_POINTS)):
+        (tmp_path / "m" / f"{n}.txt").write_text(t)
+    (tmp_path / "t").mkdir()
+    names, xyz, rgb, copy = read_text_model(tmp_path / "m", tmp_path / "t")
+    assert names == {1: "my image 01.png", 2: "other.png"}
+    np.testing.assert_array_equal(xyz[0], [0.5, -1, 2])
+    assert np.isnan(xyz[1, 0]) and np.isinf(xyz[1, 2])
+    np.testing.assert_array_equal(rgb, [[255, 0, 7], [1, 2, 3]])
+    assert xyz.dtype == np.float64 and rgb.dtype == np.uint8
+    assert (copy / "cameras.txt").read_text() == TEXT_CAMERAS.rstrip("\n") + "\n"
+    lines = (copy / "images.txt").read_text().split("\n")
+    assert lines[0] == "1 1 0 0 0 0 0 3 1 image_1" and lines[1] == ""
+    assert lines[2] == "2 1 0 0 0 0.1 0 3 1 image_2" and lines[3] == ""
+    assert (copy / "points3D.txt").read_text() == ""
+    rec = pycolmap.Reconstruction(str(copy))  # what pycolmap reads: poses, no 2D points
+    assert {im.name for im in rec.images.values()} == {"image_1", "image_2"}
+
+
+@pytest.mark.parametrize("which,text,msg", [
+    ("images", "1 1 0 0 0 0 0 3 1\n\n", r"images\.txt: line 1: expected IMAGE_ID .* got 9 fields"),
+    ("images", "x 1 0 0 0 0 0 3 1 a.png\n\n", r"images\.txt: line 1: the image id 'x' is not an integer"),
+    ("images", "1 1 0 0 0 0 0 3 1 a.png\n\n1 1 0 0 0 0 0 3 1 b.png\n\n", r"images\.txt: line 3: image id 1 appears twice"),
+    ("points3D", "1 0 0 0 255 0\n", r"points3D\.txt: line 1: expected POINT3D_ID X Y Z R G B \(colours 0-255\)"),
+    ("points3D", "1 0 0 0 256 0 0 0.5\n", r"points3D\.txt: line 1: expected POINT3D_ID X Y Z R G B \(colours"),
+    ("points3D", "1 0 0 0 -1 0 0 0.5\n", r"points3D\.txt: line 1: expected POINT3D_ID X Y Z R G B \(colours"),
+    ("points3D", "# c\n1 0 zero 0 1 0 0 0.5\n", r"points3D\.txt: line 2: expected POINT3D_ID X Y Z R G B \.\.\."),
+])
+def test_colmap_text_model_errors(tmp_path, which, text, msg):
+    from splat.data import DatasetError
+    from splat.data.colmap_files import read_text_model
+
+    (tmp_path / "m").mkdir()
+    files = {"cameras": TEXT_CAMERAS, "images": TEXT_IMAGES, "points3D": TEXT_POINTS, which: text}
+    for n, t in files.items():
+        (tmp_path / "m" / f"{n}.txt").write_text(t)
+    with pytest.raises(DatasetError, match=msg):
+        read_text_model(tmp_path / "m", tmp_path)
+
+
+def test_colmap_text_model_not_utf8(tmp_path):
+    from splat.data import DatasetError
+    from splat.data.colmap_files import read_text_model
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "cameras.txt").write_text(TEXT_CAMERAS)
+    (tmp_path / "m" / "images.txt").write_bytes(b"1 1 0 0 0 0 0 3 1 \xff.png\n\n")
+    with pytest.raises(DatasetError, match=r"images\.txt: not UTF-8 text \(invalid start byte at byte 18\)"):
+        read_text_model(tmp_path / "m", tmp_path)

@@ -638,92 +638,53 @@ def finish_dataset(
 
 
 # ----------------------------------------------------------------------------------------------
-# PLY points (x, y, z and red, green, blue; a small reader so this package does not depend on splat.io)
-
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
-}  # fmt: skip
+# PLY points (x, y, z and red, green, blue), parsed by splat.io.ply's header and element reader
 
 
 def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Vertex positions (float64 [P, 3]) and colours (uint8 [P, 3], or None when the file has none)."""
+    """Vertex positions (float64 [P, 3]) and colours (uint8 [P, 3], or None when the file has none),
+    with `splat.io.ply`'s parser (ascii and binary, any property order, extra elements). Positions
+    stored as integers are refused (most often half floats written as ``ushort``); points with
+    NaN/Inf coordinates are dropped with a warning (`drop_nonfinite_points`)."""
+    from ..io.common import read_file_bytes
+    from ..io.ply import parse_header, read_elements
+
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DatasetError(f"point cloud file not found: {path}") from None
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read point cloud: {e}") from None
-    end = data.find(b"end_header")
-    if not data.startswith(b"ply") or end < 0:
-        raise DatasetError(f"{path}: not a PLY file (no 'ply' magic or no 'end_header')")
-    body_start = data.index(b"\n", end) + 1
-    header = data[:end].decode("ascii", errors="replace").splitlines()
-    fmt = None
-    elements: list[tuple[str, int, list]] = []
-    for line in header[1:]:
-        tok = line.split()
-        if not tok or tok[0] in ("comment", "obj_info"):
-            continue
-        if tok[0] == "format":
-            fmt = tok[1] if len(tok) > 1 else None
-        elif tok[0] == "element" and len(tok) == 3:
-            elements.append((tok[1], int(tok[2]), []))
-        elif tok[0] == "property" and elements:
-            if len(tok) == 5 and tok[1] == "list":
-                elements[-1][2].append(("list", tok[2], tok[3], tok[4]))
-            elif len(tok) == 3 and tok[1] in _PLY_TYPES:
-                elements[-1][2].append((tok[2], _PLY_TYPES[tok[1]]))
-            else:
-                raise DatasetError(f"{path}: unsupported PLY property line {line!r}")
-    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise DatasetError(f"{path}: unsupported PLY format {fmt!r}")
-    names = [e[0] for e in elements]
-    if "vertex" not in names:
-        raise DatasetError(f"{path}: PLY file has no 'vertex' element")
-    body = data[body_start:]
-    vi = names.index("vertex")
-    count, props = elements[vi][1], elements[vi][2]
-    if any(p[0] == "list" for p in props):
-        raise DatasetError(f"{path}: list properties in the PLY 'vertex' element are not supported")
-    pnames = [p[0] for p in props]
+        data = read_file_bytes(path, "PLY point cloud")
+        header = parse_header(data, str(path))
+        vertex = header.element("vertex")
+        if vertex is None:
+            raise DatasetError(f"{path}: PLY file has no 'vertex' element")
+        if vertex.has_list:
+            raise DatasetError(f"{path}: list properties in the PLY 'vertex' element are not supported")
+        elements = read_elements(data, header, str(path))
+    except FormatError as e:
+        raise DatasetError(str(e)) from None
+    if "vertex" not in elements:
+        raise DatasetError(f"{path}: PLY element with list properties before 'vertex' is not supported")
+    rec = elements["vertex"]
+    kinds = dict(vertex.properties)
     for c in ("x", "y", "z"):
-        if c not in pnames:
+        if c not in kinds:
             raise DatasetError(f"{path}: PLY 'vertex' element has no '{c}' property")
-    if fmt == "ascii":
-        lines = body.decode("ascii", errors="replace").splitlines()
-        skip = sum(e[1] for e in elements[:vi])
-        rows = [ln for ln in lines[skip : skip + count]]
-        try:
-            arr = np.array([[float(t) for t in ln.split()[: len(props)]] for ln in rows], dtype=np.float64)
-        except ValueError as e:
-            raise DatasetError(f"{path}: malformed PLY vertex data: {e}") from None
-        if arr.shape != (count, len(props)):
-            raise DatasetError(f"{path}: PLY file is truncated (expected {count} vertices of {len(props)} values)")
-        cols = {n: arr[:, i] for i, n in enumerate(pnames)}
-    else:
-        endian = "<" if fmt == "binary_little_endian" else ">"
-        offset = 0
-        for name, n, eprops in elements[:vi]:
-            if any(p[0] == "list" for p in eprops):
-                raise DatasetError(f"{path}: PLY element '{name}' with list properties before 'vertex' is not supported")
-            offset += n * np.dtype([(p[0], endian + p[1]) for p in eprops]).itemsize
-        dt = np.dtype([(p[0], endian + p[1]) for p in props])
-        if len(body) < offset + count * dt.itemsize:
-            raise DatasetError(f"{path}: PLY file is truncated (expected {count} vertices)")
-        rec = np.frombuffer(body, dtype=dt, count=count, offset=offset)
-        cols = {n: rec[n].astype(np.float64) for n in pnames}
-    xyz = np.stack([cols["x"], cols["y"], cols["z"]], 1)
+    ints = [c for c in ("x", "y", "z") if np.dtype(kinds[c]).kind in "iu"]
+    if ints:
+        raise DatasetError(f"{path}: point positions {ints} are stored as integers; a point cloud stores them as "
+                           "float or double (if they hold half-float bit patterns, convert the file to float32)")
+    xyz = np.stack([rec[c].astype(np.float64) for c in ("x", "y", "z")], 1)
     rgb = None
     for trio in (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue")):
-        if all(c in cols for c in trio):
-            c = np.stack([cols[t] for t in trio], 1)
-            ptype = dict((p[0], p[1]) for p in props)[trio[0]]
-            if ptype.startswith("f") and np.nanmax(c, initial=0.0) <= 1.0:
+        if all(c in kinds for c in trio):
+            c = np.stack([rec[t].astype(np.float64) for t in trio], 1)
+            dt = np.dtype(kinds[trio[0]])
+            # the range comes from the type, never from the values: float in [0, 1], integers by their width
+            if dt.kind == "f":
+                if np.nanmax(c, initial=0.0) > 1.0:
+                    warnings.warn(f"{path}: float colours above 1 (max {np.nanmax(c):.4g}); float colours are read "
+                                  "in [0, 1], so they are clipped", stacklevel=2)
                 c = c * 255.0
+            elif dt.itemsize > 1:
+                c = c * (255.0 / float(np.iinfo(dt).max))
             rgb = np.clip(np.rint(np.nan_to_num(c)), 0, 255).astype(np.uint8)
             break
     return drop_nonfinite_points(xyz, rgb, path)

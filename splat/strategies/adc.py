@@ -77,7 +77,7 @@ class ADCStrategy(Strategy):
     @torch.no_grad()
     def _update_state(self, params, state, info) -> None:
         m2d = info["means2d"]
-        g = m2d.absgrad if self.absgrad else m2d.grad
+        g = getattr(m2d, "absgrad", None) if self.absgrad else m2d.grad
         if g is None:
             raise ValueError("ADCStrategy: no gradient on info['means2d']"
                              + (" (absgrad=True needs rasterize(..., absgrad=True))" if self.absgrad else ""))
