@@ -142,6 +142,9 @@ def test_adc_schedule_boundaries():
     the checkpoint format. (Cases a mutation pass over adc.py found untested.)"""
     strat = ADCStrategy(refine_start_iter=4, refine_stop_iter=12, refine_every=4, reset_every=8, prune_opa=0.01)
     assert strat.initialize_state(2.5) == {"scene_scale": 2.5, "grad2d": None, "count": None}
+    params, opts = _params_and_opts(N=4)
+    ev = strat.step_post_backward(params, opts, strat.initialize_state(1.0), 0, _adc_info([0.0] * 4))
+    assert "reset" not in ev  # step 0 is not a reset step
     for step, grows in ((4, False), (8, True), (11, False), (12, False)):
         params, opts = _params_and_opts(N=4)
         with torch.no_grad():
@@ -224,6 +227,7 @@ def test_adc_scaled_schedule():
     assert (long.refine_start_iter, long.refine_stop_iter, long.refine_every, long.reset_every) == (1000, 30_000, 200,
                                                                                                     6000)
     assert ADCStrategy(refine_every=50).scaled(0.1).refine_every == 50  # never raised above the user's choice
+    assert ADCStrategy(refine_every=150).scaled(0.1).refine_every == 100  # nor shrunk below 100
     assert short.grow_grad2d == s.grow_grad2d and short.prune_opa == s.prune_opa
 
 

@@ -534,6 +534,7 @@ def _points_bin(*tracks) -> bytes:
 @pytest.mark.parametrize("data,msg", [
     (_cameras_bin((1, 1, 64, 48, 4)), None),
     (_cameras_bin((1, 1, (1 << 20) - 1, 1, 4)), None),
+    (_cameras_bin((1, 1, 1, (1 << 20) - 1, 4)), None),
     (_cameras_bin((1, 1, 0, 48, 4)), r"camera 1 has an implausible size 0x48"),
     (_cameras_bin((1, 1, 64, 0, 4)), r"camera 1 has an implausible size 64x0"),
     (_cameras_bin((2, 1, 1 << 20, 48, 4)), r"camera 2 has an implausible size 1048576x48"),
@@ -582,6 +583,27 @@ def test_colmap_images_bin_checks(tmp_path, data, msg):
     else:
         with pytest.raises(DatasetError, match=rf"images\.bin: {msg}"):
             _check_images(p)
+
+
+def test_colmap_binary_messages_in_full(tmp_path):
+    from splat.data import DatasetError
+    from splat.data.colmap_files import _check_cameras, _check_points
+
+    p = tmp_path / "cameras.bin"
+    p.write_bytes(_cameras_bin((1, 1, 64, 48, 4))[:-1])
+    with pytest.raises(DatasetError) as e:
+        _check_cameras(p)
+    assert str(e.value) == (f"{p}: truncated in the parameters of camera 1 (needs 32 bytes) (at byte 32 of 63); "
+                            "the file is truncated or not a COLMAP binary model")
+    p = tmp_path / "points3D.bin"
+    p.write_bytes(_points_bin(1) + b"\0")
+    with pytest.raises(DatasetError) as e:
+        _check_points(p)
+    assert str(e.value) == f"{p}: 1 unexpected bytes after the last record (the counts and the data disagree)"
+    d = tmp_path / "dir.bin"
+    d.mkdir()
+    with pytest.raises(DatasetError, match=r"dir\.bin: cannot read: Is a directory"):
+        _check_points(d)
 
 
 @pytest.mark.parametrize("data,msg", [
@@ -650,6 +672,17 @@ def test_colmap_text_model_errors(tmp_path, which, text, msg):
     for n, t in files.items():
         (tmp_path / "m" / f"{n}.txt").write_text(t)
     with pytest.raises(DatasetError, match=msg):
+        read_text_model(tmp_path / "m", tmp_path)
+
+
+def test_colmap_text_model_unreadable(tmp_path):
+    from splat.data import DatasetError
+    from splat.data.colmap_files import read_text_model
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "cameras.txt").write_text(TEXT_CAMERAS)
+    (tmp_path / "m" / "images.txt").mkdir()
+    with pytest.raises(DatasetError, match=r"images\.txt: cannot read: Is a directory"):
         read_text_model(tmp_path / "m", tmp_path)
 
 

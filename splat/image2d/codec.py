@@ -328,7 +328,13 @@ def encode_bytes(q: QuantizedImage2D, zstd_level: int = 19) -> bytes:
 
 def decode_bytes(data: bytes, where: str = "data") -> Image2D:
     """Decode a .sgi file's bytes into the float model; CodecError names what is wrong."""
-    return parse(data, where).to_model()
+    q = parse(data, where)
+    try:
+        return q.to_model()
+    except CodecError:
+        raise
+    except ValueError as e:  # a header value the model refuses (e.g. top-K 0), behind a valid checksum
+        raise CodecError(f"{where}: {e}") from None
 
 
 def parse(data: bytes, where: str = "data") -> QuantizedImage2D:

@@ -26,6 +26,8 @@ def load_image2d(path: Union[str, Path]) -> Image2D:
     data = path.read_bytes()
     if data[:len(MAGIC)] == MAGIC:
         return decode_bytes(data, where=str(path))
+    if not data.startswith(b"PK\x03\x04"):
+        raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi)")
     try:
         sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises anything from IndexError to struct.error on bad bytes

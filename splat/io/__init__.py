@@ -51,7 +51,7 @@ from . import ply as _ply
 from . import splat_format as _splat
 from . import spz as _spz
 from .common import (SH_C0, SPLAT_KEYS, FormatError, atomic_write, identity_for_degenerate_quats, num_gaussians,
-                     read_file_bytes, sh_degree, validate_splats)
+                     read_file_bytes, sh_degree, torch_load_file, validate_splats)
 
 __all__ = [
     "FORMATS",
@@ -110,12 +110,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     simple_trainer layout) or the splats dict itself. Loaded with
     ``weights_only=True``: no arbitrary code is unpickled."""
     p = Path(path)
-    read_file_bytes(p, "checkpoint")  # existence / type checks
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, zip errors, unsupported globals
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FormatError(f"{p}: not a readable torch checkpoint ({msg})") from e
+    ckpt = torch_load_file(p, "checkpoint")
     splats = ckpt.get("splats", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(splats, Mapping) or "means" not in splats:
         keys = list(ckpt.keys())[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["SH_C0", "SPLAT_KEYS", "FormatError", "read_file_bytes", "atomic_write", "degree_for_rest", "sh_degree",
+__all__ = ["SH_C0", "SPLAT_KEYS", "FormatError", "read_file_bytes", "torch_load_file", "atomic_write", "degree_for_rest", "sh_degree",
            "num_gaussians", "validate_splats", "to_splats", "degenerate_quats",
            "identity_for_degenerate_quats", "MIN_QUAT_NORM2"]
 
@@ -45,6 +45,25 @@ def read_file_bytes(path: str | os.PathLike, what: str) -> bytes:
     if not data:
         raise FormatError(f"{p}: file is empty (0 bytes)")
     return data
+
+
+def torch_load_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load`` of a file written by ``torch.save`` (a zip archive, the only format torch has
+    written since 1.6), with ``weights_only=True`` (no arbitrary code is unpickled) and from
+    memory: a corrupt length inside the file then cannot make a file read preallocate gigabytes.
+    Raises FormatError naming the file for a missing file or anything torch cannot read."""
+    import io
+
+    p = Path(path)
+    data = read_file_bytes(p, what)
+    if not data.startswith(b"PK\x03\x04"):
+        raise FormatError(f"{p}: not a torch {what} (torch.save writes a zip archive; this file does not start "
+                          "with one)")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and unsupported-global errors of every kind
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FormatError(f"{p}: not a readable torch {what} ({type(e).__name__}: {msg})") from None
 
 
 def _default_mode() -> int:

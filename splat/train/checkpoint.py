@@ -23,7 +23,7 @@ from typing import List, Optional
 
 import torch
 
-from ..io.common import atomic_write
+from ..io.common import atomic_write, torch_load_file
 
 __all__ = ["CKPT_VERSION", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint"]
 
@@ -62,10 +62,7 @@ def load_checkpoint(path: Path) -> dict:
     """A checkpoint dict in today's layout (a version-1 file is converted: its ``optimizers``
     become ``optimizer`` and its model is ``static``). Raises ``ValueError`` naming the file
     when it is not a readable splat training checkpoint."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: not a readable splat checkpoint ({type(e).__name__}: {e})") from None
+    ck = torch_load_file(path, "checkpoint")  # a FormatError (a ValueError) naming the file
     if not isinstance(ck, dict) or ck.get("version") not in READABLE_VERSIONS or "splats" not in ck:
         raise ValueError(f"{path}: not a splat training checkpoint (versions {', '.join(map(str, READABLE_VERSIONS))})")
     if ck["version"] == 1:
