@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 TIME_LIMIT_S = 20
-MEMORY_LIMIT = 640 << 20  # above an image of splat.io.images.MAX_PIXELS at 4 bytes a pixel (512 MiB)
+MEMORY_LIMIT = 1 << 30  # an image of splat.io.images.MAX_PIXELS at 4 bytes a pixel (512 MiB) plus the decoder's buffers
 COUNTS: dict = defaultdict(Counter)
 
 # a few examples per reader in the default test run; `scripts/fuzz.py` (and `-m slow` with
