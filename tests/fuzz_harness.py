@@ -97,6 +97,18 @@ def run_reader(name: str, read: Callable[[], object], errors: Tuple[Type[BaseExc
                 raise Failure(f"{name}: left {sorted(left)} behind")
 
 
+def run_reader_on_file(name: str, filename: str, data: bytes, read: Callable[[Path], object],
+                       errors: Tuple[Type[BaseException], ...]) -> Optional[object]:
+    """`run_reader` of `read(path)` on `data` written as `filename` in a fresh folder (which must
+    hold nothing else afterwards); the error must name the file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as t:
+        p = Path(t) / filename
+        p.write_bytes(data)
+        return run_reader(name, lambda: read(p), errors, [str(p)], Path(t))
+
+
 # ------------------------------------------------------------------ mutations
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import splat.io as sio
-from fuzz_harness import FUZZ_SETTINGS, any_bytes, crc_fix, gzip_wrap, mutated, run_reader
+from fuzz_harness import FUZZ_SETTINGS, any_bytes, crc_fix, gzip_wrap, mutated, run_reader, run_reader_on_file
 from splat.data import DatasetError, load_dataset
 from splat.io import FormatError
 
@@ -96,12 +96,10 @@ def test_fuzz_model_readers(model_seeds, kind):
     @FUZZ_SETTINGS
     @given(data=st.one_of(mutated(inner, wrap=wrap, **opts), st.binary(max_size=1024)))
     def check(data):
-        with tempfile.TemporaryDirectory() as t:
-            p = Path(t) / f"fuzz{suffix}"
-            p.write_bytes(wrap(data) if wrap is not None and data[:2] != b"\x1f\x8b" and len(data) > 16 else data)
-            got = run_reader(f"splat.io.load {kind}", lambda: sio.load(p), (FormatError,), [str(p)], Path(t))
-            if got is not None:  # whatever is accepted is a valid model
-                sio.validate_splats(got, where=str(p))
+        raw = wrap(data) if wrap is not None and data[:2] != b"\x1f\x8b" and len(data) > 16 else data
+        got = run_reader_on_file(f"splat.io.load {kind}", f"fuzz{suffix}", raw, sio.load, (FormatError,))
+        if got is not None:  # whatever is accepted is a valid model
+            sio.validate_splats(got)
 
     check()
 
@@ -148,10 +146,7 @@ def test_fuzz_training_checkpoints(tmp_path_factory):
     @FUZZ_SETTINGS
     @given(data=any_bytes([seed]))
     def check(data):
-        with tempfile.TemporaryDirectory() as t:
-            p = Path(t) / "ckpt.pt"
-            p.write_bytes(data)
-            run_reader("training checkpoint", lambda: load_checkpoint(p), (ValueError,), [str(p)])
+        run_reader_on_file("training checkpoint", "ckpt.pt", data, load_checkpoint, (ValueError,))
 
     check()
 
@@ -169,10 +164,7 @@ def test_fuzz_sgi():
     @FUZZ_SETTINGS
     @given(data=st.one_of(mutated(seed, fix=crc_fix), st.binary(max_size=512)))
     def check(data):
-        with tempfile.TemporaryDirectory() as t:
-            p = Path(t) / "m.sgi"
-            p.write_bytes(data)
-            run_reader(".sgi", lambda: load_image2d(p), (ValueError,), [str(p)])
+        run_reader_on_file(".sgi", "m.sgi", data, load_image2d, (ValueError,))
 
     check()
 
@@ -196,7 +188,7 @@ def colmap_seed(tmp_path_factory):
     return root
 
 
-def _dataset_check(name, root: Path, files: dict, base: Path):
+def _dataset_check(name, files: dict, base: Path):
     """Copy `base` to a fresh folder, write `files` over it, load it."""
     with tempfile.TemporaryDirectory() as t:
         scene = Path(t) / "scene"
@@ -216,7 +208,7 @@ def test_fuzz_colmap_models(colmap_seed, layout, part):
     @FUZZ_SETTINGS
     @given(data=mutated(seed, text_header=layout == "txt"))
     def check(data):
-        _dataset_check(f"COLMAP {part}.{layout}", base, {rel: data}, base)
+        _dataset_check(f"COLMAP {part}.{layout}", {rel: data}, base)
 
     check()
 
@@ -257,7 +249,7 @@ def test_fuzz_transforms_json(json_seeds, layout, rel):
     @FUZZ_SETTINGS
     @given(data=st.one_of(mutated(seed), structured))
     def check(data):
-        _dataset_check(f"{rel} ({layout})", base, {rel: data}, base)
+        _dataset_check(f"{rel} ({layout})", {rel: data}, base)
 
     check()
 
@@ -287,14 +279,12 @@ def test_fuzz_images(image_seeds, fmt):
     @FUZZ_SETTINGS
     @given(data=mutated(seed), orientation=st.sampled_from(["stored", "exif"]))
     def check(data, orientation):
-        with tempfile.TemporaryDirectory() as t:
-            p = Path(t) / f"img.{fmt.split('-')[0].lower()}"
-            p.write_bytes(data)
-            img = run_reader(f"image {fmt}", lambda: read_image(p, orientation), (FormatError,), [str(p)])
-            if img is not None:
-                rgb = img.rgb_float()
-                assert rgb.ndim == 3 and rgb.shape[2] == 3 and np.isfinite(rgb).all()
-                assert rgb.min() >= 0 and rgb.max() <= 1
+        img = run_reader_on_file(f"image {fmt}", f"img.{fmt.split('-')[0].lower()}", data,
+                                 lambda p: read_image(p, orientation), (FormatError,))
+        if img is not None:
+            rgb = img.rgb_float()
+            assert rgb.ndim == 3 and rgb.shape[2] == 3 and np.isfinite(rgb).all()
+            assert rgb.min() >= 0 and rgb.max() <= 1
 
     check()
 
@@ -307,7 +297,7 @@ def test_fuzz_image_in_a_dataset(json_seeds):
     @FUZZ_SETTINGS
     @given(data=mutated(seed))
     def check(data):
-        _dataset_check("dataset image", base, {"train/r_0.png": data}, base)
+        _dataset_check("dataset image", {"train/r_0.png": data}, base)
 
     check()
 

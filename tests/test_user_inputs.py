@@ -3,6 +3,7 @@ viewers), one test per kind of fault, each asserting the right value. Every inpu
 from __future__ import annotations
 
 import math
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -510,6 +511,20 @@ def test_a_scene_far_from_the_origin_warns_about_float32(tmp_path):
 # (the cases a mutation pass over splat/data/colmap_files.py showed untested)
 
 
+def _check_colmap_file(tmp_path, name, check, data, msg):
+    """Write `data` as `name`, run the colmap_files `check`: it passes (msg None) or raises the
+    DatasetError `msg` after the file's name."""
+    from splat.data import DatasetError
+
+    p = tmp_path / name
+    p.write_bytes(data)
+    if msg is None:
+        check(p)
+    else:
+        with pytest.raises(DatasetError, match=rf"{re.escape(name)}: {msg}"):
+            check(p)
+
+
 def _cameras_bin(*cams) -> bytes:
     out = struct.pack("<Q", len(cams))
     for cid, model, w, h, nparams in cams:
@@ -550,16 +565,9 @@ def _points_bin(*tracks) -> bytes:
                                                                    r"but only 56 remain"),
 ])
 def test_colmap_cameras_bin_checks(tmp_path, data, msg):
-    from splat.data import DatasetError
     from splat.data.colmap_files import _check_cameras
 
-    p = tmp_path / "cameras.bin"
-    p.write_bytes(data)
-    if msg is None:
-        _check_cameras(p)
-    else:
-        with pytest.raises(DatasetError, match=rf"cameras\.bin: {msg}"):
-            _check_cameras(p)
+    _check_colmap_file(tmp_path, "cameras.bin", _check_cameras, data, msg)
 
 
 @pytest.mark.parametrize("data,msg", [
@@ -573,16 +581,9 @@ def test_colmap_cameras_bin_checks(tmp_path, data, msg):
     (struct.pack("<Q", 2) + _images_bin((5, b"a.png\0", 0))[8:], r"claims 2 images, which need at least 146 bytes"),
 ])
 def test_colmap_images_bin_checks(tmp_path, data, msg):
-    from splat.data import DatasetError
     from splat.data.colmap_files import _check_images
 
-    p = tmp_path / "images.bin"
-    p.write_bytes(data)
-    if msg is None:
-        _check_images(p)
-    else:
-        with pytest.raises(DatasetError, match=rf"images\.bin: {msg}"):
-            _check_images(p)
+    _check_colmap_file(tmp_path, "images.bin", _check_images, data, msg)
 
 
 def test_colmap_binary_messages_in_full(tmp_path):
@@ -614,16 +615,9 @@ def test_colmap_binary_messages_in_full(tmp_path):
     (struct.pack("<Q", 2) + _points_bin(0)[8:], r"claims 2 3D points, which need at least 102 bytes, but only 51"),
 ])
 def test_colmap_points3d_bin_checks(tmp_path, data, msg):
-    from splat.data import DatasetError
     from splat.data.colmap_files import _check_points
 
-    p = tmp_path / "points3D.bin"
-    p.write_bytes(data)
-    if msg is None:
-        _check_points(p)
-    else:
-        with pytest.raises(DatasetError, match=rf"points3D\.bin: {msg}"):
-            _check_points(p)
+    _check_colmap_file(tmp_path, "points3D.bin", _check_points, data, msg)
 
 
 TEXT_CAMERAS = "# Camera list\n1 PINHOLE 64 48 50 50 32 24\n"

@@ -19,11 +19,14 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..io.common import MIN_QUAT_NORM2
+
 ALPHA_THRESHOLD = 1.0 / 255.0
 MAX_ALPHA = 0.99
 TRANSMITTANCE_EPS = 1e-4
 MAX_EXTEND = 3.33
-MIN_QUAT_NORM2 = 1e-24  # |q|^2 below this (|q| < 1e-12, torch's normalize eps): the identity rotation
+# |q|^2 below MIN_QUAT_NORM2 (1e-24: |q| < 1e-12, torch's normalize eps) is the identity rotation, the
+# policy splat.io's readers and writers apply too (one constant; splat_math.h's kMinQuatNorm2 is its C twin)
 
 
 # ------------------------------------------------------------------ projection

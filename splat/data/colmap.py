@@ -224,17 +224,15 @@ def load_colmap(
         train_idx, test_idx = every_nth_split(names, test_every)
 
     # points
-    pids = sorted(rec.points3D.keys())
-    if not binary:
-        pts, rgb = drop_nonfinite_points(text_pts, text_rgb, points_file)
-        pts, rgb = (pts, rgb) if len(pts) else (None, None)
-    elif pids:
+    if binary:
+        pids = sorted(rec.points3D.keys())
         pts = np.array([rec.points3D[i].xyz for i in pids], dtype=np.float64).reshape(-1, 3)
         rgb = np.array([rec.points3D[i].color for i in pids], dtype=np.uint8).reshape(-1, 3)
-        pts, rgb = drop_nonfinite_points(pts, rgb, points_file)
-        pts, rgb = (pts, rgb) if len(pts) else (None, None)
     else:
-        pts, rgb = None, None
+        pts, rgb = text_pts, text_rgb
+    pts, rgb = drop_nonfinite_points(pts, rgb, points_file)
+    if not len(pts):
+        pts = rgb = None
 
     views = load_views(specs, downscale=downscale, background=background, undistort=undistort)
     similarity = similarity_from_cameras(np.stack([s.viewmat for s in specs]))

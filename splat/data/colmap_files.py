@@ -16,6 +16,7 @@ Format reference: COLMAP's ``src/colmap/scene/reconstruction_io_{binary,text}.cc
 """
 from __future__ import annotations
 
+import functools
 import struct
 from pathlib import Path
 
@@ -27,6 +28,7 @@ __all__ = ["check_binary_model", "read_text_model"]
 
 
 
+@functools.cache
 def _num_params() -> dict[int, int]:
     """COLMAP camera model id -> number of parameters, from the installed pycolmap (its models change
     between releases, so the table is not repeated here)."""

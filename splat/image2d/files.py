@@ -2,12 +2,10 @@
 of ``Image2D.save`` or the ``.sgi`` codec file (told apart by the codec's magic)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Union
 
-import torch
-
+from splat.io.common import FormatError, torch_load_bytes
 from splat.models.image2d import Image2D
 
 from .codec import MAGIC, decode_bytes
@@ -26,13 +24,11 @@ def load_image2d(path: Union[str, Path]) -> Image2D:
     data = path.read_bytes()
     if data[:len(MAGIC)] == MAGIC:
         return decode_bytes(data, where=str(path))
-    if not data.startswith(b"PK\x03\x04"):
-        raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi)")
     try:
-        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch.load raises anything from IndexError to struct.error on bad bytes
-        raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi) "
-                         f"({type(e).__name__})") from None
+        sd = torch_load_bytes(data, str(path), "2D image model")
+    except FormatError as e:
+        raise ValueError(f"{path}: not a splat 2D image model (.pt from `splat-image fit`) or codec file (.sgi): "
+                         f"{str(e).removeprefix(f'{path}: ')}") from None
     try:
         return Image2D.from_state_dict(sd, where=str(path))
     except ValueError:

@@ -31,8 +31,9 @@ Policies shared by every format:
   rotation everywhere: every backend renders them so (as gsplat does), readers
   replace them by (1, 0, 0, 0) with a warning naming the file, the count and the
   first index, and writers store the identity.
-* Saving validates the dict first (keys, shapes, dtypes, finite values) and writes to a temporary file in the destination
-  directory that is renamed over the target only when complete: a failed save
+* Saving validates the dict first (keys, shapes, dtypes, finite values) and
+  writes to a temporary file in the destination directory that is renamed over
+  the target only when complete: a failed save
   leaves no output, no temporary file, and any existing file untouched.
 * Readers raise ``FormatError`` (a ``ValueError``) naming the file and the
   problem: missing file, wrong magic, truncated data, corrupt gzip, bad

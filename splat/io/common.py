@@ -15,8 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["SH_C0", "SPLAT_KEYS", "FormatError", "read_file_bytes", "torch_load_file", "atomic_write", "degree_for_rest", "sh_degree",
-           "num_gaussians", "validate_splats", "to_splats", "degenerate_quats",
+__all__ = ["SH_C0", "SPLAT_KEYS", "FormatError", "read_file_bytes", "torch_load_bytes", "torch_load_file",
+           "atomic_write", "degree_for_rest", "sh_degree", "num_gaussians", "validate_splats", "to_splats", "degenerate_quats",
            "identity_for_degenerate_quats", "MIN_QUAT_NORM2"]
 
 SH_C0 = 0.28209479177387814
@@ -47,23 +47,26 @@ def read_file_bytes(path: str | os.PathLike, what: str) -> bytes:
     return data
 
 
-def torch_load_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load`` of a file written by ``torch.save`` (a zip archive, the only format torch has
-    written since 1.6), with ``weights_only=True`` (no arbitrary code is unpickled) and from
-    memory: a corrupt length inside the file then cannot make a file read preallocate gigabytes.
-    Raises FormatError naming the file for a missing file or anything torch cannot read."""
+def torch_load_bytes(data: bytes, where: str, what: str = "checkpoint") -> Any:
+    """``torch.load`` of the bytes of a file written by ``torch.save`` (a zip archive, the only
+    format torch has written since 1.6), with ``weights_only=True`` (no arbitrary code is
+    unpickled) and from memory: a corrupt length inside the file then cannot make a file read
+    preallocate gigabytes. Raises FormatError naming `where` for anything torch cannot read."""
     import io
 
-    p = Path(path)
-    data = read_file_bytes(p, what)
     if not data.startswith(b"PK\x03\x04"):
-        raise FormatError(f"{p}: not a torch {what} (torch.save writes a zip archive; this file does not start "
-                          "with one)")
+        raise FormatError(f"{where}: not a torch {what} (torch.save writes a zip archive; this file does not "
+                          "start with one)")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle, zip and unsupported-global errors of every kind
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FormatError(f"{p}: not a readable torch {what} ({type(e).__name__}: {msg})") from None
+        raise FormatError(f"{where}: not a readable torch {what} ({type(e).__name__}: {msg})") from None
+
+
+def torch_load_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """`torch_load_bytes` of a file (FormatError for a missing, empty or unreadable file too)."""
+    return torch_load_bytes(read_file_bytes(path, what), str(Path(path)), what)
 
 
 def _default_mode() -> int:
@@ -180,7 +183,7 @@ def validate_splats(splats: Mapping[str, Any], where: str = "splats") -> dict[st
     return out
 
 
-MIN_QUAT_NORM2 = 1e-24  # the rasterizer's threshold (splat_math.h kMinQuatNorm2, torch_ref.MIN_QUAT_NORM2)
+MIN_QUAT_NORM2 = 1e-24  # the rasterizer's threshold too (torch_ref imports it; splat_math.h kMinQuatNorm2)
 
 
 def degenerate_quats(quats: np.ndarray) -> np.ndarray:

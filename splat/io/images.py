@@ -36,9 +36,10 @@ from typing import List, Literal, Optional, Tuple
 import numpy as np
 import torch
 
-from .common import FormatError, atomic_write
+from .common import FormatError, atomic_write, read_file_bytes
 
-__all__ = ["read_image", "DecodedImage", "composite", "write_png", "save_png", "write_video", "turbo", "colorize", "depth_range_of", "VIDEO_SUFFIXES"]
+__all__ = ["read_image", "DecodedImage", "composite", "write_png", "save_png", "write_video", "turbo", "colorize",
+           "depth_range_of", "VIDEO_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -104,14 +105,7 @@ def read_image(path: str | os.PathLike, orientation: Literal["stored", "exif"] =
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
-    if not p.exists():
-        raise FormatError(f"{p}: image file not found")
-    if not p.is_file():
-        raise FormatError(f"{p}: not a regular file (an image was expected)")
-    try:  # from memory: a corrupt chunk length then cannot make a file read preallocate gigabytes
-        data = p.read_bytes()
-    except OSError as e:
-        raise FormatError(f"{p}: cannot read: {e.strerror or e}") from None
+    data = read_file_bytes(p, "image")  # from memory: a corrupt chunk length cannot make a read preallocate
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size

@@ -42,7 +42,7 @@ PLY_TYPES = {
     "float": "f4", "float32": "f4",
     "double": "f8", "float64": "f8",
 }
-_TYPE_NAMES = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint"}
+_TYPE_NAMES = {code: name for name, code in reversed(PLY_TYPES.items())}  # numpy code -> PLY's short name
 _FORMATS = {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": "="}
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")

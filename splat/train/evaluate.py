@@ -33,7 +33,8 @@ def render_views(model: Model, views: Views, settings: RenderSettings, *, backgr
 def evaluate(model: Model, views: Views, settings: RenderSettings, background: Tensor,
              save: Optional[Callable[[int, Tensor, Tensor], None]] = None) -> dict:
     """PSNR and SSIM (`splat.metrics`, averaged over views; over each view's kept pixels
-    where the data has masks) of the views rendered on `background` [3] against their images, the median render time, and per-view figures.
+    where the data has masks) of the views rendered on `background` [3] against their
+    images, the median render time, and per-view figures.
     `save(i, pred, gt)` gets each clamped render and its image. An empty split gives {}."""
     if len(views) == 0:
         return {}
