@@ -14,6 +14,17 @@
   whatever ``normalize`` says); ``scene_scale`` comes from the train cameras as usual.
 * Split: train from ``transforms_train.json``, test from ``transforms_test.json``;
   ``test_every=0`` merges the test frames into train (3DGS without ``--eval``).
+
+Dynamic scenes (D-NeRF) use the same layout with a per-frame ``"time"``: a finite number in
+``[0, 1]`` (the instant of the frame, 0 = first, 1 = last). Either every frame of the train and
+test files has one or none has ("missing times" otherwise, naming the first frame without one).
+Within one file the times must not decrease in the order the frames are listed: D-NeRF lists its
+frames in time order, and a multi-view file lists every camera at one instant, then the next
+instant. The times reach ``Split.times`` (float32 [M]) and from there ``Cameras.time``;
+``Dataset.format`` stays ``"blender"``, with ``meta["dynamic"] = True`` and
+``meta["num_frames"]`` (the number of distinct times over the loaded frames) added, and
+``Dataset.time_range`` gives their span. Every error is a ``DatasetError`` naming the json file
+and the frame index (``frame i`` counts from 0 in the file's ``frames`` list).
 """
 from __future__ import annotations
 
@@ -52,6 +63,45 @@ def _resolve_image(root: Path, file_path: str) -> Path:
     return p if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".exr", ".webp", ".bmp", ".tif", ".tiff") else with_png
 
 
+def _read_time(fr: dict, json_path: Path, where: str) -> float | None:
+    """The frame's optional ``time``: None when absent, else a finite number in [0, 1]."""
+    if "time" not in fr:
+        return None
+    t = as_float(fr["time"], "time", json_path, where)
+    if not 0.0 <= t <= 1.0:
+        raise DatasetError(f"{json_path}: key 'time'{where} must be in [0, 1], got {t!r}")
+    return t
+
+
+def _check_time_order(specs: list[ViewSpec], json_path: Path) -> None:
+    """Within one file, the frames' times must not decrease in the order they are listed."""
+    prev: tuple[int, float] | None = None
+    for i, s in enumerate(specs):
+        if s.time is None:
+            continue
+        if prev is not None and s.time < prev[1]:
+            raise DatasetError(
+                f"{json_path}: frames out of time order: frame {i} has time {s.time!r} after frame {prev[0]} with "
+                f"time {prev[1]!r} (times must not decrease in the order the frames are listed)")
+        prev = (i, s.time)
+
+
+def _check_times_complete(files: list[tuple[Path, list[ViewSpec]]]) -> bool:
+    """True when every frame has a time, False when none has; "missing times" error for a mix,
+    naming the first frame (train file first) without one and a frame that has one."""
+    with_time = [(p, i, s.time) for p, specs in files for i, s in enumerate(specs) if s.time is not None]
+    if not with_time:
+        return False
+    for p, specs in files:
+        for i, s in enumerate(specs):
+            if s.time is None:
+                q, j, t = with_time[0]
+                raise DatasetError(
+                    f"{p}: missing times: frame {i} has no 'time', but other frames have one ({q.name} frame {j} "
+                    f"has time {t!r}); a dynamic scene needs a time on every frame of the train and test files")
+    return True
+
+
 def _read_split(root: Path, json_path: Path) -> list[ViewSpec]:
     meta = load_json(json_path)
     if not isinstance(meta, dict):
@@ -81,6 +131,7 @@ def _read_split(root: Path, json_path: Path) -> list[ViewSpec]:
         cy = as_float(cam["cy"], "cy", json_path, where) if "cy" in cam else None
         w = as_int(cam["w"], "w", json_path, where) if "w" in cam else None
         h = as_int(cam["h"], "h", json_path, where) if "h" in cam else None
+        time = _read_time(fr, json_path, where)
         label = f"the camera of {json_path.name} frame {i}"
         dist = distortion_from(cam, "OPENCV", json_path, where, label)
 
@@ -100,8 +151,10 @@ def _read_split(root: Path, json_path: Path) -> list[ViewSpec]:
                 distortion=dist,
                 camera_key=("blender", json_path.name, fl_x, angle, fl_y, cx, cy, w, h, dist),
                 camera_label=label,
+                time=time,
             )
         )
+    _check_time_order(specs, json_path)
     return specs
 
 
@@ -117,6 +170,10 @@ def load_blender(
     seed: int,
     undistort: bool,
 ):
+    """Load a NeRF-synthetic / D-NeRF folder (layout and rules in the module docstring); the
+    keyword arguments are `splat.data.load_dataset`'s. Raises ``DatasetError`` naming the file
+    (and frame) for a missing or malformed json file, a bad camera, a bad or missing image, and
+    for D-NeRF times that are missing on some frames, not finite, outside [0, 1] or out of order."""
     train_json = root / "transforms_train.json"
     if not train_json.is_file():
         raise DatasetError(f"{root}: transforms_train.json not found")
@@ -125,6 +182,7 @@ def load_blender(
     test = _read_split(root, test_json) if test_json.is_file() else []
     if not train:
         raise DatasetError(f"{train_json}: 'frames' is empty: the dataset has no training images")
+    dynamic = _check_times_complete([(train_json, train), (test_json, test)])
     if test_every <= 0:
         train, test = train + test, []
     specs = train + test
@@ -133,6 +191,9 @@ def load_blender(
     if ply.is_file():
         pts, rgb = load_points_ply(ply)
     views = load_views(specs, downscale=downscale, background=background, undistort=undistort)
+    meta: dict = {"ply": str(ply) if ply.is_file() else None}
+    if dynamic:
+        meta.update(dynamic=True, num_frames=len({s.time for s in specs}))
     n = len(train)
     return finish_dataset(
         fmt="blender",
@@ -148,5 +209,5 @@ def load_blender(
         max_init_points=max_init_points,
         seed=seed,
         background=background,
-        meta={"ply": str(ply) if ply.is_file() else None},
+        meta=meta,
     )

@@ -102,6 +102,17 @@ class Dataset:
     root: Path
     meta: dict = field(default_factory=dict)  # loader-specific extras (camera models, applied_transform, ...)
 
+    @property
+    def time_range(self) -> tuple[float, float] | None:
+        """``(min, max)`` of the view times over train and test (dynamic scenes, times in [0, 1]),
+        or None when the dataset has no times."""
+        ts = [np.asarray(s.times, dtype=np.float64).reshape(-1) for s in (self.train, self.test) if s.times is not None]
+        ts = [t for t in ts if t.size]
+        if not ts:
+            return None
+        t = np.concatenate(ts)
+        return float(t.min()), float(t.max())
+
 
 # ----------------------------------------------------------------------------------------------
 # JSON helpers
@@ -252,6 +263,7 @@ class ViewSpec:
     downscaled_path: Path | None = None  # a pre-downscaled copy to use when downscaling, if it exists
     make_K: Callable[[int, int], np.ndarray] | None = None
     mask_path: Path | None = None  # a full-resolution mask (non-zero = pixel used), nerfstudio's mask_path
+    time: float | None = None  # the view's time (dynamic scenes, in [0, 1]); None for static data
 
 
 @dataclass
@@ -264,6 +276,7 @@ class LoadedView:
     height: int
     viewmat: np.ndarray  # float64 [4, 4]
     mask: np.ndarray | None = None  # bool [H, W]
+    time: float | None = None  # the view's time (dynamic scenes, in [0, 1]); None for static data
 
 
 def check_distortion(specs: Sequence[ViewSpec], undistort: bool) -> None:
@@ -373,14 +386,26 @@ def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict
         if mask is not None:
             mask = umap.apply(np.where(mask, 255, 0).astype(np.uint8)) == 255
         K = umap.K_new.copy()
-    return LoadedView(spec.name, rgb, alpha, K, tw, th, np.asarray(spec.viewmat, dtype=np.float64), mask)
+    return LoadedView(spec.name, rgb, alpha, K, tw, th, np.asarray(spec.viewmat, dtype=np.float64), mask, spec.time)
 
 
 def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np.ndarray) -> Split:
-    """A Split of ``views[indices]`` with the (normalised) ``viewmats`` of all views."""
+    """A Split of ``views[indices]`` with the (normalised) ``viewmats`` of all views.
+
+    ``Split.times`` (float32 [M]) is set when every view of ``views`` has a time (so an empty split
+    of a dynamic dataset gets an empty array), None when none has; a mix raises ``DatasetError``
+    naming the first view without one (the loaders check their files before this)."""
     idx = list(indices)
     alphas = [views[i].alpha for i in idx]
     masks = [views[i].mask for i in idx]
+    timed = [v.time is not None for v in views]
+    times = None
+    if views and all(timed):
+        times = np.array([views[i].time for i in idx], dtype=np.float32).reshape(len(idx))
+    elif any(timed):
+        first = views[timed.index(False)].name
+        raise DatasetError(f"missing times: view '{first}' has no time but other views have one; a dynamic scene "
+                           "needs a time on every view")
     return Split(
         names=[views[i].name for i in idx],
         images=[views[i].image for i in idx],
@@ -390,6 +415,7 @@ def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np
         heights=[views[i].height for i in idx],
         alphas=alphas if any(a is not None for a in alphas) else None,
         masks=masks if any(m is not None for m in masks) else None,
+        times=times,
     )
 
 

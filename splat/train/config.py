@@ -45,12 +45,16 @@ class TrainConfig:
     """Optimizer steps (one view per step). Default: 30000, or 3000 for the embedded default scene."""
     resume: bool = False
     """Continue from the last checkpoint in --out (its saved config is used)."""
-    data_format: Literal["auto", "colmap", "blender", "nerfstudio"] = "auto"
+    data_format: Literal["auto", "colmap", "blender", "nerfstudio", "n3v"] = "auto"
     """Dataset layout; auto detects it from the folder."""
     downscale: int = 1
     """Integer image downscale factor (uses images_N/ folders where they exist)."""
     test_every: int = 8
     """Every N-th image (by name) is held out for testing where the data has no split; 0 = no test set."""
+    frame_step: int = 1
+    """Multi-view video (n3v): keep every n-th frame."""
+    max_frames: Optional[int] = None
+    """Multi-view video (n3v): keep at most this many frames per video (default: all)."""
     background: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Background colour: RGBA images are composited on it and renders use it."""
     normalize: bool = True

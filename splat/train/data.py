@@ -20,7 +20,8 @@ def load_data(cfg: TrainConfig) -> Dataset:
     path = cfg.data if cfg.data is not None else default_scene_path()
     return load_dataset(path, downscale=cfg.downscale, test_every=cfg.test_every, background=cfg.background,
                         normalize=cfg.normalize, max_init_points=cfg.max_init_points,
-                        num_random_points=cfg.num_random_points, seed=cfg.seed, format=cfg.data_format)
+                        num_random_points=cfg.num_random_points, seed=cfg.seed, format=cfg.data_format,
+                        frame_step=cfg.frame_step, max_frames=cfg.max_frames)
 
 
 class Views:
