@@ -50,6 +50,7 @@ Run ``python -m scenes.default_scene --out scenes/data/default`` to regenerate i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -413,15 +414,23 @@ def _import_mitsuba(variant: str | None, threads: int):
 
 
 class Renderer:
-    """One loaded scene; renders any camera-to-world (OpenGL convention)."""
+    """One loaded scene; renders any camera-to-world (OpenGL convention).
 
-    def __init__(self, width=WIDTH, height=HEIGHT, seed=0, variant=None, threads=1):
+    ``scene_fn(mi, asset_dir, width, height, seed)`` builds the Mitsuba dict (default: this module's
+    ``scene_dict``); ``load`` swaps in another dict later (the dynamic scene loads one per instant)."""
+
+    def __init__(self, width=WIDTH, height=HEIGHT, seed=0, variant=None, threads=1, scene_fn=None):
         self.mi, self.dr, self.variant = _import_mitsuba(variant, threads)
         self._tmp = tempfile.TemporaryDirectory(prefix="splat_scene_")
-        self.scene = self.mi.load_dict(scene_dict(self.mi, Path(self._tmp.name), width, height, seed))
+        self.asset_dir = Path(self._tmp.name)
+        self.load((scene_fn or scene_dict)(self.mi, self.asset_dir, width, height, seed))
+        self.width, self.height = width, height
+
+    def load(self, d: dict) -> None:
+        """Make the Mitsuba scene dict ``d`` (with one sensor) the rendered scene."""
+        self.scene = self.mi.load_dict(d)
         self.sensor = self.scene.sensors()[0]
         self.params = self.mi.traverse(self.sensor)
-        self.width, self.height = width, height
 
     def _set_pose(self, c2w_gl):
         self.params["to_world"] = self.mi.ScalarTransform4f(_mitsuba_to_world(c2w_gl))
@@ -502,16 +511,31 @@ def _frames(poses, split):
              "transform_matrix": [[float(x) for x in row] for row in p]} for i, p in enumerate(poses)]
 
 
+@contextlib.contextmanager
+def replaced_when_complete(out_dir):
+    """Yields a fresh temporary folder beside out_dir; when the block completes, out_dir (if any) is
+    removed and the folder renamed to it; when it raises (or is interrupted), the folder is removed."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".partial.", dir=out_dir.parent))
+    work.chmod(0o755)
+    try:
+        yield work
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
 def generate(out_dir, width: int = WIDTH, n_train: int = N_TRAIN, n_test: int = N_TEST, spp: int = SPP,
              seed: int = 0, n_points: int = 12000, variant: str | None = None, threads: int = 1,
              verbose: bool = True) -> Path:
     """Render the default scene into out_dir (NeRF-synthetic layout). Written to a temporary folder
     beside out_dir and renamed into place when complete."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".partial.", dir=out_dir.parent))
-    work.chmod(0o755)
-    try:
+    with replaced_when_complete(out_dir) as work:
         t0 = time.time()
         r = Renderer(width, width, seed, variant, threads)
         if verbose:
@@ -531,12 +555,6 @@ def generate(out_dir, width: int = WIDTH, n_train: int = N_TRAIN, n_test: int = 
         write_points_ply(work / "points3d.ply", xyz, rgb)
         if verbose:
             print(f"done in {time.time() - t0:.0f}s: {out_dir}", flush=True)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -550,15 +568,26 @@ def sparse_points(r: Renderer, poses, img_dir: Path, n_points: int, seed: int, n
     per = int(math.ceil(n_points / n_views))
     xyz_all, rgb_all = [], []
     for k, v in enumerate(views):
-        pos, hit = r.render_positions(poses[v], seed=5000 + k)
         img = np.asarray(Image.open(img_dir / "train" / f"r_{v}.png"))
-        ok = hit & (img[..., 3] == 255)
-        idx = np.flatnonzero(ok.ravel())
-        pick = rng.choice(idx, size=min(per, len(idx)), replace=False)
-        xyz_all.append(pos.reshape(-1, 3)[pick])
-        rgb_all.append(img[..., :3].reshape(-1, 3)[pick])
-    xyz = np.concatenate(xyz_all)[:n_points]
-    rgb = np.concatenate(rgb_all)[:n_points].astype(np.float64)
+        xyz, rgb = surface_samples(r, poses[v], img, per, rng, seed=5000 + k)
+        xyz_all.append(xyz)
+        rgb_all.append(rgb)
+    return noisy_points(np.concatenate(xyz_all)[:n_points], np.concatenate(rgb_all)[:n_points], rng)
+
+
+def surface_samples(r: Renderer, c2w, img: np.ndarray, count: int, rng, seed: int):
+    """Up to `count` random opaque pixels of the rendered RGBA8 view `img` (camera c2w): the world
+    positions of their first hits (one ray each) and their sRGB colours."""
+    pos, hit = r.render_positions(c2w, seed=seed)
+    ok = hit & (img[..., 3] == 255)
+    idx = np.flatnonzero(ok.ravel())
+    pick = rng.choice(idx, size=min(count, len(idx)), replace=False)
+    return pos.reshape(-1, 3)[pick], img[..., :3].reshape(-1, 3)[pick]
+
+
+def noisy_points(xyz: np.ndarray, rgb: np.ndarray, rng):
+    """~3 mm of position noise and a little colour noise, like an SfM sparse cloud: (float32, uint8)."""
+    rgb = rgb.astype(np.float64)
     xyz = xyz + rng.normal(0.0, 0.003, xyz.shape)
     rgb = np.clip(rgb + rng.normal(0.0, 4.0, rgb.shape), 0, 255).round().astype(np.uint8)
     return xyz.astype(np.float32), rgb
@@ -566,18 +595,28 @@ def sparse_points(r: Renderer, poses, img_dir: Path, n_points: int, seed: int, n
 
 def contact_sheet(data_dir, out_png, n: int = 8, cols: int = 4, background=(255, 255, 255)) -> Path:
     """A grid of n evenly spaced training views of a rendered dataset, composited on background."""
-    from PIL import Image
-
-    data_dir, out_png = Path(data_dir), Path(out_png)
+    data_dir = Path(data_dir)
     frames = json.loads((data_dir / "transforms_train.json").read_text())["frames"]
     pick = np.linspace(0, len(frames) - 1, n).round().astype(int)
-    tiles = []
+    paths = []
     for i in pick:
         fp = frames[i]["file_path"]
         fp = fp[2:] if fp.startswith("./") else fp
-        im = Image.open(data_dir / (fp + ".png")).convert("RGBA")
+        paths.append(data_dir / (fp + ".png"))
+    return sheet_of_images(paths, out_png, cols, background)
+
+
+def sheet_of_images(paths, out_png, cols: int, background=(255, 255, 255)) -> Path:
+    """A grid (row-major, `cols` wide) of the RGBA images at `paths`, composited on background."""
+    from PIL import Image
+
+    out_png = Path(out_png)
+    tiles = []
+    for p in paths:
+        im = Image.open(p).convert("RGBA")
         bg = Image.new("RGBA", im.size, tuple(background) + (255,))
         tiles.append(Image.alpha_composite(bg, im).convert("RGB"))
+    n = len(tiles)
     w, h = tiles[0].size
     rows = int(math.ceil(n / cols))
     sheet = Image.new("RGB", (cols * w, rows * h), tuple(background))
@@ -594,9 +633,9 @@ def contact_sheet(data_dir, out_png, n: int = 8, cols: int = 4, background=(255,
 # where the dataset is
 
 
-def _cache_dir() -> Path:
+def _cache_dir(name: str = "default") -> Path:
     base = os.environ.get("SPLAT_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "splat") / "scenes" / "default"
+    return (Path(base) if base else Path.home() / ".cache" / "splat") / "scenes" / name
 
 
 def _complete(p: Path) -> bool:
@@ -606,20 +645,27 @@ def _complete(p: Path) -> bool:
 def default_scene_path() -> Path:
     """The folder of the default scene (NeRF-synthetic layout): the committed ``scenes/data/default``,
     else a cached copy, else one rendered now into the cache (needs ``pip install mitsuba``)."""
-    if _complete(COMMITTED):
-        return COMMITTED
-    cache = _cache_dir()
+    return committed_cached_or_rendered(COMMITTED, "default", generate, "scenes.default_scene")
+
+
+def committed_cached_or_rendered(committed: Path, name: str, generate_fn, module: str) -> Path:
+    """``committed`` if it holds a complete dataset, else the cache folder ``scenes/<name>`` under
+    ``$SPLAT_CACHE_DIR`` (default ``~/.cache/splat``) if complete, else ``generate_fn(cache, threads=...)``
+    renders it there now; without Mitsuba, a FileNotFoundError says how to restore or render it."""
+    if _complete(committed):
+        return committed
+    cache = _cache_dir(name)
     if _complete(cache):
         return cache
     try:
         import mitsuba  # noqa: F401
     except ImportError:
         raise FileNotFoundError(
-            f"the default scene is missing: neither {COMMITTED} nor {cache} holds transforms_train.json. "
-            "Restore it from the repository (git checkout -- scenes/data/default), or render it: "
-            "pip install mitsuba && python -m scenes.default_scene --out " + str(cache)) from None
-    print(f"rendering the default scene into {cache} (takes several minutes) ...", flush=True)
-    return generate(cache, threads=max(1, os.cpu_count() or 1))
+            f"the {name} scene is missing: neither {committed} nor {cache} holds transforms_train.json. "
+            f"Restore it from the repository (git checkout -- scenes/data/{committed.name}), or render it: "
+            f"pip install mitsuba && python -m {module} --out " + str(cache)) from None
+    print(f"rendering the {name} scene into {cache} (takes several minutes) ...", flush=True)
+    return generate_fn(cache, threads=max(1, os.cpu_count() or 1))
 
 
 def main(argv=None) -> int:
