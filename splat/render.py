@@ -49,6 +49,7 @@ def rasterize(
     channel_chunk: int = 32,
     backend: Backend = "auto",
     tiles: Optional[Tensor] = None,
+    covars: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Dict]:
     """Rasterize N 3D Gaussians into C cameras.
 
@@ -81,6 +82,11 @@ def rasterize(
         tiles: optional LongTensor of flat tile indices in
             [0, C * tile_height * tile_width) to render; other pixels are 0
             (for pixel-partitioned multi-GPU training).
+        covars: optional [N, 3, 3] world-space covariances (gsplat's ``covars``):
+            when given, `quats` and `scales` are ignored and may be None. A 4D
+            Gaussian's slice in time is such a covariance (`splat.models.fourdgs`).
+            Projection then runs in torch (differentiable in `covars`) on every
+            backend; tiling and compositing stay on the chosen backend.
 
     Returns:
         render_colors [C, H, W, D'], render_alphas [C, H, W, 1], info: a dict
@@ -90,18 +96,35 @@ def rasterize(
         tile_height, tile_size, width, height, n_cameras, backend, and
         visibility [C, N] bool.
     """
+    if covars is not None:
+        if not isinstance(covars, Tensor) or covars.dim() != 3 or covars.shape[1:] != (3, 3) \
+                or not isinstance(means, Tensor) or covars.shape[0] != means.shape[0]:
+            _fail(f"covars must be [N, 3, 3] with N = len(means), got {_shape_of(covars)} for means "
+                  f"{_shape_of(means)}")
+        # the rotation/scale inputs are not used; stand-ins of the right shape keep the checks in one place
+        quats = covars.new_zeros(covars.shape[0], 4)
+        scales = covars.new_zeros(covars.shape[0], 3)
     N = _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-                      backgrounds, render_mode, rasterize_mode, tile_size, packed, tiles, near_plane, eps2d)
+                      backgrounds, render_mode, rasterize_mode, tile_size, packed, tiles, near_plane, eps2d,
+                      covars)
     if not isinstance(channel_chunk, int) or channel_chunk < 1:
         _fail(f"channel_chunk must be a positive int, got {channel_chunk!r}")
     C = viewmats.shape[0]
     impl = get_backend(backend, means.device, means.dtype)
     antialiased = rasterize_mode == "antialiased"
 
-    radii, means2d, depths, conics, compensations = impl.project(
-        means, quats, scales, opacities.detach(), viewmats, Ks, width, height,
-        eps2d, near_plane, far_plane, radius_clip, antialiased,
-    )
+    if covars is None:
+        radii, means2d, depths, conics, compensations = impl.project(
+            means, quats, scales, opacities.detach(), viewmats, Ks, width, height,
+            eps2d, near_plane, far_plane, radius_clip, antialiased,
+        )
+    else:
+        from .backends import torch_ref
+
+        radii, means2d, depths, conics, compensations = torch_ref.project_covars(
+            means, covars, opacities.detach(), viewmats, Ks, width, height,
+            eps2d, near_plane, far_plane, radius_clip, antialiased,
+        )
     visible = (radii > 0).all(dim=-1)
     opac = opacities[None, :].expand(C, N)
     if antialiased:
@@ -184,14 +207,21 @@ class Gaussians:
     means [N,3]; quats [N,4] (w,x,y,z, any norm); scales [N,3] linear; opacities [N]
     in [0,1]; colors [N,D] or [C,N,D] features, or SH coefficients [N,K,3] / [C,N,K,3]
     when ``sh_degree`` is set (the degree to evaluate, as `rasterize` takes it).
+    ``covars`` [N,3,3], when set, replaces quats and scales (which may then be None):
+    the time slice of a 4D Gaussian is a general covariance. ``ids`` [N] (int64), when
+    set, are the rows of the model's per-Gaussian parameters these Gaussians come from
+    (a model that renders a subset, such as the Gaussians alive at one time); `render`
+    reports them as ``info["param_ids"]`` so density control updates the right rows.
     """
 
     means: Tensor
-    quats: Tensor
-    scales: Tensor
+    quats: Optional[Tensor]
+    scales: Optional[Tensor]
     opacities: Tensor
     colors: Tensor
     sh_degree: Optional[int] = None
+    covars: Optional[Tensor] = None
+    ids: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return int(self.means.shape[0])
@@ -228,7 +258,8 @@ def render_gaussians(gaussians: Gaussians, cameras: Cameras, settings: RenderSet
     """`rasterize` for a `Gaussians` set and a `Cameras` batch.
 
     Other keyword arguments go to `rasterize` (backgrounds, render_mode, absgrad, tiles,
-    ...). Returns `rasterize`'s (colors [C,H,W,D], alphas [C,H,W,1], info). Raises
+    ...). Returns `rasterize`'s (colors [C,H,W,D], alphas [C,H,W,1], info), info with
+    ``param_ids`` (the Gaussians' ``ids``, None for all rows in order). Raises
     ``ValueError`` for cameras the rasterizer cannot project yet (any model but pinhole,
     or distortion coefficients)."""
     if cameras.camera_model != "pinhole" or any(
@@ -238,19 +269,28 @@ def render_gaussians(gaussians: Gaussians, cameras: Cameras, settings: RenderSet
     g = gaussians
     kwargs.setdefault("near_plane", settings.near_plane)
     kwargs.setdefault("far_plane", settings.far_plane)
-    return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cameras.viewmats, cameras.Ks, cameras.width,
-                     cameras.height, sh_degree=g.sh_degree, backend=settings.backend,
-                     rasterize_mode=settings.rasterize_mode, **kwargs)
+    colors, alphas, info = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cameras.viewmats, cameras.Ks,
+                                     cameras.width, cameras.height, sh_degree=g.sh_degree, backend=settings.backend,
+                                     rasterize_mode=settings.rasterize_mode, covars=g.covars, **kwargs)
+    info["param_ids"] = g.ids
+    return colors, alphas, info
 
 
 def _fail(msg: str):
     raise ValueError(f"splat.rasterize: {msg}")
 
 
+def _shape_of(t) -> str:
+    return str(list(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
 def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-                  backgrounds, render_mode, rasterize_mode, tile_size, packed, tiles, near_plane, eps2d) -> int:
+                  backgrounds, render_mode, rasterize_mode, tile_size, packed, tiles, near_plane, eps2d,
+                  covars=None) -> int:
     tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
                "viewmats": viewmats, "Ks": Ks}
+    if covars is not None:
+        tensors["covars"] = covars
     if backgrounds is not None:
         tensors["backgrounds"] = backgrounds
     for name, t in tensors.items():

@@ -54,6 +54,31 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     return R.reshape(q.shape[:-1] + (3, 3))
 
 
+def rotmat_to_quat(R: Tensor) -> Tensor:
+    """Rotation matrices [..., 3, 3] -> unit quaternions [..., 4] (w, x, y, z), w >= 0
+    (Shepperd's method: the largest of the four diagonal combinations is the pivot)."""
+    m = R
+    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    cands = torch.stack([tr, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
+    k = cands.argmax(-1)
+    qs = []
+    s = torch.sqrt(torch.clamp(1.0 + tr, min=1e-12)) * 2  # pivot w
+    qs.append(torch.stack([0.25 * s, (m[..., 2, 1] - m[..., 1, 2]) / s, (m[..., 0, 2] - m[..., 2, 0]) / s,
+                           (m[..., 1, 0] - m[..., 0, 1]) / s], -1))
+    s = torch.sqrt(torch.clamp(1.0 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2], min=1e-12)) * 2  # pivot x
+    qs.append(torch.stack([(m[..., 2, 1] - m[..., 1, 2]) / s, 0.25 * s, (m[..., 0, 1] + m[..., 1, 0]) / s,
+                           (m[..., 0, 2] + m[..., 2, 0]) / s], -1))
+    s = torch.sqrt(torch.clamp(1.0 + m[..., 1, 1] - m[..., 0, 0] - m[..., 2, 2], min=1e-12)) * 2  # pivot y
+    qs.append(torch.stack([(m[..., 0, 2] - m[..., 2, 0]) / s, (m[..., 0, 1] + m[..., 1, 0]) / s, 0.25 * s,
+                           (m[..., 1, 2] + m[..., 2, 1]) / s], -1))
+    s = torch.sqrt(torch.clamp(1.0 + m[..., 2, 2] - m[..., 0, 0] - m[..., 1, 1], min=1e-12)) * 2  # pivot z
+    qs.append(torch.stack([(m[..., 1, 0] - m[..., 0, 1]) / s, (m[..., 0, 2] + m[..., 2, 0]) / s,
+                           (m[..., 1, 2] + m[..., 2, 1]) / s, 0.25 * s], -1))
+    q = torch.gather(torch.stack(qs, -2), -2, k[..., None, None].expand(k.shape + (1, 4))).squeeze(-2)
+    q = q / q.norm(dim=-1, keepdim=True)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     """Sigma = (R S)(R S)^T, [N, 3, 3]."""
     M = quat_to_rotmat(quats) * scales[..., None, :]
@@ -80,12 +105,32 @@ def project(
     Returns radii [C, N, 2] int32 (0 = culled), means2d [C, N, 2], depths [C, N],
     conics [C, N, 3], compensations [C, N]. Culled entries hold zeros.
     """
+    return project_covars(means, quat_scale_to_covar(quats, scales), opacities, viewmats, Ks, width, height,
+                          eps2d, near_plane, far_plane, radius_clip, antialiased)
+
+
+def project_covars(
+    means: Tensor,  # [N, 3]
+    cov: Tensor,  # [N, 3, 3] symmetric positive semi-definite world-space covariances
+    opacities: Optional[Tensor],
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    antialiased: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`project` for Gaussians given by their 3D covariances [N, 3, 3] instead of
+    rotations and scales (gsplat's ``covars``; what a 4D Gaussian's time slice
+    gives). Same outputs; differentiable in `cov` by autograd."""
     R = viewmats[:, :3, :3]  # [C, 3, 3]
     t = viewmats[:, :3, 3]  # [C, 3]
     # elementwise products summed over the last axis (not einsum/matmul, whose BLAS
     # reduction order depends on C and N): a camera's result is the same in any batch
     p = (R[:, None, :, :] * means[None, :, None, :]).sum(-1) + t[:, None, :]  # [C, N, 3]
-    cov = quat_scale_to_covar(quats, scales)  # [N, 3, 3]
     RC = (R[:, None, :, None, :] * cov[None, :, None, :, :].transpose(-1, -2)).sum(-1)  # R cov  [C, N, 3, 3]
     cov_c = (RC[:, :, :, None, :] * R[:, None, None, :, :]).sum(-1)  # R cov R^T  [C, N, 3, 3]
 
