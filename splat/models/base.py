@@ -109,6 +109,8 @@ class Model(torch.nn.Module):
     per_gaussian: ClassVar[Tuple[str, ...]] = ()
     requires: ClassVar[Tuple[str, ...]] = ()
     feature_channels: ClassVar[int] = 0
+    default_scene: ClassVar[str] = "static"
+    """The embedded scene `splat-train --model NAME` trains without --data ("static" or "dynamic")."""
 
     def __init__(self, config, params: Mapping[str, Tensor], scene_scale: float = 1.0):
         super().__init__()
@@ -181,6 +183,12 @@ class Model(torch.nn.Module):
     def learning_rates(self, step: int, iterations: int) -> Dict[str, float]:
         """The learning rate of every parameter at `step` of a run of `iterations` steps."""
         raise NotImplementedError
+
+    def update(self, step: int) -> Dict[str, int]:
+        """The model's own bookkeeping after step `step`'s optimizer and density control (a
+        temporal hierarchy re-assigning its nodes, say); returns event counts for the log.
+        It must not change the number of Gaussians (that is density control's)."""
+        return {}
 
     def losses(self, step: int, out: RenderOutput, cameras: Cameras, images: Tensor) -> Dict[str, Tensor]:
         """The model's own loss terms for this step, weighted, added by the trainer to the image

@@ -43,6 +43,37 @@ class AdamOptimizer(Optimizer):
         loss, extra = forward()
         loss.backward()
         for opt in self.optimizers.values():
-            opt.step()
+            p = opt.param_groups[0]["params"][0]
+            if p.grad is not None and p.grad.is_sparse:
+                lazy_adam_step(opt, p)
+            else:
+                opt.step()
             opt.zero_grad(set_to_none=True)
         return loss, extra
+
+
+@torch.no_grad()
+def lazy_adam_step(opt: torch.optim.Adam, p: Tensor) -> None:
+    """Adam on the rows of a row-sparse gradient only (torch's SparseAdam semantics: the moments
+    of rows without a gradient are left as they are, not decayed), in `opt`'s own state
+    (``step``, ``exp_avg``, ``exp_avg_sq``), so that density control and checkpoints see the
+    same state as for a dense step. A dynamic model with a temporal hierarchy gives such
+    gradients: a step then costs the rows its frame touched."""
+    g = p.grad.coalesce()
+    rows, vals = g.indices()[0], g.values()
+    group = opt.param_groups[0]
+    beta1, beta2 = group["betas"]
+    st = opt.state[p]
+    if not st:
+        st["step"] = torch.tensor(0.0)
+        st["exp_avg"] = torch.zeros_like(p)
+        st["exp_avg_sq"] = torch.zeros_like(p)
+    st["step"] += 1
+    step = float(st["step"])
+    m = st["exp_avg"].index_select(0, rows).mul_(beta1).add_(vals, alpha=1 - beta1)
+    v = st["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(vals, vals, value=1 - beta2)
+    st["exp_avg"].index_copy_(0, rows, m)
+    st["exp_avg_sq"].index_copy_(0, rows, v)
+    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+    denom = (v / bc2).sqrt_().add_(group["eps"])
+    p.index_add_(0, rows, -(group["lr"] / bc1) * m / denom)

@@ -89,9 +89,11 @@ class ADCStrategy(Strategy):
         if state["grad2d"] is None or state["grad2d"].shape[0] != n:
             state["grad2d"] = torch.zeros(n, device=g.device)
             state["count"] = torch.zeros(n, device=g.device)
-        sel = (info["radii"] > 0).all(-1)  # [C, N]
-        cam, gid = sel.nonzero(as_tuple=True)
-        state["grad2d"].index_add_(0, gid, g[cam, gid].norm(dim=-1).float())
+        sel = (info["radii"] > 0).all(-1)  # [C, M]: the rendered Gaussians
+        cam, rid = sel.nonzero(as_tuple=True)
+        ids = info.get("param_ids")  # a model that renders a subset says which rows it rendered
+        gid = rid if ids is None else ids[rid]
+        state["grad2d"].index_add_(0, gid, g[cam, rid].norm(dim=-1).float())
         state["count"].index_add_(0, gid, torch.ones_like(gid, dtype=torch.float32))
 
     @torch.no_grad()

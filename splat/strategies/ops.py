@@ -2,9 +2,13 @@
 
 They work on any model kind's `GaussianParams` (or a plain splats ParameterDict):
 only the per-Gaussian entries change; `split` samples the children from the
-Gaussian that ``means``, ``quats`` and ``scales`` (log) describe."""
+Gaussian that ``means``, ``quats`` and ``scales`` (log) describe, in space and
+time for dynamic models: with ``times`` and ``scales_t`` (log) the children's
+temporal centres are drawn from the parent's temporal Gaussian too, and with a
+4D rotation (``quats_r``, `splat.models.fourdgs`) from the full XYZT Gaussian."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional
 
 import torch
@@ -60,16 +64,43 @@ def split(params, optimizers, state: Dict, mask: Tensor, generator: Optional[tor
     rest = (~mask).nonzero().squeeze(1)
     n = params["means"].shape[0]
     scales = torch.exp(params["scales"][sel])
-    R = quat_to_rotmat(params["quats"][sel])
+    dynamic = "times" in params and "scales_t" in params
     # drawn on the generator's device (the CPU for the trainer's), so runs are reproducible anywhere
-    noise = torch.randn((2, len(sel), 3), generator=generator).to(scales.device)
-    samples = torch.einsum("nij,bnj->bni", R, scales * noise)
+    noise = torch.randn((2, len(sel), 4 if dynamic else 3), generator=generator).to(scales.device)
+    dt = None
+    if dynamic and "quats_r" in params:  # an XYZT Gaussian: sample in 4D
+        from ..models.fourdgs import rotation_4d
+
+        s4 = torch.cat([scales, torch.exp(params["scales_t"][sel])], -1)
+        R4 = rotation_4d(params["quats"][sel], params["quats_r"][sel])
+        samples4 = torch.einsum("nij,bnj->bni", R4, s4 * noise)
+        samples, dt = samples4[..., :3], samples4[..., 3:]
+    else:
+        R = quat_to_rotmat(params["quats"][sel])
+        samples = torch.einsum("nij,bnj->bni", R, scales * noise[..., :3])
+        if dynamic:  # a temporal radial basis: its own 1D Gaussian
+            dt = torch.exp(params["scales_t"][sel]) * noise[..., 3:]
+
+    motion = None
+    if dt is not None and "motion" in params:  # polynomial motion about the temporal centre: re-centre it
+        motion = shift_polynomial(params["motion"][sel], dt)  # [2, n, 3K]: the same paths about the new centres
 
     def param_fn(name: str, p: Tensor) -> Tensor:
-        if name == "means":
+        if name == "means" and motion is not None:
+            # the parent's position at the child's centre (the polynomial's constant term) plus the spatial sample
+            new = (p[sel] + motion[1] + samples).reshape(-1, 3)
+        elif name == "motion" and motion is not None:
+            new = motion[0].reshape(-1, p.shape[1])
+        elif name == "quats" and dt is not None and "omega" in params:
+            new = (p[sel] + params["omega"][sel] * dt).reshape(-1, 4)
+        elif name == "means":
             new = (p[sel] + samples).reshape(-1, 3)
         elif name == "scales":
             new = torch.log(scales / 1.6).repeat(2, 1)
+        elif name == "times" and dt is not None:
+            new = (p[sel] + dt).reshape(-1, 1)
+        elif name == "scales_t" and dt is not None:
+            new = (p[sel] - math.log(1.6)).repeat(2, 1)
         elif name == "opacities" and revised_opacity:
             new = torch.logit(1.0 - torch.sqrt(1.0 - torch.sigmoid(p[sel]))).repeat(2)
         else:
@@ -79,6 +110,19 @@ def split(params, optimizers, state: Dict, mask: Tensor, generator: Optional[tor
     update_params(params, optimizers, param_fn,
                   lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype, device=v.device)]))
     _mask_state(state, lambda v: torch.cat([v[rest], v[sel].repeat((2,) + (1,) * (v.dim() - 1))]), n)
+
+
+def shift_polynomial(motion: Tensor, d: Tensor):
+    """Re-expand sum_k m_k tau^k (m_1..m_K in `motion` [n,3K]) about tau = d ([B,n,1]):
+    returns (the coefficients m'_1..m'_K [B,n,3K] in tau' = tau - d, the value at tau = d
+    [B,n,3], which is the new constant term)."""
+    K = motion.shape[1] // 3
+    m = [motion[:, 3 * k:3 * k + 3] for k in range(K)]  # m[k-1] = coefficient of tau^k
+    coef = [torch.zeros_like(d.expand(-1, -1, 3)) for _ in range(K + 1)]
+    for k in range(1, K + 1):
+        for j in range(0, k + 1):
+            coef[j] = coef[j] + math.comb(k, j) * m[k - 1] * d ** (k - j)
+    return torch.cat(coef[1:], -1) if K else motion.new_zeros(d.shape[:2] + (0,)), coef[0]
 
 
 @torch.no_grad()
