@@ -585,6 +585,10 @@ def main(argv=None) -> int:
     layout.add_argument("--n3v", action="store_true",
                         help=f"Neural 3D Video layout: poses_bounds.npy and cam00.mp4 .. cam{len(N3V_OFFSETS) - 1:02d}"
                              f".mp4 ({len(N3V_OFFSETS)} cameras on an arc, cam00 in the middle, {N3V_FRAMES} frames)")
+    ap.add_argument("--train-frames", type=int, default=MONO_TRAIN,
+                    help=f"--monocular: training instants (default {MONO_TRAIN})")
+    ap.add_argument("--test-frames", type=int, default=MONO_TEST,
+                    help=f"--monocular: test instants held out between them (default {MONO_TEST})")
     ap.add_argument("--noise", action="store_true",
                     help="only measure the Monte-Carlo noise: PSNR of one view at --spp against 4x --spp")
     a = ap.parse_args(argv)
@@ -601,7 +605,7 @@ def main(argv=None) -> int:
         generate_n3v(out, a.width or N3V_WIDTH, a.spp, a.seed, variant=a.variant, threads=a.threads)
     else:
         generate(out, a.width or (MONO_WIDTH if a.monocular else WIDTH), a.spp, a.seed, variant=a.variant,
-                 threads=a.threads, monocular=a.monocular)
+                 threads=a.threads, monocular=a.monocular, n_train=a.train_frames, n_test=a.test_frames)
         if a.sheet and not a.monocular:
             contact_sheet(out, a.sheet)
     return 0

@@ -4,6 +4,9 @@ smooth path through the training cameras, as RGB, depth or alpha.
     splat-render runs/default                          # test views -> runs/default/render/test/*.png
     splat-render runs/default --cameras orbit          # runs/default/render/orbit_rgb.mp4
     splat-render model.spz --data DIR --cameras path --mode depth --video path.gif
+    splat-render runs/dyn --cameras orbit              # a dynamic model: camera and time move together
+    splat-render runs/dyn --time 0.5                   # test views, all at t = 0.5
+    splat-render runs/dyn --cameras fixed --view 2     # training camera 2, time sweeping
 
 MODEL is a run directory (its last checkpoint, or model.ply), a checkpoint
 (.pt), or a model file (.ply, .compressed.ply, .splat, .spz). Camera sets that
@@ -38,9 +41,17 @@ class RenderConfig:
     """Run directory, checkpoint (.pt) or model file (.ply, .compressed.ply, .splat, .spz)."""
     out: Optional[Path] = None
     """Output folder (default: <run>/render, or render/ beside the model file)."""
-    cameras: Literal["test", "train", "orbit", "path"] = "test"
+    cameras: Literal["test", "train", "orbit", "path", "fixed"] = "test"
     """test/train: the dataset's views (PNGs, with PSNR/SSIM for RGB); orbit: a circle around the scene;
-    path: a smooth interpolation through the training cameras. orbit and path write a video."""
+    path: a smooth interpolation through the training cameras; fixed: one training camera (--view) while
+    time moves (dynamic models). orbit, path and fixed write a video."""
+    time: Optional[float] = None
+    """Dynamic models: render every view at this time (default: test/train views at their own times;
+    videos sweep the model's time range while the camera moves)."""
+    time_range: Optional[Tuple[float, float]] = None
+    """Dynamic models: the times a video sweeps (default: the range the model was trained on)."""
+    view: int = 0
+    """--cameras fixed: the index of the training camera."""
     mode: Literal["rgb", "depth", "alpha"] = "rgb"
     """What to render: colour, expected depth (colour-mapped) or accumulated opacity."""
     data: Optional[Path] = None
@@ -66,6 +77,11 @@ def render(cfg: RenderConfig, log=print) -> dict:
     or frames, psnr/ssim for RGB test/train views, seconds). Raises ``ValueError`` /
     ``FileNotFoundError`` naming the file for a bad model, dataset or video name."""
     model, run_cfg = load_model(cfg.model)
+    dynamic = "time" in model.requires
+    if not dynamic and (cfg.time is not None or cfg.time_range is not None):
+        raise ValueError(f"{cfg.model}: --time / --time-range are for dynamic models; this is a {model.name} model")
+    if cfg.cameras == "fixed" and not dynamic:
+        raise ValueError(f"--cameras fixed sweeps time, for dynamic models; {cfg.model} is a {model.name} model")
     model_path = Path(cfg.model)
     out = cfg.out or ((model_path if model_path.is_dir() else model_path.parent) / "render")
     if model_path.parent.name == "ckpts" and cfg.out is None:
@@ -78,7 +94,7 @@ def render(cfg: RenderConfig, log=print) -> dict:
 
     data = None
     data_path = run_data_path(run_cfg, cfg.data)
-    if cfg.cameras in ("test", "train", "path") or (cfg.cameras == "orbit" and data_path is not None):
+    if cfg.cameras in ("test", "train", "path", "fixed") or (cfg.cameras == "orbit" and data_path is not None):
         if data_path is None:
             raise ValueError(f"--cameras {cfg.cameras} needs the dataset: pass --data DIR")
         data = run_dataset(data_path, run_cfg, bg)
@@ -87,12 +103,15 @@ def render(cfg: RenderConfig, log=print) -> dict:
     bgt = torch.tensor(bg, dtype=torch.float32)
 
     result: dict = {"out": str(out)}
-    t0 = time.perf_counter()
+    t_start = time.perf_counter()
     if cfg.cameras in ("test", "train"):
         split = data.test if cfg.cameras == "test" else data.train
         if len(split) == 0:
             raise ValueError(f"the dataset has no {cfg.cameras} views")
         views = Views(split, "cpu")
+        if cfg.time is not None:  # every view at one instant
+            views.cameras = [at_time(c, cfg.time) for c in views.cameras]
+            result["time"] = cfg.time
         model.check_cameras(views.camera(0), where=f"{data_path} ({cfg.cameras} views)")
         folder = out / cfg.cameras
         folder.mkdir(parents=True, exist_ok=True)
@@ -129,9 +148,22 @@ def render(cfg: RenderConfig, log=print) -> dict:
             W, H = W2, H2
         if cfg.cameras == "orbit":
             Vs = orbit_cameras(cfg.frames, train_V, model.params["means"].detach().cpu().numpy(), cfg.elevation)
+        elif cfg.cameras == "fixed":
+            if not 0 <= cfg.view < len(data.train):
+                raise ValueError(f"--view {cfg.view}: the dataset has {len(data.train)} training views")
+            Vs = np.repeat(train_V[cfg.view][None], cfg.frames, 0)
+            K0 = data.train.Ks[cfg.view].copy() if cfg.resolution is None else K0
         else:
             Vs = path_cameras(cfg.frames, train_V)
-        cams = Cameras.from_numpy(Vs, np.repeat(K0[None], len(Vs), 0), W, H)
+        times = None
+        if dynamic:
+            if cfg.time is not None:
+                times = np.full(len(Vs), cfg.time)
+            else:
+                t0, t1 = cfg.time_range or model.time_range
+                times = np.linspace(t0, t1, len(Vs))
+            result["times"] = [float(times[0]), float(times[-1])]
+        cams = Cameras.from_numpy(Vs, np.repeat(K0[None], len(Vs), 0), W, H, time=times)
         model.check_cameras(cams, where=f"--cameras {cfg.cameras}")
         out.mkdir(parents=True, exist_ok=True)
         frames, depth_range = [], None
@@ -147,8 +179,14 @@ def render(cfg: RenderConfig, log=print) -> dict:
         write_video(Path(video), frames, cfg.fps)
         result.update(frames=len(frames), video=str(video))
         log(f"{cfg.cameras}: {len(frames)} frames at {W}x{H} -> {video}")
-    result["seconds"] = time.perf_counter() - t0
+    result["seconds"] = time.perf_counter() - t_start
     return result
+
+
+def at_time(cameras: Cameras, t: float) -> Cameras:
+    """`cameras` with every camera's time set to `t`."""
+    return dataclasses.replace(cameras, time=torch.full((len(cameras),), float(t), dtype=cameras.viewmats.dtype,
+                                                         device=cameras.device))
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -183,7 +183,10 @@ class Viewer:
                 lo, hi = scene.time_range
                 self.time = gui.add_slider("t", min=float(lo), max=float(hi), step=(hi - lo) / 1000,
                                            initial_value=float(lo))
-                self.time.on_update(lambda _: self._invalidate())
+                if hasattr(scene, "set_time"):  # client-side splats follow the slider too
+                    self.time.on_update(lambda _: (scene.set_time(float(self.time.value)), self._invalidate()))
+                else:
+                    self.time.on_update(lambda _: self._invalidate())
         self.light = None
         if scene.has_light:  # relightable models
             with gui.add_folder("Light"):

@@ -10,10 +10,12 @@ Two kinds exist today:
   camera pans and zooms over the image plane and every frame is rendered by
   the 2D renderer at exactly the zoom shown (arbitrary-scale rendering).
 
+* `DynamicScene`: a dynamic (4D) model (4dgs, spacetime), rendered by the model
+  itself at the time slider's instant.
+
 A scene may declare `time_range` (4D models: the viewer adds a time slider and
 passes `t=` to `render`) or `has_light` (relightable models: the viewer adds a
-light-direction control and passes `light=`); the 4D and relighting issues fill
-these in.
+light-direction control and passes `light=`).
 
 `load_scene(path)` opens any model file the toolkit writes, with a clear error
 (`SceneError`) for a missing or unreadable one.
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from splat.render import NEAR_PLANE
 
-__all__ = ["SceneError", "ViewCamera", "TrainingCamera", "SplatScene", "Image2DScene", "load_scene",
+__all__ = ["SceneError", "ViewCamera", "TrainingCamera", "SplatScene", "DynamicScene", "Image2DScene", "load_scene",
            "viewmat_from_pose", "pose_from_viewmat"]
 
 IMAGE2D_BACKGROUND = (38, 38, 42)  # outside the image in 2D view: dark grey, not black (black is a colour)
@@ -233,6 +235,89 @@ class SplatScene:
         return np.array([0.0, 0.0, 1.0])
 
 
+class DynamicScene(SplatScene):
+    """A dynamic (4D) model (`splat.models.dynamic.DynamicModel`: 4dgs, spacetime) rendered
+    through ``Model.render`` at the time slider's instant. ``update(params)`` swaps in a live
+    training's parameter snapshot (the model is rebuilt from it, so a render never sees a
+    mix); client-side splats are the model's 3D Gaussians at the current time."""
+
+    modes = ("rgb", "depth", "alpha")
+
+    def __init__(self, model, *, cameras: Sequence[TrainingCamera] = (), background=(1.0, 1.0, 1.0),
+                 rasterize_mode: str = "classic", name: str = "model", up: Optional[np.ndarray] = None):
+        self._lock = threading.Lock()
+        self._model = model.eval()
+        self._scene_scale = float(model.scene_scale)
+        self.version = 0
+        self.cameras = list(cameras)
+        self.background = tuple(float(c) for c in background)
+        self.rasterize_mode = rasterize_mode
+        self.name = name
+        self.up = up
+        self.time_range = tuple(model.time_range)
+        self.t = float(self.time_range[0])
+
+    def update(self, params: Dict[str, torch.Tensor]) -> None:
+        m = self._model
+        new = type(m).from_state(m.config, {k: v.detach().cpu() for k, v in params.items()}, m.scene_scale).eval()
+        with self._lock:
+            self._model = new
+            self.version += 1
+
+    def set_time(self, t: float) -> None:
+        """Move to time `t` (the slider); client-side splats follow on the next sync."""
+        if float(t) != self.t:
+            with self._lock:
+                self.t = float(t)
+                self.version += 1
+
+    @property
+    def model(self):
+        with self._lock:
+            return self._model
+
+    @property
+    def splats(self) -> Dict[str, torch.Tensor]:
+        return {"means": self.model.params["means"].detach().cpu()}
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.model.num_gaussians)
+
+    def render(self, cam: ViewCamera, mode: str = "rgb", backend: str = "auto", t: Optional[float] = None,
+               **_) -> np.ndarray:
+        from splat.cameras import Cameras
+        from splat.io.images import colorize, depth_range_of
+        from splat.render import RenderSettings
+
+        if mode not in self.modes:
+            raise ValueError(f"render mode {mode!r}: choose one of {', '.join(self.modes)}")
+        if t is not None:
+            self.set_time(t)
+        model = self.model
+        cams = Cameras(torch.as_tensor(cam.viewmat, dtype=torch.float32)[None],
+                       torch.as_tensor(cam.K, dtype=torch.float32)[None], cam.width, cam.height,
+                       time=torch.tensor([self.t], dtype=torch.float32))
+        settings = RenderSettings(backend if backend != "cuda" else "auto", self.rasterize_mode).for_scene(
+            self.scene_scale)
+        bg = torch.tensor(self.background, dtype=torch.float32)[None] if mode == "rgb" else None
+        with torch.no_grad():
+            c, a, _, _ = model.render(cams, settings, backgrounds=bg, render_mode="ED" if mode == "depth" else "RGB")
+        c, a = c[0].cpu(), a[0].cpu()
+        return colorize(c, a, mode, depth_range_of(c, a) if mode == "depth" else None)
+
+    def client_splats(self):
+        from splat.backends.torch_ref import quat_scale_to_covar
+        from splat.models.static import sh_to_rgb
+
+        s = self.model.splats_at(self.t)
+        cov = quat_scale_to_covar(s["quats"].double(), torch.exp(s["scales"].double()))
+        rgb = sh_to_rgb(s["sh0"][:, 0, :]).clamp(0, 1)
+        opa = torch.sigmoid(s["opacities"])[:, None]
+        return (s["means"].numpy().astype(np.float32), cov.float().numpy(), rgb.numpy().astype(np.float32),
+                opa.numpy().astype(np.float32))
+
+
 # ----------------------------------------------------------------------------- 2D image models
 
 
@@ -383,9 +468,13 @@ def load_scene(path, *, data: Optional[Path] = None, log=print):
             from splat.image2d import load_image2d
 
             return Image2DScene(load_image2d(p), name=p.name)
-        from splat.train.run import load_splats
+        from splat.models.dynamic import DynamicModel
+        from splat.train.run import load_model
 
-        splats, run_cfg = load_splats(p)
+        model, run_cfg = load_model(p)
+        splats = None if isinstance(model, DynamicModel) else model.to_splats()
+        if splats is None and not isinstance(model, DynamicModel):
+            raise ValueError(f"a {model.name} model has no static splats form to view")
     except (splat_io.FormatError, ValueError, KeyError, OSError) as e:
         msg = str(e)
         if str(p) not in msg:
@@ -395,5 +484,8 @@ def load_scene(path, *, data: Optional[Path] = None, log=print):
     rmode = run_cfg.get("rasterize_mode", "classic") if run_cfg else "classic"
     cams = _training_cameras(run_cfg, data, bg, log) if (run_cfg is not None or data is not None) else []
     name = p.name if p.is_file() else p.resolve().name
-    return SplatScene(splats, cameras=cams, background=bg, rasterize_mode=rmode, name=name)
+    if splats is None:
+        return DynamicScene(model, cameras=cams, background=bg, rasterize_mode=rmode, name=name)
+    return SplatScene({k: v.float().contiguous() for k, v in splats.items()}, cameras=cams, background=bg,
+                      rasterize_mode=rmode, name=name)
 

@@ -21,7 +21,7 @@ from splat.train.callbacks import Callback
 
 from .app import Viewer, check_port
 from .live import TrainingLink
-from .scene import SplatScene, cameras_of_split
+from .scene import DynamicScene, SplatScene, cameras_of_split
 
 __all__ = ["LinkCallback", "ViewerCallback", "training_viewer"]
 
@@ -67,13 +67,21 @@ class ViewerCallback(LinkCallback):
         """Start serving `trainer`'s model (once; training starts it if nobody did)."""
         if self.viewer is None:
             self.link = TrainingLink(trainer.iterations, trainer.start_step)
-            splats = trainer.model.to_splats()
-            if splats is None:
-                raise ValueError(f"--viewer: the viewer shows static models; a {trainer.model.name} model has no "
-                                 "static form yet")
-            scene = SplatScene({k: v.clone() for k, v in splats.items()}, cameras=cameras_of_split(trainer.data.train),
-                               background=tuple(trainer.cfg.background), rasterize_mode=trainer.cfg.rasterize_mode,
-                               name=Path(trainer.out).resolve().name, scene_scale=trainer.model.scene_scale)
+            from splat.models.dynamic import DynamicModel
+
+            common = dict(cameras=cameras_of_split(trainer.data.train), background=tuple(trainer.cfg.background),
+                          rasterize_mode=trainer.cfg.rasterize_mode, name=Path(trainer.out).resolve().name)
+            if isinstance(trainer.model, DynamicModel):  # rendered by a copy of the model at the slider's time
+                m = trainer.model
+                copy = type(m).from_state(m.config, {k: v.detach().clone().cpu() for k, v in m.state().items()},
+                                          m.scene_scale)
+                scene = DynamicScene(copy, **common)
+            else:
+                splats = trainer.model.to_splats()
+                if splats is None:
+                    raise ValueError(f"--viewer: the viewer cannot show a {trainer.model.name} model yet")
+                scene = SplatScene({k: v.clone() for k, v in splats.items()}, scene_scale=trainer.model.scene_scale,
+                                   **common)
             self.viewer = Viewer(scene, host=self.host, port=self.port, link=self.link,
                                  snapshot_dir=Path(trainer.out) / "snapshots", log=trainer.log)
             trainer.log(f"viewer: {self.viewer.url}")

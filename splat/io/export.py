@@ -46,8 +46,10 @@ def _size(n: int) -> str:
     return f"{n:,} bytes ({n / 1e6:.2f} MB)"
 
 
-def convert(args: ExportArgs, out=print) -> dict:
-    """Run one conversion; returns a summary dict. Raises FormatError."""
+def convert(args: ExportArgs, out=print, splats: Optional[dict] = None, source: Optional[str] = None) -> dict:
+    """Run one conversion; returns a summary dict. Raises FormatError. `splats` (a splats
+    dict already in memory, e.g. one instant of a dynamic model) replaces reading
+    ``args.input``; `source` then describes where it came from."""
     from . import detect_format, load, save, sh_degree
 
     fmt = args.format or detect_format(args.output)
@@ -56,25 +58,30 @@ def convert(args: ExportArgs, out=print) -> dict:
         options = dict(version=args.spz_version, antialiased=args.antialiased)
     elif fmt == "ply":
         options = dict(normals=args.ply_normals)
-    splats = load(args.input, format=args.input_format)
+    if splats is None:
+        splats = load(args.input, format=args.input_format)
+        in_size = os.path.getsize(args.input)
+    else:
+        in_size = None
     n = int(splats["means"].shape[0])
     deg_in = sh_degree(splats)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = save(args.output, splats, format=fmt, **options)
-    in_size, out_size = os.path.getsize(args.input), os.path.getsize(path)
+    out_size = os.path.getsize(path)
     deg_out = 0 if fmt == "splat" else deg_in
     label = f"spz v{args.spz_version}" if fmt == "spz" else fmt
-    out(f"input:        {args.input} ({_size(in_size)})")
+    out(f"input:        {args.input} " + (f"({_size(in_size)})" if in_size is not None else f"({source})"))
     out(f"gaussians:    {n:,}")
     note = "" if deg_out == deg_in else f" (output keeps degree {deg_out}: .splat stores DC colour only)"
     out(f"sh degree:    {deg_in}{note}")
     out(f"output:       {path} [{label}] ({_size(out_size)})")
-    out(f"compression:  {in_size / out_size:.2f}x (input size / output size)")
+    if in_size is not None:
+        out(f"compression:  {in_size / out_size:.2f}x (input size / output size)")
     for w in caught:
         out(f"warning:      {w.message}")
     return dict(num_gaussians=n, sh_degree=deg_in, input_bytes=in_size, output_bytes=out_size,
-                ratio=in_size / out_size, format=fmt)
+                ratio=None if in_size is None else in_size / out_size, format=fmt)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

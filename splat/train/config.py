@@ -14,8 +14,12 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, List, Literal, Optional, Tuple
+from typing import Annotated, Any, List, Literal, Optional, Tuple
 
+from tyro.conf import arg
+
+from ..models.fourdgs import FourDGSConfig
+from ..models.spacetime import SpacetimeConfig
 from ..models.static import StaticConfig
 from ..optim.adam import AdamConfig
 from ..render import Backend, RasterizeMode
@@ -38,11 +42,12 @@ class TrainConfig:
     """Train Gaussians on a COLMAP, NeRF-synthetic or nerfstudio folder (or the embedded default scene)."""
 
     data: Optional[Path] = None
-    """Dataset folder (format detected); omit to train the embedded default scene."""
+    """Dataset folder (format detected); omit to train the embedded default scene (the dynamic one for
+    dynamic models)."""
     out: Path = Path("runs/default")
     """Run directory: config.json, metrics.json, ckpts/, renders/, model.ply."""
     iterations: Optional[int] = None
-    """Optimizer steps (one view per step). Default: 30000, or 3000 for the embedded default scene."""
+    """Optimizer steps (one view per step). Default: 30000, or 3000 for the embedded default scenes."""
     resume: bool = False
     """Continue from the last checkpoint in --out (its saved config is used)."""
     data_format: Literal["auto", "colmap", "blender", "nerfstudio", "n3v"] = "auto"
@@ -103,6 +108,10 @@ class TrainConfig:
     """After training, keep the viewer open on the final model until Ctrl-C."""
     static: StaticConfig = dataclasses.field(default_factory=StaticConfig)
     """--model static: 3D Gaussian splatting with SH colours."""
+    fourdgs: Annotated[FourDGSConfig, arg(name="4dgs")] = dataclasses.field(default_factory=FourDGSConfig)
+    """--model 4dgs: XYZT Gaussians sliced in time (4D Gaussian splatting; dynamic data)."""
+    spacetime: SpacetimeConfig = dataclasses.field(default_factory=SpacetimeConfig)
+    """--model spacetime: Spacetime Gaussians (polynomial motion, temporal opacity; dynamic data)."""
     adc: ADCStrategy = dataclasses.field(default_factory=ADCStrategy)
     """--strategy adc: adaptive density control (3DGS; gsplat's DefaultStrategy)."""
     adam: AdamConfig = dataclasses.field(default_factory=AdamConfig)

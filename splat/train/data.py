@@ -10,14 +10,16 @@ import torch
 from ..cameras import Cameras
 from ..data import Dataset, Split, load_dataset
 from .config import TrainConfig
+from .registry import MODELS
 from .run import default_scene_path
 
 __all__ = ["Views", "load_data", "view_for_step", "step_generator"]
 
 
 def load_data(cfg: TrainConfig) -> Dataset:
-    """The dataset `cfg` names (the embedded default scene without --data), loaded with its options."""
-    path = cfg.data if cfg.data is not None else default_scene_path()
+    """The dataset `cfg` names (without --data, the embedded default scene of the model's kind:
+    the dynamic scene for dynamic models), loaded with its options."""
+    path = cfg.data if cfg.data is not None else default_scene_path(MODELS[cfg.model].cls.default_scene)
     return load_dataset(path, downscale=cfg.downscale, test_every=cfg.test_every, background=cfg.background,
                         normalize=cfg.normalize, max_init_points=cfg.max_init_points,
                         num_random_points=cfg.num_random_points, seed=cfg.seed, format=cfg.data_format,

@@ -169,6 +169,7 @@ class Trainer:
         loss, out = self.optimizer.step(forward)
         events = self.strategy.step_post_backward(self.model.params, self.optimizer.optimizers, self.state, step,
                                                   out.info, generator=step_generator(cfg.seed, step))
+        events.update(self.model.update(step))
         with torch.no_grad():
             p = psnr_fn(out.colors[0].detach().clamp(0, 1), gt, mask=mask).item()
         return {"loss": loss.item(), "psnr": p, "events": events}
@@ -209,7 +210,10 @@ class Trainer:
         splats = self.model.to_splats()
         if splats is None:
             if self.cfg.export:
-                self.log(f"export: a {self.model.name} model has no static form; skipped {', '.join(self.cfg.export)}")
+                hint = (f"; write one instant with splat-export {self.out} frame.ply --time T"
+                        if hasattr(self.model, "splats_at") else "")
+                self.log(f"export: a {self.model.name} model has no single static form; skipped "
+                         f"{', '.join(self.cfg.export)}{hint}")
             return []
         paths = []
         for fmt in self.cfg.export:

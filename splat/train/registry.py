@@ -1,6 +1,8 @@
 """The pieces the trainer picks by name: model kinds, density strategies, optimizers.
 
     MODELS["static"].cls        -> StaticModel      (--model static, options --static.*)
+    MODELS["4dgs"].cls          -> FourDGSModel     (--model 4dgs, options --4dgs.*, TrainConfig.fourdgs)
+    MODELS["spacetime"].cls     -> SpacetimeModel   (--model spacetime, options --spacetime.*)
     STRATEGIES["adc"].cls       -> ADCStrategy      (--strategy adc, options --adc.*)
     OPTIMIZERS["adam"].cls      -> AdamOptimizer    (--optimizer adam, options --adam.*)
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Tuple
 
+from ..models.fourdgs import FourDGSModel
+from ..models.spacetime import SpacetimeModel
 from ..models.static import StaticModel
 from ..optim.adam import AdamOptimizer
 from ..strategies.adc import ADCStrategy
@@ -74,6 +78,8 @@ class Registry:
 
 MODELS = Registry("model")
 MODELS.register("static", StaticModel, field="static")
+MODELS.register("4dgs", FourDGSModel, field="fourdgs")
+MODELS.register("spacetime", SpacetimeModel, field="spacetime")
 
 STRATEGIES = Registry("strategy")
 STRATEGIES.register("adc", ADCStrategy, field="adc")

@@ -26,14 +26,29 @@ from .registry import MODELS
 __all__ = ["default_scene_path", "resolve_model_path", "load_model", "load_splats", "run_data_path", "run_dataset"]
 
 
-def default_scene_path() -> Path:
-    """The embedded default scene (``scenes/data/default``), generated on first use if missing."""
-    try:
-        from scenes.default_scene import default_scene_path as f
-    except ImportError:  # running from outside the checkout without scenes/ on the path
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        from scenes.default_scene import default_scene_path as f
-    return f()
+def default_scene_path(kind: str = "static") -> Path:
+    """The embedded default scene of a model kind's `default_scene` ("static":
+    ``scenes/data/default``; "dynamic": ``scenes/data/dynamic``), generated on first use if
+    missing. Raises ``ValueError`` for another kind."""
+    if kind not in ("static", "dynamic"):
+        raise ValueError(f"no embedded default scene of kind {kind!r}; choose static or dynamic")
+    if str(Path(__file__).resolve().parents[2]) not in sys.path:  # outside the checkout without scenes/ on the path
+        try:
+            import scenes  # noqa: F401
+        except ImportError:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    if kind == "dynamic":
+        from scenes.dynamic_scene import dynamic_scene_path
+
+        return dynamic_scene_path()
+    from scenes.default_scene import default_scene_path as static_scene_path
+
+    return static_scene_path()
+
+
+def model_default_scene(model: Optional[str]) -> str:
+    """The default-scene kind of the model kind named `model` ("static" when unknown)."""
+    return MODELS[model].cls.default_scene if model in MODELS else "static"
 
 
 def resolve_model_path(path: Path) -> Tuple[Path, Optional[dict]]:
@@ -105,7 +120,7 @@ def run_data_path(run_cfg: Optional[dict], data: Optional[Path] = None) -> Optio
         return None
     if run_cfg.get("data"):
         return Path(run_cfg["data"])
-    return default_scene_path()
+    return default_scene_path(model_default_scene(run_cfg.get("model")))
 
 
 def run_dataset(data_path: Path, run_cfg: Optional[dict], background) -> Dataset:

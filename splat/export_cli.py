@@ -1,0 +1,98 @@
+"""``splat-export``: write a model in another format: model files, training runs, and one
+instant of a dynamic model.
+
+    splat-export model.ply model.spz                  # any of .ply .compressed.ply .splat .spz (.pt in)
+    splat-export runs/x model.splat                   # a run directory: its last checkpoint (or model.ply)
+    splat-export runs/dyn frame.ply --time 0.5        # a 4dgs / spacetime run: the 3D Gaussians at t = 0.5
+
+INPUT is a model file (.ply, .compressed.ply, .splat, .spz, a .pt/.pth/.ckpt
+checkpoint holding ``{"splats": {...}}``), a run directory, or a checkpoint inside
+one. A dynamic model (``--model 4dgs`` / ``spacetime``) changes with time, so it is
+written at ``--time T`` (in the data's time units; the run's range is printed when
+it is missing): the Gaussians alive at T, sliced to 3D, which every static viewer
+shows. The output format comes from OUTPUT's name unless ``--format`` is given.
+Bad input exits with status 1 and a one-line message, and leaves no output.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import tyro
+
+from .io.export import ExportArgs, convert
+
+__all__ = ["main", "export", "ExportCommand"]
+
+
+@dataclass
+class ExportCommand(ExportArgs):
+    """Convert a Gaussian model (a file, a training run or checkpoint) to another format."""
+
+    time: Optional[float] = None
+    """Dynamic models: the instant to write (the data's time units, e.g. 0..1 for D-NeRF)."""
+
+
+def _is_run_model(path: Path) -> bool:
+    """A run directory, or a checkpoint splat-train wrote (inside ckpts/ or beside a config.json)."""
+    if path.is_dir():
+        return True
+    return path.suffix.lower() in (".pt", ".pth", ".ckpt") and (
+        (path.parent.name == "ckpts" and (path.parent.parent / "config.json").is_file())
+        or (path.parent / "config.json").is_file())
+
+
+def export(args: ExportCommand, out=print) -> dict:
+    """Run one export; returns `splat.io.export.convert`'s summary. Raises
+    `splat.io.FormatError` / ``ValueError`` / ``FileNotFoundError`` naming the file."""
+    from .models.dynamic import DynamicModel
+    from .train.run import load_model
+
+    src = Path(args.input)
+    if not _is_run_model(src):
+        if args.time is not None:
+            raise ValueError(f"{src}: --time is for dynamic models (a run directory or its checkpoint); "
+                             "a model file holds one static instant")
+        return convert(args, out)
+    model, _ = load_model(src)
+    if isinstance(model, DynamicModel):
+        t0, t1 = model.time_range
+        if args.time is None:
+            raise ValueError(f"{src}: a {model.name} model changes with time: pass --time T "
+                             f"(it was trained on times {t0:g}..{t1:g})")
+        splats = model.splats_at(float(args.time))
+        if splats["means"].shape[0] == 0:
+            raise ValueError(f"{src}: no Gaussian is visible at time {args.time:g} (trained on {t0:g}..{t1:g})")
+        source = f"{model.name} model at t = {args.time:g}"
+    else:
+        if args.time is not None:
+            raise ValueError(f"{src}: --time is for dynamic models; this is a {model.name} model")
+        splats = model.to_splats()
+        if splats is None:
+            raise ValueError(f"{src}: a {model.name} model has no static splats form")
+        source = f"{model.name} model"
+    splats = {k: v.detach().float().contiguous().cpu() for k, v in splats.items()}
+    return convert(args, out, splats=splats, source=source)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point (``splat-export``); returns the exit status."""
+    from .io import FormatError
+
+    args = tyro.cli(ExportCommand, args=list(argv) if argv is not None else None, prog="splat-export",
+                    description=__doc__, config=(tyro.conf.PositionalRequiredArgs,))
+    try:
+        export(args)
+    except (FormatError, ValueError, FileNotFoundError) as e:
+        print(f"splat-export: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a full disk or a read-only output directory
+        print(f"splat-export: error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
