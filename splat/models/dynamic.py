@@ -188,7 +188,8 @@ class DynamicModel(Model):
     """Base of the dynamic model kinds (module docstring). Subclasses hold per-Gaussian
     ``times`` [N,1] (temporal centre) and ``scales_t`` [N,1] (log temporal standard
     deviation, or the equivalent width of the model's temporal opacity), a shared
-    ``time_range`` [2] (the data's first and last time) and, with a hierarchy,
+    ``time_range`` [2] (the data's first and last time), ``time_prior`` [2] (`time_params`)
+    and, with a hierarchy,
     ``nodes`` [N] (no gradient); they implement ``_opacity_at(rows, t)``,
     ``_gaussians_at(rows, t, degree)`` and ``splats_at(t)``."""
 
@@ -199,7 +200,7 @@ class DynamicModel(Model):
         super().__init__(config, params, scene_scale)
         if "time_range" not in self.params:
             raise ValueError(f"{self.name}: the parameters lack 'time_range'")
-        for k in ("time_range", "frame_interval", "nodes"):
+        for k in ("time_range", "time_prior", "nodes"):
             if k in self.params:
                 self.params[k].requires_grad_(False)
         t0, t1 = self.time_range
@@ -263,7 +264,9 @@ class DynamicModel(Model):
         first, as deformable-Gaussian methods warm up; it keeps monocular video from fitting
         each frame with its own short-lived Gaussians). Never outside training (step None)."""
         its = getattr(self, "_iterations", None)
-        return step is not None and its is not None and step < float(getattr(self.config, "static_warmup", 0)) * its
+        if step is None or its is None or "time_prior" not in self.params:
+            return False
+        return step < round(float(self.params["time_prior"][1]) * its)
 
     def learning_rates(self, step: int, iterations: int) -> Dict[str, float]:
         self._iterations = iterations  # the warm-up and loss schedules are fractions of the run
@@ -312,11 +315,12 @@ class DynamicModel(Model):
     @property
     def min_var_t(self) -> float:
         """The floor on every Gaussian's temporal variance: (``min_scale_t`` x the data's frame
-        interval)^2. Without it a Gaussian can shrink to one instant, where a monocular video
-        has a single view to fit: floaters that each explain one training frame."""
-        if "frame_interval" not in self.params:
+        interval)^2, resolved when the model was made (`time_prior`). Without it a Gaussian can
+        shrink to one instant, where a monocular video has a single view to fit: floaters that
+        each explain one training frame."""
+        if "time_prior" not in self.params:
             return 0.0
-        s = float(getattr(self.config, "min_scale_t", 0.0)) * float(self.params["frame_interval"])
+        s = float(self.params["time_prior"][0])
         return s * s
 
 
@@ -349,10 +353,35 @@ def frame_interval(dataset) -> float:
     return float(np.median(np.diff(times))) if len(times) > 1 else 0.0
 
 
-def time_params(dataset) -> Dict[str, Tensor]:
-    """The shared time parameters of a new dynamic model: ``time_range`` [2] and ``frame_interval`` [1]."""
+MONOCULAR_VIEWS = 2.0
+"""Data with fewer training views per instant than this is treated as monocular video."""
+
+
+def is_monocular(dataset) -> bool:
+    """Whether the training views average fewer than `MONOCULAR_VIEWS` per distinct time (a
+    D-NeRF-style monocular video, one moving camera) rather than multi-view video."""
+    times = np.asarray(dataset.train.times)
+    return len(times) / max(len(np.unique(times)), 1) < MONOCULAR_VIEWS
+
+
+def resolve(value: Optional[float], dataset, monocular: float, multiview: float) -> float:
+    """An option that defaults by the kind of video: `value` when given, else `monocular` or
+    `multiview` (`is_monocular`)."""
+    if value is not None:
+        return float(value)
+    return monocular if is_monocular(dataset) else multiview
+
+
+def time_params(dataset, config) -> Dict[str, Tensor]:
+    """The shared time parameters of a new dynamic model: ``time_range`` [2] (first and last
+    time) and ``time_prior`` [2]: the floor on the temporal standard deviation (``min_scale_t``
+    frame intervals) and the static warm-up fraction, both resolved for the data now (monocular
+    video: 1 frame interval and 0.15 of the run; multi-view: neither) and kept with the model,
+    so a resumed run and a loaded model behave as the one that was trained."""
+    floor = resolve(getattr(config, "min_scale_t", None), dataset, 1.0, 0.0) * frame_interval(dataset)
+    warm = resolve(getattr(config, "static_warmup", None), dataset, 0.15, 0.0)
     return {"time_range": torch.tensor(dataset_time_range(dataset), dtype=torch.float32),
-            "frame_interval": torch.tensor([frame_interval(dataset)], dtype=torch.float32)}
+            "time_prior": torch.tensor([floor, warm], dtype=torch.float32)}
 
 
 def dataset_time_range(dataset) -> Tuple[float, float]:

@@ -50,7 +50,7 @@ from ..cameras import Cameras
 from ..render import Gaussians
 from .base import RenderOutput
 from .dynamic import (DynamicModel, dataset_time_range, init_times, learning_rate_decay, temporal_marginal,
-                      time_params, with_nodes)
+                      resolve, time_params, with_nodes)
 from .static import init_splats, num_sh_bases
 
 __all__ = ["FourDGSConfig", "FourDGSModel", "quat_left", "quat_right", "rotation_4d", "slice_4d",
@@ -136,8 +136,10 @@ class FourDGSConfig:
     """Raise the SH degree by one every this many steps (scaled with --scale-schedule)."""
     init_opacity: float = 0.1
     """Opacity of the initial Gaussians."""
-    init_scale_t: float = 0.25
-    """Initial temporal standard deviation, as a fraction of the sequence's duration."""
+    init_scale_t: Optional[float] = None
+    """Initial temporal standard deviation, as a fraction of the sequence's duration. Default: 1 for
+    monocular video (every Gaussian starts present through the whole sequence; those that move or
+    appear shrink), 0.25 for multi-view video."""
     lr_means: float = 1.6e-4
     """Position learning rate, times the scene scale; decays exponentially to lr_means_final."""
     lr_means_final: float = 1.6e-6
@@ -162,12 +164,14 @@ class FourDGSConfig:
     """Recompute the neighbours every this many steps (and whenever the count changes)."""
     knn_sample: int = 16384
     """Gaussians per step in the consistency loss (a random subset; 0: all)."""
-    static_warmup: float = 0.15
+    static_warmup: Optional[float] = None
     """Fraction of the run trained as a static model first (time frozen: each Gaussian at its temporal
-    centre, fully opaque in time), so geometry all views agree on comes before motion."""
-    min_scale_t: float = 1.0
-    """Floor on the temporal standard deviation, in frame intervals of the training data (a Gaussian
-    lives over a few frames, so several views see it; 0: no floor)."""
+    centre, fully present), so geometry all views agree on comes before motion. Default: 0.15 for
+    monocular video (fewer than 2 training views per instant), 0 for multi-view video."""
+    min_scale_t: Optional[float] = None
+    """Floor on the temporal standard deviation, in frame intervals of the training data, so that a
+    Gaussian lives over a few frames and several views see it. Default: 1 for monocular video, 0
+    (no floor) for multi-view video."""
     hierarchy_levels: int = 0
     """Temporal hierarchy levels (0: off). Level l splits the sequence into 2^l segments; a frame
     renders only the nodes covering it (long videos)."""
@@ -179,8 +183,12 @@ class FourDGSConfig:
             raise ValueError(f"--4dgs.sh-degree must be 0..3, got {self.sh_degree}")
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"--4dgs.init-opacity must be in (0, 1), got {self.init_opacity}")
-        if not self.init_scale_t > 0:
+        if self.init_scale_t is not None and not self.init_scale_t > 0:
             raise ValueError(f"--4dgs.init-scale-t must be > 0, got {self.init_scale_t}")
+        for name in ("static_warmup", "min_scale_t"):
+            v = getattr(self, name)
+            if v is not None and not (v >= 0 and (name != "static_warmup" or v < 1)):
+                raise ValueError(f"--4dgs.{name.replace('_', '-')} must be in [0, 1) / >= 0, got {v}")
         if not 0 <= self.hierarchy_levels <= 16:
             raise ValueError(f"--4dgs.hierarchy-levels must be 0..16, got {self.hierarchy_levels}")
         if self.knn < 1:
@@ -214,10 +222,11 @@ class FourDGSModel(DynamicModel):
         time_range = dataset_time_range(dataset)
         s = init_splats(dataset.points, dataset.points_rgb, config.sh_degree, config.init_opacity)
         N = s["means"].shape[0]
-        times, scales_t = init_times(N, time_range, np.random.default_rng(seed + 17), config.init_scale_t)
+        times, scales_t = init_times(N, time_range, np.random.default_rng(seed + 17),
+                                     resolve(config.init_scale_t, dataset, 1.0, 0.25))
         params = {**s, "times": torch.from_numpy(times), "scales_t": torch.from_numpy(scales_t),
                   "quats_r": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(N, 1),
-                  **time_params(dataset)}
+                  **time_params(dataset, config)}
         return cls(config, params, float(dataset.scene_scale))
 
     # ------------------------------------------------------------------ slicing
@@ -267,7 +276,7 @@ class FourDGSModel(DynamicModel):
                "times": decay(c.lr_times, 0.01), "scales": c.lr_scales, "scales_t": c.lr_scales_t,
                "quats": c.lr_quats, "quats_r": c.lr_quats_r, "opacities": c.lr_opacities, "sh0": c.lr_sh0,
                "shN": c.lr_shN, "time_range": 0.0}
-        lrs.update({k: 0.0 for k in ("frame_interval", "nodes") if k in self.params})
+        lrs.update({k: 0.0 for k in ("time_prior", "nodes") if k in self.params})
         return lrs
 
     def losses(self, step: int, out: RenderOutput, cameras: Cameras, images: Tensor) -> Dict[str, Tensor]:

@@ -89,11 +89,14 @@ class SpacetimeConfig:
     lr_shN: float = 2.5e-3 / 20
     lr_features: float = 2.5e-3
     lr_mlp: float = 1e-3
-    static_warmup: float = 0.15
-    """Fraction of the run trained as a static model first (time frozen; see --4dgs.static-warmup)."""
-    min_scale_t: float = 1.0
-    """Floor on the temporal standard deviation, in frame intervals of the training data (a Gaussian
-    lives over a few frames, so several views see it; 0: no floor)."""
+    static_warmup: Optional[float] = None
+    """Fraction of the run trained as a static model first (time frozen: each Gaussian at its temporal
+    centre, fully present), so geometry all views agree on comes before motion. Default: 0.15 for
+    monocular video (fewer than 2 training views per instant), 0 for multi-view video."""
+    min_scale_t: Optional[float] = None
+    """Floor on the temporal standard deviation, in frame intervals of the training data, so that a
+    Gaussian lives over a few frames and several views see it. Default: 1 for monocular video, 0
+    (no floor) for multi-view video."""
     hierarchy_levels: int = 0
     """Temporal hierarchy levels (0: off); see --4dgs.hierarchy-levels."""
     hierarchy_every: int = 100
@@ -105,6 +108,10 @@ class SpacetimeConfig:
             raise ValueError(f"--spacetime.sh-degree must be 0..3, got {self.sh_degree}")
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"--spacetime.init-opacity must be in (0, 1), got {self.init_opacity}")
+        for name in ("static_warmup", "min_scale_t"):
+            v = getattr(self, name)
+            if v is not None and not (v >= 0 and (name != "static_warmup" or v < 1)):
+                raise ValueError(f"--spacetime.{name.replace('_', '-')} must be in [0, 1) / >= 0, got {v}")
         if self.mlp_hidden < 1:
             raise ValueError(f"--spacetime.mlp-hidden must be >= 1, got {self.mlp_hidden}")
         if not 0 <= self.hierarchy_levels <= 16:
@@ -148,7 +155,7 @@ class SpacetimeModel(DynamicModel):
         params = {"means": s["means"], "motion": torch.zeros(N, 3 * config.motion_degree),
                   "times": torch.from_numpy(times), "scales_t": torch.from_numpy(scales_t), "scales": s["scales"],
                   "quats": s["quats"], "omega": torch.zeros(N, 4), "opacities": s["opacities"],
-                  **time_params(dataset)}
+                  **time_params(dataset, config)}
         if config.features:
             from .static import sh_to_rgb
 
@@ -212,7 +219,7 @@ class SpacetimeModel(DynamicModel):
                "motion": self.scene_scale * decay(c.lr_motion, 0.01), "times": decay(c.lr_times, 0.01),
                "scales_t": c.lr_scales_t, "scales": c.lr_scales, "quats": c.lr_quats, "omega": c.lr_omega,
                "opacities": c.lr_opacities, "time_range": 0.0}
-        lrs.update({k: 0.0 for k in ("frame_interval", "nodes") if k in self.params})
+        lrs.update({k: 0.0 for k in ("time_prior", "nodes") if k in self.params})
         if c.features:
             lrs.update(features=c.lr_features, mlp_w1=c.lr_mlp, mlp_b1=c.lr_mlp, mlp_w2=c.lr_mlp, mlp_b2=c.lr_mlp)
         else:
