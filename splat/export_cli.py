@@ -36,12 +36,18 @@ class ExportCommand(ExportArgs):
 
 
 def _is_run_model(path: Path) -> bool:
-    """A run directory, or a checkpoint splat-train wrote (inside ckpts/ or beside a config.json)."""
+    """A run directory, or a checkpoint splat-train wrote (wherever it was copied: it holds its
+    run's config, so a dynamic model's is never mistaken for static splats)."""
     if path.is_dir():
         return True
-    return path.suffix.lower() in (".pt", ".pth", ".ckpt") and (
-        (path.parent.name == "ckpts" and (path.parent.parent / "config.json").is_file())
-        or (path.parent / "config.json").is_file())
+    if path.suffix.lower() not in (".pt", ".pth", ".ckpt") or not path.is_file():
+        return False
+    from .train.checkpoint import load_checkpoint
+
+    try:
+        return "config" in load_checkpoint(path)
+    except (ValueError, KeyError, OSError):
+        return False  # another trainer's checkpoint: splat.io reads it, with its own errors
 
 
 def export(args: ExportCommand, out=print) -> dict:

@@ -49,7 +49,7 @@ class RenderConfig:
     """Dynamic models: render every view at this time (default: test/train views at their own times;
     videos sweep the model's time range while the camera moves)."""
     time_range: Optional[Tuple[float, float]] = None
-    """Dynamic models: the times a video sweeps (default: the range the model was trained on)."""
+    """Dynamic models: the times a video sweeps (default: the range the model was trained on); videos only."""
     view: int = 0
     """--cameras fixed: the index of the training camera."""
     mode: Literal["rgb", "depth", "alpha"] = "rgb"
@@ -80,6 +80,8 @@ def render(cfg: RenderConfig, log=print) -> dict:
     dynamic = "time" in model.requires
     if not dynamic and (cfg.time is not None or cfg.time_range is not None):
         raise ValueError(f"{cfg.model}: --time / --time-range are for dynamic models; this is a {model.name} model")
+    if cfg.time_range is not None and (cfg.time is not None or cfg.cameras in ("test", "train")):
+        raise ValueError("--time-range is the sweep of a video (orbit, path, fixed) without --time")
     if cfg.cameras == "fixed" and not dynamic:
         raise ValueError(f"--cameras fixed sweeps time, for dynamic models; {cfg.model} is a {model.name} model")
     model_path = Path(cfg.model)
@@ -133,7 +135,10 @@ def render(cfg: RenderConfig, log=print) -> dict:
             log(f"{cfg.cameras}: {len(split)} {cfg.mode} images -> {folder}")
     else:
         if data is not None:
-            K0, W, H = data.train.Ks[0].copy(), data.train.widths[0], data.train.heights[0]
+            v = cfg.view if cfg.cameras == "fixed" else 0
+            if not 0 <= v < len(data.train):
+                raise ValueError(f"--view {cfg.view}: the dataset has {len(data.train)} training views")
+            K0, W, H = data.train.Ks[v].copy(), data.train.widths[v], data.train.heights[v]
             train_V = np.asarray(data.train.viewmats, dtype=np.float64)
         else:
             W, H = 512, 512
@@ -148,11 +153,8 @@ def render(cfg: RenderConfig, log=print) -> dict:
             W, H = W2, H2
         if cfg.cameras == "orbit":
             Vs = orbit_cameras(cfg.frames, train_V, model.params["means"].detach().cpu().numpy(), cfg.elevation)
-        elif cfg.cameras == "fixed":
-            if not 0 <= cfg.view < len(data.train):
-                raise ValueError(f"--view {cfg.view}: the dataset has {len(data.train)} training views")
+        elif cfg.cameras == "fixed":  # K0, W, H are that camera's (scaled by --resolution above)
             Vs = np.repeat(train_V[cfg.view][None], cfg.frames, 0)
-            K0 = data.train.Ks[cfg.view].copy() if cfg.resolution is None else K0
         else:
             Vs = path_cameras(cfg.frames, train_V)
         times = None

@@ -304,7 +304,11 @@ class Viewer:
     def _on_display(self) -> None:
         with self._send_lock:  # no server frame in flight lands after the switch
             if self.display.value == "client splats":
-                self._sync_client_splats(force=True)
+                try:
+                    self._sync_client_splats(force=True)
+                except Exception as e:  # a model with no per-Gaussian colour (spacetime --features)
+                    self.last_error = f"client splats: {e}"
+                    return
                 for cv in list(self._views.values()):
                     cv.client.scene.set_background_image(None)
                     cv.shown = False

@@ -292,12 +292,11 @@ class DynamicScene(SplatScene):
 
         if mode not in self.modes:
             raise ValueError(f"render mode {mode!r}: choose one of {', '.join(self.modes)}")
-        if t is not None:
-            self.set_time(t)
+        t = self.t if t is None else float(t)  # this render's own time: threads do not share it
         model = self.model
         cams = Cameras(torch.as_tensor(cam.viewmat, dtype=torch.float32)[None],
                        torch.as_tensor(cam.K, dtype=torch.float32)[None], cam.width, cam.height,
-                       time=torch.tensor([self.t], dtype=torch.float32))
+                       time=torch.tensor([t], dtype=torch.float32))
         settings = RenderSettings(backend if backend != "cuda" else "auto", self.rasterize_mode).for_scene(
             self.scene_scale)
         bg = torch.tensor(self.background, dtype=torch.float32)[None] if mode == "rgb" else None

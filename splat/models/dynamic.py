@@ -23,7 +23,8 @@ and gradients and makes a frame cost what is alive at that instant.
 Temporal Gaussian Hierarchy"; `TemporalHierarchy`): with ``hierarchy_levels`` L > 0
 the sequence [t0, t1] is split into 2^l segments at level l = 0..L-1, and every
 Gaussian lives in one node (level, segment): the finest level whose one segment
-holds its temporal support (centre +- `SUPPORT` temporal standard deviations). A
+holds its temporal support (centre +- `SUPPORT` = 3.33 temporal standard deviations,
+where even an opaque Gaussian falls below the rasterizer's 1/255). A
 frame renders only the L nodes that cover its time, found through an index sorted
 by node, so the work per frame (and its working memory) follows what one instant
 needs instead of the whole video. Training streams the same way: a step's
@@ -52,8 +53,9 @@ from .base import Model
 __all__ = ["DynamicModel", "TemporalHierarchy", "SUPPORT", "time_of", "temporal_marginal", "learning_rate_decay",
            "gather_rows"]
 
-SUPPORT = 3.0
-"""Temporal support of a Gaussian in standard deviations (its opacity is below 1.2% of its peak outside)."""
+SUPPORT = math.sqrt(2.0 * math.log(255.0))
+"""Temporal support of a Gaussian in standard deviations (3.33): outside it even an opaque Gaussian is
+below the rasterizer's 1/255, so cutting it at its hierarchy segment's ends changes no pixel."""
 
 ALPHA_THRESHOLD = 1.0 / 255.0  # the rasterizer's: a Gaussian below it at t draws nothing
 
@@ -97,8 +99,8 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         (rows,) = ctx.saved_tensors
-        # rows are unique and ascending (hierarchy rows, the temporal cut keeps their order)
-        return torch.sparse_coo_tensor(rows[None], g, ctx.shape, is_coalesced=True, check_invariants=False), None
+        # uncoalesced: `lazy_adam_step` coalesces (sums repeated rows), whatever order the rows came in
+        return torch.sparse_coo_tensor(rows[None], g, ctx.shape, check_invariants=False), None
 
 
 def gather_rows(p: Tensor, rows: Optional[Tensor], sparse: bool = False) -> Tensor:
@@ -125,6 +127,7 @@ class TemporalHierarchy:
         self.t0, self.t1 = float(t0), float(t1)
         self.span = max(self.t1 - self.t0, 1e-9)
         self._index_key = None
+        self._index_nodes: Optional[Tensor] = None
         self._order: Optional[Tensor] = None
         self._offsets: Optional[Tensor] = None
 
@@ -170,13 +173,13 @@ class TemporalHierarchy:
     def rows(self, nodes: Tensor, t: float) -> Tensor:
         """Indices (int64, ascending) of the Gaussians in the nodes that cover `t`; the index
         (an argsort by node and per-node offsets) is rebuilt only when `nodes` changed."""
-        key = (id(nodes), nodes._version, nodes.shape[0], nodes.device)
-        if key != self._index_key:
+        key = (nodes._version, nodes.shape[0], nodes.device)
+        if nodes is not self._index_nodes or key != self._index_key:  # a strong reference: no id() reuse
             ids = nodes.detach().long().clamp(0, self.num_nodes - 1)
             counts = torch.bincount(ids, minlength=self.num_nodes)
             self._order = torch.sort(ids, stable=True).indices
             self._offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).tolist()
-            self._index_key = key
+            self._index_key, self._index_nodes = key, nodes
         parts = [self._order[self._offsets[n]:self._offsets[n + 1]] for n in self.active_nodes(t)]
         parts = [p for p in parts if p.numel()]
         if not parts:
@@ -200,7 +203,7 @@ class DynamicModel(Model):
         super().__init__(config, params, scene_scale)
         if "time_range" not in self.params:
             raise ValueError(f"{self.name}: the parameters lack 'time_range'")
-        for k in ("time_range", "time_prior", "nodes"):
+        for k in ("time_range", "time_prior", "nodes", "knn", "knn_block"):
             if k in self.params:
                 self.params[k].requires_grad_(False)
         t0, t1 = self.time_range
@@ -209,6 +212,7 @@ class DynamicModel(Model):
             raise ValueError(f"{self.name}: hierarchy_levels={levels} but the parameters have no 'nodes' "
                              "(a model trained without the hierarchy keeps hierarchy_levels=0)")
         self.hierarchy = TemporalHierarchy(levels, t0, t1) if levels else None
+        self._nodes_seen = self.params["nodes"] if "nodes" in self.params else None
         self.sh_interval = max(1, int(getattr(config, "sh_degree_interval", 1000)))
 
     # ------------------------------------------------------------------ time
@@ -293,7 +297,13 @@ class DynamicModel(Model):
     def update(self, step: int) -> Dict[str, int]:
         """Re-assign hierarchy nodes every ``hierarchy_every`` steps (after density control)."""
         every = int(getattr(self.config, "hierarchy_every", 100))
-        if self.hierarchy is None or every <= 0 or step == 0 or step % every:
+        if self.hierarchy is None:
+            return {}
+        # density control replaced the parameters (new children sit in their parent's node, their
+        # temporal centres moved): re-assign now; else every `every` steps
+        changed = self.params["nodes"] is not getattr(self, "_nodes_seen", None)
+        self._nodes_seen = self.params["nodes"]
+        if not changed and (every <= 0 or step == 0 or step % every):
             return {}
         with torch.no_grad():
             nodes = self.params["nodes"]

@@ -207,12 +207,15 @@ class FourDGSModel(DynamicModel):
 
     def __init__(self, config: FourDGSConfig, params: Mapping[str, Tensor], scene_scale: float = 1.0):
         params, assign = with_nodes(params, config.hierarchy_levels)
+        if "knn" not in params:  # the consistency loss's neighbours, computed on first use (saved with the model)
+            params = dict(params)
+            params["knn"] = torch.zeros(0, config.knn)
+            params["knn_block"] = torch.tensor([-1.0])
         self.per_gaussian = PER_GAUSSIAN + (("nodes",) if "nodes" in params else ())
         super().__init__(config, params, scene_scale)
         if assign:
             self.assign_nodes()
-        self._knn: Optional[Tensor] = None
-        self._knn_key = None
+        self._knn_means = None  # the means parameter the stored neighbours were computed for (None: loaded)
 
     @classmethod
     def create(cls, config: FourDGSConfig, dataset, *, seed: int = 0) -> "FourDGSModel":
@@ -233,8 +236,9 @@ class FourDGSModel(DynamicModel):
     def _slice(self, rows: Optional[Tensor], t: float, frozen: bool = False):
         r = lambda k: self._rows(k, rows)  # noqa: E731
         times = r("times")
-        if frozen:  # each Gaussian at its own centre: dt = 0
-            t = times.detach().reshape(-1)
+        if frozen:  # each Gaussian at its own centre: dt = 0, and no gradient reaches mu_t
+            times = times.detach()
+            t = times.reshape(-1)
         return slice_4d(r("means"), times, r("quats"), r("quats_r"), torch.exp(r("scales")),
                         torch.exp(r("scales_t")), t, self.min_var_t)
 
@@ -276,7 +280,7 @@ class FourDGSModel(DynamicModel):
                "times": decay(c.lr_times, 0.01), "scales": c.lr_scales, "scales_t": c.lr_scales_t,
                "quats": c.lr_quats, "quats_r": c.lr_quats_r, "opacities": c.lr_opacities, "sh0": c.lr_sh0,
                "shN": c.lr_shN, "time_range": 0.0}
-        lrs.update({k: 0.0 for k in ("time_prior", "nodes") if k in self.params})
+        lrs.update({k: 0.0 for k in ("time_prior", "nodes", "knn", "knn_block") if k in self.params})
         return lrs
 
     def losses(self, step: int, out: RenderOutput, cameras: Cameras, images: Tensor) -> Dict[str, Tensor]:
@@ -291,11 +295,21 @@ class FourDGSModel(DynamicModel):
         return terms
 
     def _consistency(self, step: int) -> Tensor:
-        """mean |v_i - mean_{j in kNN(i)} v_j| over a sample of Gaussians (velocities V / W)."""
+        """mean |v_i - mean_{j in kNN(i)} v_j| over a sample of Gaussians (velocities V / W), the
+        neighbours' mean held fixed (each Gaussian is pulled towards its neighbours' motion).
+
+        The neighbours are recomputed every ``knn_every`` steps and whenever density control
+        replaced the parameters; they are kept in the shared parameter ``knn`` (with the step
+        block they belong to in ``knn_block``), so a resumed run uses the neighbours the
+        uninterrupted one used."""
         c = self.config
         N = self.num_gaussians
-        key = (N, step // max(c.knn_every, 1))
-        if self._knn is None or self._knn_key != key or self._knn.shape[0] != N:
+        dev = self.params["means"].device
+        block = step // max(c.knn_every, 1)
+        stored = self.params["knn"] if "knn" in self.params else None
+        fresh = (stored is not None and stored.shape[0] == N and int(self.params["knn_block"][0]) == block
+                 and (getattr(self, "_knn_means", None) is None or self._knn_means is self.params["means"]))
+        if not fresh:
             from scipy.spatial import cKDTree
 
             with torch.no_grad():
@@ -303,16 +317,24 @@ class FourDGSModel(DynamicModel):
                 pts = pts.detach().cpu().numpy()
             k = min(c.knn + 1, N)
             _, idx = cKDTree(pts).query(pts, k=k)
-            self._knn = torch.from_numpy(np.asarray(idx[:, 1:], dtype=np.int64)).to(self.params["means"].device)
-            self._knn_key = key
+            knn = torch.from_numpy(np.asarray(idx[:, 1:], dtype=np.float32)).to(dev)  # exact as floats (< 2^24)
+            # new objects in place of the placeholders (no gradient and no optimizer state: the
+            # optimizer's reference to the old ones is never stepped)
+            self.params["knn"] = torch.nn.Parameter(knn, requires_grad=False)
+            self.params["knn_block"] = torch.nn.Parameter(torch.tensor([float(block)], device=dev),
+                                                          requires_grad=False)
+        self._knn_means = self.params["means"]
+        nbrs = self.params["knn"].long()
         g = torch.Generator().manual_seed(1_000_003 * step + 7)
         n = N if c.knn_sample <= 0 or c.knn_sample >= N else c.knn_sample
-        sample = torch.randperm(N, generator=g)[:n].to(self.params["means"].device)
-        nb = self._knn[sample]  # [n, K]
+        sample = torch.randperm(N, generator=g)[:n].to(dev)
+        nb = nbrs[sample]  # [n, K]
         rows = torch.unique(torch.cat([sample, nb.reshape(-1)]))
         pos = torch.full((N,), -1, dtype=torch.int64, device=rows.device)
         pos[rows] = torch.arange(len(rows), device=rows.device)
         _, _, _, vel = self._slice(rows, 0.0)
         v_i = vel[pos[sample]]
-        v_nb = vel[pos[nb]].mean(1)
+        # the neighbours' mean is a fixed target (no gradient): its backward would scatter-add into
+        # repeated rows, whose summation order torch's CPU kernels do not fix, and resume is exact
+        v_nb = vel[pos[nb]].mean(1).detach()
         return (v_i - v_nb).abs().sum(-1).mean() / max(self.scene_scale, 1e-12)
