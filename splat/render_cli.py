@@ -158,12 +158,9 @@ def render(cfg: RenderConfig, log=print) -> dict:
         else:
             Vs = path_cameras(cfg.frames, train_V)
         times = None
-        if dynamic:
-            if cfg.time is not None:
-                times = np.full(len(Vs), cfg.time)
-            else:
-                t0, t1 = cfg.time_range or model.time_range
-                times = np.linspace(t0, t1, len(Vs))
+        sweep = cfg.time_range or getattr(model, "time_range", None)  # a model kind without one: no sweep
+        if dynamic and (cfg.time is not None or sweep is not None):
+            times = np.full(len(Vs), cfg.time) if cfg.time is not None else np.linspace(sweep[0], sweep[1], len(Vs))
             result["times"] = [float(times[0]), float(times[-1])]
         cams = Cameras.from_numpy(Vs, np.repeat(K0[None], len(Vs), 0), W, H, time=times)
         model.check_cameras(cams, where=f"--cameras {cfg.cameras}")
