@@ -109,7 +109,7 @@ class ExportRefused(Exception):
 
 
 def test_fuzz_export_cli_leaves_no_output(model_seeds):
-    from splat.io.export import main as export_main
+    from splat.export_cli import main as export_main
 
     seed, _, opts = model_seeds["ply"]
 

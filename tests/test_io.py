@@ -21,7 +21,7 @@ from splat.io import compressed_ply as cply
 from splat.io import ply as ply_mod
 from splat.io import splat_format
 from splat.io import spz as spz_mod
-from splat.io.export import main as export_main
+from splat.export_cli import main as export_main
 
 gexp = pytest.importorskip("gsplat.exporter")
 try:  # test-only dependency; only the tests that cross-check with it need it
@@ -742,7 +742,7 @@ def test_cli_bad_input_exit_codes(tmp_path, capsys):
 def test_cli_subprocess_exit_code(tmp_path):
     (tmp_path / "junk.spz").write_bytes(b"not an spz at all")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "splat.io.export", str(tmp_path / "junk.spz"), str(tmp_path / "o.ply")],
+    r = subprocess.run([sys.executable, "-m", "splat.export_cli", str(tmp_path / "junk.spz"), str(tmp_path / "o.ply")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().startswith("splat-export: error:") and "not an .spz file" in r.stderr

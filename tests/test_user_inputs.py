@@ -67,7 +67,7 @@ def test_ply_with_one_gaussian_and_extra_uchar_properties(tmp_path, n):
     for v in s.values():
         v.add_(0.0)  # writable, own memory
     # and splat-export converts it
-    from splat.io.export import main as export_main
+    from splat.export_cli import main as export_main
 
     assert export_main([str(p), str(tmp_path / "one.splat")]) == 0
     assert sio.load(tmp_path / "one.splat")["means"].shape == (n, 3)

@@ -120,6 +120,20 @@ def pose_from_viewmat(viewmat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- 3D Gaussians
 
 
+def client_splats_of(splats: Dict[str, torch.Tensor]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A splats dict as viser's client-side splats: (centers [N,3], covariances [N,3,3], rgbs
+    [N,3] in [0,1], opacities [N,1]), colour from the SH degree-0 term."""
+    from splat.backends.torch_ref import quat_scale_to_covar
+    from splat.models.static import sh_to_rgb
+
+    s = {k: v.detach().cpu() for k, v in splats.items()}
+    cov = quat_scale_to_covar(s["quats"].double(), torch.exp(s["scales"].double()))
+    rgb = sh_to_rgb(s["sh0"][:, 0, :]).clamp(0, 1)
+    opa = torch.sigmoid(s["opacities"])[:, None]
+    return (s["means"].numpy().astype(np.float32), cov.float().numpy(), rgb.numpy().astype(np.float32),
+            opa.numpy().astype(np.float32))
+
+
 class SplatScene:
     """Static 3D Gaussians in the toolkit's splats dict (log scales, logit opacities, SH).
 
@@ -200,15 +214,7 @@ class SplatScene:
     def client_splats(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(centers [N,3], covariances [N,3,3], rgbs [N,3] in [0,1], opacities [N,1]) for
         viser's client-side splatting (view-independent colour: the SH degree-0 term)."""
-        from splat.backends.torch_ref import quat_scale_to_covar
-        from splat.models.static import sh_to_rgb
-
-        s = {k: v.cpu() for k, v in self.splats.items()}
-        cov = quat_scale_to_covar(s["quats"].double(), torch.exp(s["scales"].double()))
-        rgb = sh_to_rgb(s["sh0"][:, 0, :]).clamp(0, 1)
-        opa = torch.sigmoid(s["opacities"])[:, None]
-        return (s["means"].numpy().astype(np.float32), cov.float().numpy(), rgb.numpy().astype(np.float32),
-                opa.numpy().astype(np.float32))
+        return client_splats_of(self.splats)
 
     def home_pose(self) -> Tuple[np.ndarray, np.ndarray, float]:
         """(wxyz, position, fov_y) of the first view: the first training camera, else
@@ -246,7 +252,7 @@ class DynamicScene(SplatScene):
     def __init__(self, model, *, cameras: Sequence[TrainingCamera] = (), background=(1.0, 1.0, 1.0),
                  rasterize_mode: str = "classic", name: str = "model", up: Optional[np.ndarray] = None):
         self._lock = threading.Lock()
-        self._model = model.eval()
+        self._model = model
         self._scene_scale = float(model.scene_scale)
         self.version = 0
         self.cameras = list(cameras)
@@ -259,7 +265,7 @@ class DynamicScene(SplatScene):
 
     def update(self, params: Dict[str, torch.Tensor]) -> None:
         m = self._model
-        new = type(m).from_state(m.config, {k: v.detach().cpu() for k, v in params.items()}, m.scene_scale).eval()
+        new = type(m).from_state(m.config, {k: v.detach().cpu() for k, v in params.items()}, m.scene_scale)
         with self._lock:
             self._model = new
             self.version += 1
@@ -306,15 +312,8 @@ class DynamicScene(SplatScene):
         return colorize(c, a, mode, depth_range_of(c, a) if mode == "depth" else None)
 
     def client_splats(self):
-        from splat.backends.torch_ref import quat_scale_to_covar
-        from splat.models.static import sh_to_rgb
-
-        s = self.model.splats_at(self.t)
-        cov = quat_scale_to_covar(s["quats"].double(), torch.exp(s["scales"].double()))
-        rgb = sh_to_rgb(s["sh0"][:, 0, :]).clamp(0, 1)
-        opa = torch.sigmoid(s["opacities"])[:, None]
-        return (s["means"].numpy().astype(np.float32), cov.float().numpy(), rgb.numpy().astype(np.float32),
-                opa.numpy().astype(np.float32))
+        """`SplatScene.client_splats` of the model's Gaussians at the current time."""
+        return client_splats_of(self.model.splats_at(self.t))
 
 
 # ----------------------------------------------------------------------------- 2D image models

@@ -72,10 +72,8 @@ class ViewerCallback(LinkCallback):
             common = dict(cameras=cameras_of_split(trainer.data.train), background=tuple(trainer.cfg.background),
                           rasterize_mode=trainer.cfg.rasterize_mode, name=Path(trainer.out).resolve().name)
             if isinstance(trainer.model, DynamicModel):  # rendered by a copy of the model at the slider's time
-                m = trainer.model
-                copy = type(m).from_state(m.config, {k: v.detach().clone().cpu() for k, v in m.state().items()},
-                                          m.scene_scale)
-                scene = DynamicScene(copy, **common)
+                scene = DynamicScene(trainer.model, **common)
+                scene.update({k: v.clone() for k, v in trainer.model.state().items()})  # now it holds its own copy
             else:
                 splats = trainer.model.to_splats()
                 if splats is None:

@@ -1,25 +1,23 @@
-"""``splat-export``: convert Gaussian-splat files between formats.
-
-    splat-export INPUT OUTPUT [--format ply|compressed_ply|splat|spz] [--spz-version 3]
+"""File conversion for ``splat-export`` (the command itself is `splat.export_cli`, which also
+opens training runs): `ExportArgs` and `convert`, one model file in another format.
 
 INPUT is a .ply (standard or PlayCanvas compressed), .splat, .spz, or a
 training checkpoint (.pt/.pth/.ckpt holding ``{"splats": {...}}``). The output
 format comes from OUTPUT's name unless ``--format`` is given. Prints the
 number of Gaussians, the SH degree, both sizes and the compression ratio;
-bad input exits with status 1 and a one-line message, and leaves no output.
+a bad input raises, naming the file, and leaves no output.
 """
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Sequence
+from typing import Annotated, Literal, Optional
 
 import tyro
 
-__all__ = ["main", "convert", "ExportArgs"]
+__all__ = ["convert", "ExportArgs"]
 
 
 @dataclass
@@ -82,28 +80,3 @@ def convert(args: ExportArgs, out=print, splats: Optional[dict] = None, source: 
         out(f"warning:      {w.message}")
     return dict(num_gaussians=n, sh_degree=deg_in, input_bytes=in_size, output_bytes=out_size,
                 ratio=None if in_size is None else in_size / out_size, format=fmt)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point (``splat.io.export:main``); returns the exit status."""
-    from . import FormatError
-
-    args = tyro.cli(
-        ExportArgs,
-        args=list(argv) if argv is not None else None,
-        prog="splat-export",
-        config=(tyro.conf.PositionalRequiredArgs,),
-    )
-    try:
-        convert(args)
-    except FormatError as e:
-        print(f"splat-export: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # e.g. a full disk or a read-only output directory
-        print(f"splat-export: error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

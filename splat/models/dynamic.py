@@ -334,6 +334,21 @@ class DynamicModel(Model):
         return s * s
 
 
+def check_dynamic_options(config, flag: str) -> None:
+    """Raise ``ValueError`` for the options every dynamic kind has (SH degree, initial opacity,
+    static warm-up, temporal floor, hierarchy levels), naming them as ``--<flag>.*``."""
+    if not 0 <= config.sh_degree <= 3:
+        raise ValueError(f"--{flag}.sh-degree must be 0..3, got {config.sh_degree}")
+    if not 0 < config.init_opacity < 1:
+        raise ValueError(f"--{flag}.init-opacity must be in (0, 1), got {config.init_opacity}")
+    for name in ("static_warmup", "min_scale_t"):
+        v = getattr(config, name)
+        if v is not None and not (v >= 0 and (name != "static_warmup" or v < 1)):
+            raise ValueError(f"--{flag}.{name.replace('_', '-')} must be in [0, 1) / >= 0, got {v}")
+    if not 0 <= config.hierarchy_levels <= 16:
+        raise ValueError(f"--{flag}.hierarchy-levels must be 0..16, got {config.hierarchy_levels}")
+
+
 # ----------------------------------------------------------------------------- shared initialisation
 
 

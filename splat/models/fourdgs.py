@@ -49,8 +49,8 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..render import Gaussians
 from .base import RenderOutput
-from .dynamic import (DynamicModel, dataset_time_range, init_times, learning_rate_decay, temporal_marginal,
-                      resolve, time_params, with_nodes)
+from .dynamic import (DynamicModel, check_dynamic_options, dataset_time_range, init_times, learning_rate_decay,
+                      resolve, temporal_marginal, time_params, with_nodes)
 from .static import init_splats, num_sh_bases
 
 __all__ = ["FourDGSConfig", "FourDGSModel", "quat_left", "quat_right", "rotation_4d", "slice_4d",
@@ -179,18 +179,9 @@ class FourDGSConfig:
     """Re-assign the Gaussians to hierarchy nodes every this many steps."""
 
     def check(self) -> None:
-        if not 0 <= self.sh_degree <= 3:
-            raise ValueError(f"--4dgs.sh-degree must be 0..3, got {self.sh_degree}")
-        if not 0 < self.init_opacity < 1:
-            raise ValueError(f"--4dgs.init-opacity must be in (0, 1), got {self.init_opacity}")
+        check_dynamic_options(self, "4dgs")
         if self.init_scale_t is not None and not self.init_scale_t > 0:
             raise ValueError(f"--4dgs.init-scale-t must be > 0, got {self.init_scale_t}")
-        for name in ("static_warmup", "min_scale_t"):
-            v = getattr(self, name)
-            if v is not None and not (v >= 0 and (name != "static_warmup" or v < 1)):
-                raise ValueError(f"--4dgs.{name.replace('_', '-')} must be in [0, 1) / >= 0, got {v}")
-        if not 0 <= self.hierarchy_levels <= 16:
-            raise ValueError(f"--4dgs.hierarchy-levels must be 0..16, got {self.hierarchy_levels}")
         if self.knn < 1:
             raise ValueError(f"--4dgs.knn must be >= 1, got {self.knn}")
 
@@ -242,19 +233,21 @@ class FourDGSModel(DynamicModel):
         return slice_4d(r("means"), times, r("quats"), r("quats_r"), torch.exp(r("scales")),
                         torch.exp(r("scales_t")), t, self.min_var_t)
 
-    def sigma_t(self) -> Tensor:
-        """sqrt(W): the temporal standard deviation after rotation (what the marginal uses)."""
-        with torch.no_grad():
-            M = rotation_4d(self.params["quats"], self.params["quats_r"]) * torch.exp(
-                torch.cat([self.params["scales"], self.params["scales_t"]], -1))[:, None, :]
-            return ((M[:, 3, :] ** 2).sum(-1) + self.min_var_t).sqrt()
-
-    def _opacity_at(self, rows: Optional[Tensor], t: float) -> Tensor:
+    def _var_t(self, rows: Optional[Tensor]) -> Tensor:
+        """W + the floor: each Gaussian's temporal variance after rotation [N] (no gradient)."""
         with torch.no_grad():
             r = lambda k: self._rows(k, rows)  # noqa: E731
             M_t = rotation_4d(r("quats"), r("quats_r"))[:, 3, :] * torch.exp(torch.cat([r("scales"), r("scales_t")], -1))
-            W = (M_t * M_t).sum(-1) + self.min_var_t
-            return torch.sigmoid(r("opacities")) * temporal_marginal(t - r("times")[:, 0], W)
+            return (M_t * M_t).sum(-1) + self.min_var_t
+
+    def sigma_t(self) -> Tensor:
+        """sqrt(W): the temporal standard deviation after rotation (what the marginal uses)."""
+        return self._var_t(None).sqrt()
+
+    def _opacity_at(self, rows: Optional[Tensor], t: float) -> Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(self._rows("opacities", rows)) * temporal_marginal(
+                t - self._rows("times", rows)[:, 0], self._var_t(rows))
 
     def _gaussians_at(self, rows: Optional[Tensor], t: float, degree: int, frozen: bool = False) -> Gaussians:
         means, covars, marginal, _ = self._slice(rows, t, frozen)

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..render import Gaussians
-from .dynamic import (DynamicModel, dataset_time_range, init_times, learning_rate_decay, temporal_marginal,
-                      time_params, with_nodes)
+from .dynamic import (DynamicModel, check_dynamic_options, dataset_time_range, init_times, learning_rate_decay,
+                      temporal_marginal, time_params, with_nodes)
 from .static import init_splats
 
 __all__ = ["SpacetimeConfig", "SpacetimeModel", "motion_at", "FEATURES"]
@@ -102,20 +102,11 @@ class SpacetimeConfig:
     hierarchy_every: int = 100
 
     def check(self) -> None:
+        check_dynamic_options(self, "spacetime")
         if not 0 <= self.motion_degree <= 6:
             raise ValueError(f"--spacetime.motion-degree must be 0..6, got {self.motion_degree}")
-        if not 0 <= self.sh_degree <= 3:
-            raise ValueError(f"--spacetime.sh-degree must be 0..3, got {self.sh_degree}")
-        if not 0 < self.init_opacity < 1:
-            raise ValueError(f"--spacetime.init-opacity must be in (0, 1), got {self.init_opacity}")
-        for name in ("static_warmup", "min_scale_t"):
-            v = getattr(self, name)
-            if v is not None and not (v >= 0 and (name != "static_warmup" or v < 1)):
-                raise ValueError(f"--spacetime.{name.replace('_', '-')} must be in [0, 1) / >= 0, got {v}")
         if self.mlp_hidden < 1:
             raise ValueError(f"--spacetime.mlp-hidden must be >= 1, got {self.mlp_hidden}")
-        if not 0 <= self.hierarchy_levels <= 16:
-            raise ValueError(f"--spacetime.hierarchy-levels must be 0..16, got {self.hierarchy_levels}")
 
     def scaled(self, factor: float) -> "SpacetimeConfig":
         return dataclasses.replace(self, sh_degree_interval=int(self.sh_degree_interval * factor))
