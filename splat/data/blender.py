@@ -23,8 +23,25 @@ frames in time order, and a multi-view file lists every camera at one instant, t
 instant. The times reach ``Split.times`` (float32 [M]) and from there ``Cameras.time``;
 ``Dataset.format`` stays ``"blender"``, with ``meta["dynamic"] = True`` and
 ``meta["num_frames"]`` (the number of distinct times over the loaded frames) added, and
-``Dataset.time_range`` gives their span. Every error is a ``DatasetError`` naming the json file
-and the frame index (``frame i`` counts from 0 in the file's ``frames`` list).
+``Dataset.time_range`` gives their span.
+
+Point-lit (relightable) scenes use the same layout; each frame also has
+``"light_position": [x, y, z]``, the world position (in the frame's world coordinates, like
+``transform_matrix``) of the one point light that lit its image, and ``"light_intensity":
+[r, g, b]``, that light's linear RGB radiant intensity in W/sr: a Lambertian surface of albedo
+``rho`` at distance ``d``, lit at normal incidence, has radiance ``rho / pi * I / d^2``. The
+images are 8-bit sRGB RGBA PNGs (alpha = coverage, composited on ``background`` as usual), each
+lit by its frame's light only. A scene is point-lit when its frames carry the keys (no other
+switch); then the lights reach ``Split.light_positions`` / ``Split.light_intensities`` (float32
+[M, 3], in frame order) and from there ``Cameras.light_position`` / ``Cameras.light_intensity``,
+and ``meta["relightable"] = True``; ``Dataset.format`` stays ``"blender"``. A frame has both
+keys or neither; each is a list of exactly 3 finite numbers; the intensity's components are
+``>= 0`` and not all zero. Either every frame of the train and test files has a light or none
+has ("missing lights" otherwise, naming the first frame without one). Lights and times may
+coexist (a dynamic point-lit scene).
+
+Every error is a ``DatasetError`` naming the json file and the frame index (``frame i`` counts
+from 0 in the file's ``frames`` list), and for a bad value the key and the value.
 """
 from __future__ import annotations
 
@@ -73,6 +90,45 @@ def _read_time(fr: dict, json_path: Path, where: str) -> float | None:
     return t
 
 
+LIGHT_KEYS = ("light_position", "light_intensity")
+
+
+def _read_light_vector(value, key: str, json_path: Path, where: str) -> np.ndarray:
+    """A list of exactly 3 finite numbers, or a DatasetError naming the file, frame, key and value."""
+    bad = f"{json_path}: key '{key}'{where} must be a list of 3 finite numbers, got {value!r:.120}"
+    if not isinstance(value, list):
+        raise DatasetError(f"{bad} (a {type(value).__name__}, not a list)")
+    if len(value) != 3:
+        raise DatasetError(f"{bad} (a list of {len(value)})")
+    for j, c in enumerate(value):
+        if isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise DatasetError(f"{bad} (component {j} is not a number)")
+        if not math.isfinite(c):
+            raise DatasetError(f"{bad} (component {j} is not finite)")
+    return np.array([float(c) for c in value], dtype=np.float64)
+
+
+def _read_light(fr: dict, json_path: Path, where: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The frame's optional point light ``(position, intensity)``: ``(None, None)`` when the frame
+    has neither key; both keys or neither, 3 finite numbers each, the intensity >= 0 and not all 0."""
+    present = [k for k in LIGHT_KEYS if k in fr]
+    if not present:
+        return None, None
+    if len(present) == 1:
+        (has,), missing = present, [k for k in LIGHT_KEYS if k not in fr][0]
+        raise DatasetError(f"{json_path}: missing key '{missing}'{where}: the frame has '{has}', and a point light "
+                           f"needs both 'light_position' and 'light_intensity'")
+    pos = _read_light_vector(fr["light_position"], "light_position", json_path, where)
+    intensity = _read_light_vector(fr["light_intensity"], "light_intensity", json_path, where)
+    if np.any(intensity < 0):
+        raise DatasetError(f"{json_path}: key 'light_intensity'{where} must be >= 0 in every component (a radiant "
+                           f"intensity), got {fr['light_intensity']!r}")
+    if not np.any(intensity > 0):
+        raise DatasetError(f"{json_path}: key 'light_intensity'{where} is all zero, got {fr['light_intensity']!r}: "
+                           "the frame's only light would be off (a black image)")
+    return pos, intensity
+
+
 def _check_time_order(specs: list[ViewSpec], json_path: Path) -> None:
     """Within one file, the frames' times must not decrease in the order they are listed."""
     prev: tuple[int, float] | None = None
@@ -86,20 +142,32 @@ def _check_time_order(specs: list[ViewSpec], json_path: Path) -> None:
         prev = (i, s.time)
 
 
-def _check_times_complete(files: list[tuple[Path, list[ViewSpec]]]) -> bool:
-    """True when every frame has a time, False when none has; "missing times" error for a mix,
-    naming the first frame (train file first) without one and a frame that has one."""
-    with_time = [(p, i, s.time) for p, specs in files for i, s in enumerate(specs) if s.time is not None]
-    if not with_time:
+def _check_complete(files: list[tuple[Path, list[ViewSpec]]], value, what: str, key: str, need: str) -> bool:
+    """True when ``value(spec)`` is set on every frame, False when on none; a "missing {what}"
+    error for a mix, naming the first frame (train file first) without one and a frame that has one."""
+    having = [(p, i, value(s)) for p, specs in files for i, s in enumerate(specs) if value(s) is not None]
+    if not having:
         return False
     for p, specs in files:
         for i, s in enumerate(specs):
-            if s.time is None:
-                q, j, t = with_time[0]
+            if value(s) is None:
+                q, j, v = having[0]
                 raise DatasetError(
-                    f"{p}: missing times: frame {i} has no 'time', but other frames have one ({q.name} frame {j} "
-                    f"has time {t!r}); a dynamic scene needs a time on every frame of the train and test files")
+                    f"{p}: missing {what}: frame {i} has no '{key}', but other frames have one ({q.name} frame {j} "
+                    f"has {key} {v!r}); {need} on every frame of the train and test files")
     return True
+
+
+def _check_times_complete(files: list[tuple[Path, list[ViewSpec]]]) -> bool:
+    """True when every frame has a time, False when none has; "missing times" error for a mix."""
+    return _check_complete(files, lambda s: s.time, "times", "time", "a dynamic scene needs a time")
+
+
+def _check_lights_complete(files: list[tuple[Path, list[ViewSpec]]]) -> bool:
+    """True when every frame has a point light, False when none has; "missing lights" error for a mix."""
+    return _check_complete(files, lambda s: None if s.light_position is None else s.light_position.tolist(),
+                           "lights", "light_position",
+                           "a point-lit (relightable) scene needs a light")
 
 
 def _read_split(root: Path, json_path: Path) -> list[ViewSpec]:
@@ -132,6 +200,7 @@ def _read_split(root: Path, json_path: Path) -> list[ViewSpec]:
         w = as_int(cam["w"], "w", json_path, where) if "w" in cam else None
         h = as_int(cam["h"], "h", json_path, where) if "h" in cam else None
         time = _read_time(fr, json_path, where)
+        light_position, light_intensity = _read_light(fr, json_path, where)
         label = f"the camera of {json_path.name} frame {i}"
         dist = distortion_from(cam, "OPENCV", json_path, where, label)
 
@@ -152,6 +221,8 @@ def _read_split(root: Path, json_path: Path) -> list[ViewSpec]:
                 camera_key=("blender", json_path.name, fl_x, angle, fl_y, cx, cy, w, h, dist),
                 camera_label=label,
                 time=time,
+                light_position=light_position,
+                light_intensity=light_intensity,
             )
         )
     _check_time_order(specs, json_path)
@@ -173,7 +244,8 @@ def load_blender(
     """Load a NeRF-synthetic / D-NeRF folder (layout and rules in the module docstring); the
     keyword arguments are `splat.data.load_dataset`'s. Raises ``DatasetError`` naming the file
     (and frame) for a missing or malformed json file, a bad camera, a bad or missing image, and
-    for D-NeRF times that are missing on some frames, not finite, outside [0, 1] or out of order."""
+    for D-NeRF times that are missing on some frames, not finite, outside [0, 1] or out of order, and
+    for point lights that are missing on some frames, half given or malformed."""
     train_json = root / "transforms_train.json"
     if not train_json.is_file():
         raise DatasetError(f"{root}: transforms_train.json not found")
@@ -183,6 +255,7 @@ def load_blender(
     if not train:
         raise DatasetError(f"{train_json}: 'frames' is empty: the dataset has no training images")
     dynamic = _check_times_complete([(train_json, train), (test_json, test)])
+    relightable = _check_lights_complete([(train_json, train), (test_json, test)])
     if test_every <= 0:
         train, test = train + test, []
     specs = train + test
@@ -194,6 +267,8 @@ def load_blender(
     meta: dict = {"ply": str(ply) if ply.is_file() else None}
     if dynamic:
         meta.update(dynamic=True, num_frames=len({s.time for s in specs}))
+    if relightable:
+        meta["relightable"] = True
     n = len(train)
     return finish_dataset(
         fmt="blender",

@@ -20,6 +20,11 @@ Conventions
   orientation is ignored (the stored pixels), as COLMAP's poses assume.
 * Masks (nerfstudio ``mask_path``): non-zero = kept; they follow downscaling (a pixel is kept
   only if its whole area is) and undistortion, and are kept in ``Split.masks``.
+* Point lights (relightable sets): a view may carry one point light, a world position and a
+  linear RGB radiant intensity (W/sr, irradiance ``I / d^2``). They reach
+  ``Split.light_positions`` / ``Split.light_intensities`` and ``Cameras``; the normalising
+  similarity moves the position with the world and multiplies the intensity by ``s^2`` (the
+  similarity's scale), so the irradiance at every (moved) surface point is unchanged.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -264,6 +269,8 @@ class ViewSpec:
     make_K: Callable[[int, int], np.ndarray] | None = None
     mask_path: Path | None = None  # a full-resolution mask (non-zero = pixel used), nerfstudio's mask_path
     time: float | None = None  # the view's time (dynamic scenes, in [0, 1]); None for static data
+    light_position: np.ndarray | None = None  # float64 [3]: the view's point light (world), relightable sets
+    light_intensity: np.ndarray | None = None  # float64 [3]: its linear RGB radiant intensity (W/sr)
 
 
 @dataclass
@@ -277,6 +284,8 @@ class LoadedView:
     viewmat: np.ndarray  # float64 [4, 4]
     mask: np.ndarray | None = None  # bool [H, W]
     time: float | None = None  # the view's time (dynamic scenes, in [0, 1]); None for static data
+    light_position: np.ndarray | None = None  # float64 [3]: the view's point light (world), relightable sets
+    light_intensity: np.ndarray | None = None  # float64 [3]: its linear RGB radiant intensity (W/sr)
 
 
 def check_distortion(specs: Sequence[ViewSpec], undistort: bool) -> None:
@@ -386,7 +395,12 @@ def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict
         if mask is not None:
             mask = umap.apply(np.where(mask, 255, 0).astype(np.uint8)) == 255
         K = umap.K_new.copy()
-    return LoadedView(spec.name, rgb, alpha, K, tw, th, np.asarray(spec.viewmat, dtype=np.float64), mask, spec.time)
+    return LoadedView(spec.name, rgb, alpha, K, tw, th, np.asarray(spec.viewmat, dtype=np.float64), mask, spec.time,
+                      _light_vector(spec.light_position), _light_vector(spec.light_intensity))
+
+
+def _light_vector(v) -> np.ndarray | None:
+    return None if v is None else np.asarray(v, dtype=np.float64).reshape(3).copy()
 
 
 def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np.ndarray) -> Split:
@@ -394,7 +408,9 @@ def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np
 
     ``Split.times`` (float32 [M]) is set when every view of ``views`` has a time (so an empty split
     of a dynamic dataset gets an empty array), None when none has; a mix raises ``DatasetError``
-    naming the first view without one (the loaders check their files before this)."""
+    naming the first view without one (the loaders check their files before this).
+    ``Split.light_positions`` / ``Split.light_intensities`` (float32 [M, 3]) follow the same rule
+    for the views' point lights (a view's light is its position and its intensity together)."""
     idx = list(indices)
     alphas = [views[i].alpha for i in idx]
     masks = [views[i].mask for i in idx]
@@ -406,6 +422,19 @@ def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np
         first = views[timed.index(False)].name
         raise DatasetError(f"missing times: view '{first}' has no time but other views have one; a dynamic scene "
                            "needs a time on every view")
+    for v in views:
+        if (v.light_position is None) != (v.light_intensity is None):
+            has, lacks = ("position", "intensity") if v.light_intensity is None else ("intensity", "position")
+            raise DatasetError(f"view '{v.name}' has a light {has} but no light {lacks}; a point light needs both")
+    lit = [v.light_position is not None for v in views]
+    light_positions = light_intensities = None
+    if views and all(lit):
+        light_positions = np.array([views[i].light_position for i in idx], dtype=np.float32).reshape(len(idx), 3)
+        light_intensities = np.array([views[i].light_intensity for i in idx], dtype=np.float32).reshape(len(idx), 3)
+    elif any(lit):
+        first = views[lit.index(False)].name
+        raise DatasetError(f"missing lights: view '{first}' has no light but other views have one; a point-lit "
+                           "(relightable) scene needs a light on every view")
     return Split(
         names=[views[i].name for i in idx],
         images=[views[i].image for i in idx],
@@ -416,6 +445,8 @@ def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np
         alphas=alphas if any(a is not None for a in alphas) else None,
         masks=masks if any(m is not None for m in masks) else None,
         times=times,
+        light_positions=light_positions,
+        light_intensities=light_intensities,
     )
 
 
@@ -529,7 +560,7 @@ def transform_viewmats(T: np.ndarray, viewmats: np.ndarray) -> np.ndarray:
     """World->camera matrices for the world ``p' = T p`` (T a similarity ``s A | b``): the camera
     coordinates are scaled by ``s`` too, so every image projection is unchanged."""
     M = T[:3, :3]
-    s = float(np.cbrt(np.linalg.det(M)))
+    s = similarity_scale(T)
     A = M / s
     b = T[:3, 3]
     out = np.tile(np.eye(4), (len(viewmats), 1, 1))
@@ -537,6 +568,20 @@ def transform_viewmats(T: np.ndarray, viewmats: np.ndarray) -> np.ndarray:
     out[:, :3, :3] = Rv @ A.T
     out[:, :3, 3] = s * viewmats[:, :3, 3] - np.einsum("nij,j->ni", Rv @ A.T, b)
     return out
+
+
+def similarity_scale(T: np.ndarray) -> float:
+    """The scale ``s`` of a similarity ``T = [s A | b]`` (A a rotation)."""
+    return float(np.cbrt(np.linalg.det(T[:3, :3])))
+
+
+def transform_lights(T: np.ndarray, positions: np.ndarray, intensities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Point lights (``positions`` [N, 3], radiant ``intensities`` [N, 3]) in the world ``p' = T p``
+    (T a similarity of scale ``s``): positions move with the world and intensities are multiplied
+    by ``s^2``, so the irradiance ``I / d^2`` at every moved point is unchanged (distances scale by s)."""
+    s = similarity_scale(T)
+    P = transform_points(T, np.asarray(positions, dtype=np.float64).reshape(-1, 3))
+    return P, np.asarray(intensities, dtype=np.float64).reshape(-1, 3) * (s * s)
 
 
 def scene_scale_from(viewmats: np.ndarray, points: np.ndarray | None = None) -> float:
@@ -620,9 +665,10 @@ def finish_dataset(
     background: np.ndarray,
     meta: dict | None = None,
 ) -> Dataset:
-    """Apply the normalisation (``similarity`` when ``normalize``, else identity) to cameras and points,
-    fill in random points when there are none (uniform in the cube [-1.3, 1.3]^3 of the frame
-    ``similarity`` defines, or of the world when it is None), subsample and build the Dataset."""
+    """Apply the normalisation (``similarity`` when ``normalize``, else identity) to cameras, points
+    and the views' point lights (`transform_lights`), fill in random points when there are none
+    (uniform in the cube [-1.3, 1.3]^3 of the frame ``similarity`` defines, or of the world when it
+    is None), subsample and build the Dataset."""
     rng = np.random.default_rng(seed)
     if len(views) and not len(train_idx):
         warnings.warn(
@@ -645,6 +691,8 @@ def finish_dataset(
     points, points_rgb = subsample_points(np.asarray(points, np.float64), np.asarray(points_rgb, np.uint8), max_init_points, rng)
     vm = transform_viewmats(T, viewmats) if len(viewmats) else viewmats
     pts = transform_points(T, points)
+    if not np.array_equal(T, np.eye(4)):
+        views = [_transform_view_light(T, v) for v in views]
     train_vm = vm[list(train_idx)]
     scene_scale = scene_scale_from(train_vm, None if points_random else pts)
     check_float32_precision(vm, scene_scale, root)
@@ -661,6 +709,14 @@ def finish_dataset(
         root=root,
         meta=meta or {},
     )
+
+
+def _transform_view_light(T: np.ndarray, view: LoadedView) -> LoadedView:
+    """``view`` with its point light (if it has one) in the world ``p' = T p``."""
+    if view.light_position is None or view.light_intensity is None:
+        return view
+    P, I = transform_lights(T, view.light_position, view.light_intensity)
+    return replace(view, light_position=P[0], light_intensity=I[0])
 
 
 # ----------------------------------------------------------------------------------------------
