@@ -110,7 +110,7 @@ class Model(torch.nn.Module):
     requires: ClassVar[Tuple[str, ...]] = ()
     feature_channels: ClassVar[int] = 0
     default_scene: ClassVar[str] = "static"
-    """The embedded scene `splat-train --model NAME` trains without --data ("static" or "dynamic")."""
+    """The embedded scene `splat-train --model NAME` trains without --data ("static", "dynamic" or "relightable")."""
 
     def __init__(self, config, params: Mapping[str, Tensor], scene_scale: float = 1.0):
         super().__init__()

@@ -19,6 +19,7 @@ from typing import Annotated, Any, List, Literal, Optional, Tuple
 from tyro.conf import arg
 
 from ..models.fourdgs import FourDGSConfig
+from ..models.relightable import RelightableConfig
 from ..models.spacetime import SpacetimeConfig
 from ..models.static import StaticConfig
 from ..optim.adam import AdamConfig
@@ -112,6 +113,8 @@ class TrainConfig:
     """--model 4dgs: XYZT Gaussians sliced in time (4D Gaussian splatting; dynamic data)."""
     spacetime: SpacetimeConfig = dataclasses.field(default_factory=SpacetimeConfig)
     """--model spacetime: Spacetime Gaussians (polynomial motion, temporal opacity; dynamic data)."""
+    relightable: RelightableConfig = dataclasses.field(default_factory=RelightableConfig)
+    """--model relightable: GS^3 relightable Gaussians (reflectance, shadows; point-lit data)."""
     adc: ADCStrategy = dataclasses.field(default_factory=ADCStrategy)
     """--strategy adc: adaptive density control (3DGS; gsplat's DefaultStrategy)."""
     adam: AdamConfig = dataclasses.field(default_factory=AdamConfig)

@@ -3,6 +3,7 @@
     MODELS["static"].cls        -> StaticModel      (--model static, options --static.*)
     MODELS["4dgs"].cls          -> FourDGSModel     (--model 4dgs, options --4dgs.*, TrainConfig.fourdgs)
     MODELS["spacetime"].cls     -> SpacetimeModel   (--model spacetime, options --spacetime.*)
+    MODELS["relightable"].cls   -> RelightableModel (--model relightable, options --relightable.*)
     STRATEGIES["adc"].cls       -> ADCStrategy      (--strategy adc, options --adc.*)
     OPTIMIZERS["adam"].cls      -> AdamOptimizer    (--optimizer adam, options --adam.*)
 
@@ -21,6 +22,7 @@ import dataclasses
 from typing import Dict, Optional, Tuple
 
 from ..models.fourdgs import FourDGSModel
+from ..models.relightable import RelightableModel
 from ..models.spacetime import SpacetimeModel
 from ..models.static import StaticModel
 from ..optim.adam import AdamOptimizer
@@ -80,6 +82,7 @@ MODELS = Registry("model")
 MODELS.register("static", StaticModel, field="static")
 MODELS.register("4dgs", FourDGSModel, field="fourdgs")
 MODELS.register("spacetime", SpacetimeModel, field="spacetime")
+MODELS.register("relightable", RelightableModel, field="relightable")
 
 STRATEGIES = Registry("strategy")
 STRATEGIES.register("adc", ADCStrategy, field="adc")

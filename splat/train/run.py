@@ -28,10 +28,11 @@ __all__ = ["default_scene_path", "resolve_model_path", "load_model", "load_splat
 
 def default_scene_path(kind: str = "static") -> Path:
     """The embedded default scene of a model kind's `default_scene` ("static":
-    ``scenes/data/default``; "dynamic": ``scenes/data/dynamic``), generated on first use if
-    missing. Raises ``ValueError`` for another kind."""
-    if kind not in ("static", "dynamic"):
-        raise ValueError(f"no embedded default scene of kind {kind!r}; choose static or dynamic")
+    ``scenes/data/default``; "dynamic": ``scenes/data/dynamic``; "relightable":
+    ``scenes/data/relightable``), generated on first use if missing. Raises ``ValueError`` for
+    another kind."""
+    if kind not in ("static", "dynamic", "relightable"):
+        raise ValueError(f"no embedded default scene of kind {kind!r}; choose static, dynamic or relightable")
     if str(Path(__file__).resolve().parents[2]) not in sys.path:  # outside the checkout without scenes/ on the path
         try:
             import scenes  # noqa: F401
@@ -41,6 +42,10 @@ def default_scene_path(kind: str = "static") -> Path:
         from scenes.dynamic_scene import dynamic_scene_path
 
         return dynamic_scene_path()
+    if kind == "relightable":
+        from scenes.relight_scene import relight_scene_path
+
+        return relight_scene_path()
     from scenes.default_scene import default_scene_path as static_scene_path
 
     return static_scene_path()
