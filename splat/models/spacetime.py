@@ -39,6 +39,7 @@ from ..cameras import Cameras
 from ..render import Gaussians
 from .dynamic import (DynamicModel, check_dynamic_options, dataset_time_range, init_times, learning_rate_decay,
                       temporal_marginal, time_params, with_nodes)
+from .nets import mlp_apply, mlp_names, mlp_params
 from .static import init_splats
 
 __all__ = ["SpacetimeConfig", "SpacetimeModel", "motion_at", "FEATURES"]
@@ -154,8 +155,7 @@ class SpacetimeModel(DynamicModel):
             f[:, :3] = sh_to_rgb(s["sh0"][:, 0, :])
             g = torch.Generator().manual_seed(seed + 29)
             H = config.mlp_hidden
-            params.update(features=f, mlp_w1=torch.randn(6 + 3, H, generator=g) * (1.0 / 3.0),
-                          mlp_b1=torch.zeros(H), mlp_w2=torch.randn(H, 3, generator=g) * 0.01, mlp_b2=torch.zeros(3))
+            params.update(features=f, **mlp_params("mlp", 6 + 3, H, 3, g, out_scale=0.01))
         else:
             params.update(sh0=s["sh0"], shN=s["shN"])
         return cls(config, params, float(dataset.scene_scale))
@@ -185,9 +185,7 @@ class SpacetimeModel(DynamicModel):
         C, H, W, _ = features.shape
         dirs = pixel_directions(cameras)  # [C,H,W,3] world-space unit rays
         x = torch.cat([features[..., 3:9], dirs], -1)
-        p = self.params
-        h = torch.relu(x @ p["mlp_w1"] + p["mlp_b1"])
-        return features[..., :3] + alphas * (h @ p["mlp_w2"] + p["mlp_b2"])
+        return features[..., :3] + alphas * mlp_apply(self.params, "mlp", x)
 
     def splats_at(self, t: float) -> Dict[str, Tensor]:
         if self.config.features:
@@ -212,7 +210,7 @@ class SpacetimeModel(DynamicModel):
                "opacities": c.lr_opacities, "time_range": 0.0}
         lrs.update({k: 0.0 for k in ("time_prior", "nodes") if k in self.params})
         if c.features:
-            lrs.update(features=c.lr_features, mlp_w1=c.lr_mlp, mlp_b1=c.lr_mlp, mlp_w2=c.lr_mlp, mlp_b2=c.lr_mlp)
+            lrs.update(features=c.lr_features, **{k: c.lr_mlp for k in mlp_names("mlp")})
         else:
             lrs.update(sh0=c.lr_sh0, shN=c.lr_shN)
         return lrs
