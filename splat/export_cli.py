@@ -4,13 +4,18 @@ instant of a dynamic model.
     splat-export model.ply model.spz                  # any of .ply .compressed.ply .splat .spz (.pt in)
     splat-export runs/x model.splat                   # a run directory: its last checkpoint (or model.ply)
     splat-export runs/dyn frame.ply --time 0.5        # a 4dgs / spacetime run: the 3D Gaussians at t = 0.5
+    splat-export runs/relit lit.ply --light 2 -1 3    # a relightable run: shaded under a point light
 
 INPUT is a model file (.ply, .compressed.ply, .splat, .spz, a .pt/.pth/.ckpt
 checkpoint holding ``{"splats": {...}}``), a run directory, or a checkpoint inside
 one. A dynamic model (``--model 4dgs`` / ``spacetime``) changes with time, so it is
 written at ``--time T`` (in the data's time units; the run's range is printed when
 it is missing): the Gaussians alive at T, sliced to 3D, which every static viewer
-shows. The output format comes from OUTPUT's name unless ``--format`` is given.
+shows. A relightable model (``--model relightable``) is written shaded under one
+point light (``--light``, ``--light-intensity``; default: a light at the training
+lights' mean distance and height, in front of the scene), each Gaussian's colour
+over all viewing directions fitted with SH of ``--sh-degree`` (shadows included).
+The output format comes from OUTPUT's name unless ``--format`` is given.
 Bad input exits with status 1 and a one-line message, and leaves no output.
 """
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import tyro
 
@@ -33,6 +38,13 @@ class ExportCommand(ExportArgs):
 
     time: Optional[float] = None
     """Dynamic models: the instant to write (the data's time units, e.g. 0..1 for D-NeRF)."""
+    light: Optional[Tuple[float, float, float]] = None
+    """Relightable models: the point light's world position (default: in front of the scene, at the
+    training lights' mean distance and height)."""
+    light_intensity: Optional[Tuple[float, float, float]] = None
+    """Relightable models: its linear RGB radiant intensity, W/sr (default: the training lights' mean)."""
+    light_sh_degree: int = 3
+    """Relightable models: the SH degree the shaded colours are fitted with (0..3)."""
 
 
 def _is_run_model(path: Path) -> bool:
@@ -61,9 +73,20 @@ def export(args: ExportCommand, out=print) -> dict:
         if args.time is not None:
             raise ValueError(f"{src}: --time is for dynamic models (a run directory or its checkpoint); "
                              "a model file holds one static instant")
+        if args.light is not None or args.light_intensity is not None:
+            raise ValueError(f"{src}: --light is for relightable models (a run directory or its checkpoint); "
+                             "a model file holds fixed colours")
         return convert(args, out)
     model, _ = load_model(src)
-    if isinstance(model, DynamicModel):
+    relightable = "light_position" in model.requires
+    if not relightable and (args.light is not None or args.light_intensity is not None):
+        raise ValueError(f"{src}: --light / --light-intensity are for relightable models; this is a {model.name} model")
+    if relightable:
+        light = args.light if args.light is not None else tuple(model.orbit_light(0.75).tolist())
+        splats = model.splats_under(light, args.light_intensity, sh_degree=args.light_sh_degree)
+        source = (f"{model.name} model under a point light at ({', '.join(f'{v:.3g}' for v in light)})"
+                  + (f", intensity {tuple(args.light_intensity)}" if args.light_intensity is not None else ""))
+    elif isinstance(model, DynamicModel):
         t0, t1 = model.time_range
         if args.time is None:
             raise ValueError(f"{src}: a {model.name} model changes with time: pass --time T "

@@ -7,6 +7,9 @@ smooth path through the training cameras, as RGB, depth or alpha.
     splat-render runs/dyn --cameras orbit              # a dynamic model: camera and time move together
     splat-render runs/dyn --time 0.5                   # test views, all at t = 0.5
     splat-render runs/dyn --cameras fixed --view 2     # training camera 2, time sweeping
+    splat-render runs/relit --light 2 -1 3             # a relightable model: test views under a new light
+    splat-render runs/relit --cameras fixed --view 4   # training camera 4, the light circling the scene
+    splat-render runs/relit --cameras orbit --light-orbit  # camera and light both circling
 
 MODEL is a run directory (its last checkpoint, or model.ply), a checkpoint
 (.pt), or a model file (.ply, .compressed.ply, .splat, .spz). Camera sets that
@@ -44,12 +47,22 @@ class RenderConfig:
     cameras: Literal["test", "train", "orbit", "path", "fixed"] = "test"
     """test/train: the dataset's views (PNGs, with PSNR/SSIM for RGB); orbit: a circle around the scene;
     path: a smooth interpolation through the training cameras; fixed: one training camera (--view) while
-    time moves (dynamic models). orbit, path and fixed write a video."""
+    time moves (dynamic models) or the light circles the scene (relightable models). orbit, path and fixed
+    write a video."""
     time: Optional[float] = None
     """Dynamic models: render every view at this time (default: test/train views at their own times;
     videos sweep the model's time range while the camera moves)."""
     time_range: Optional[Tuple[float, float]] = None
     """Dynamic models: the times a video sweeps (default: the range the model was trained on); videos only."""
+    light: Optional[Tuple[float, float, float]] = None
+    """Relightable models: a point light at this world position for every view (default: test/train views
+    under their own lights; videos under a light at the training lights' mean distance and height)."""
+    light_intensity: Optional[Tuple[float, float, float]] = None
+    """Relightable models: the light's linear RGB radiant intensity, W/sr (default: the views' own, else the
+    training lights' mean)."""
+    light_orbit: bool = False
+    """Relightable models, videos: the light circles the scene (at the training lights' mean distance and
+    height) once over the video; --cameras fixed does this by default."""
     view: int = 0
     """--cameras fixed: the index of the training camera."""
     mode: Literal["rgb", "depth", "alpha"] = "rgb"
@@ -82,8 +95,21 @@ def render(cfg: RenderConfig, log=print) -> dict:
         raise ValueError(f"{cfg.model}: --time / --time-range are for dynamic models; this is a {model.name} model")
     if cfg.time_range is not None and (cfg.time is not None or cfg.cameras in ("test", "train")):
         raise ValueError("--time-range is the sweep of a video (orbit, path, fixed) without --time")
-    if cfg.cameras == "fixed" and not dynamic:
-        raise ValueError(f"--cameras fixed sweeps time, for dynamic models; {cfg.model} is a {model.name} model")
+    relightable = "light_position" in model.requires
+    if cfg.cameras == "fixed" and not (dynamic or relightable):
+        raise ValueError(f"--cameras fixed sweeps time (dynamic models) or the light (relightable models); "
+                         f"{cfg.model} is a {model.name} model")
+    if not relightable and (cfg.light is not None or cfg.light_intensity is not None or cfg.light_orbit):
+        raise ValueError(f"{cfg.model}: --light / --light-intensity / --light-orbit are for relightable models; "
+                         f"this is a {model.name} model")
+    if cfg.light_orbit and (cfg.light is not None or cfg.cameras in ("test", "train")):
+        raise ValueError("--light-orbit moves the light along a video (orbit, path, fixed) without --light")
+    for name in ("light", "light_intensity"):
+        v = getattr(cfg, name)
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError(f"--{name.replace('_', '-')} must be finite numbers, got {' '.join(map(str, v))}")
+    if cfg.light_intensity is not None and (min(cfg.light_intensity) < 0 or max(cfg.light_intensity) <= 0):
+        raise ValueError(f"--light-intensity must be >= 0 and not all zero, got {cfg.light_intensity}")
     model_path = Path(cfg.model)
     out = cfg.out or ((model_path if model_path.is_dir() else model_path.parent) / "render")
     if model_path.parent.name == "ckpts" and cfg.out is None:
@@ -114,6 +140,10 @@ def render(cfg: RenderConfig, log=print) -> dict:
         if cfg.time is not None:  # every view at one instant
             views.cameras = [at_time(c, cfg.time) for c in views.cameras]
             result["time"] = cfg.time
+        relit = relightable and (cfg.light is not None or cfg.light_intensity is not None)
+        if relit:  # every view under one light (or its own light at another intensity)
+            views.cameras = [under_light(c, cfg.light, cfg.light_intensity) for c in views.cameras]
+            result.update(light=cfg.light, light_intensity=cfg.light_intensity)
         model.check_cameras(views.camera(0), where=f"{data_path} ({cfg.cameras} views)")
         folder = out / cfg.cameras
         folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +152,11 @@ def render(cfg: RenderConfig, log=print) -> dict:
             return folder / f"{i:03d}_{Path(views.names[i]).stem}_{cfg.mode}.png"
 
         result.update(views=len(split), folder=str(folder))
-        if cfg.mode == "rgb":
+        if cfg.mode == "rgb" and relit:  # no ground truth under this light: images only
+            for i, c, a, _ in render_views(model, views, settings, backgrounds=bgt[None]):
+                write_png(png(i), colorize(c, a, "rgb"))
+            log(f"{cfg.cameras}: {len(split)} views under the light {cfg.light} -> {folder}")
+        elif cfg.mode == "rgb":
             m = evaluate(model, views, settings, bgt, save=lambda i, pred, gt: write_png(png(i), colorize(pred, None, "rgb")))
             result.update(psnr=m["psnr"], ssim=m["ssim"])
             log(f"{cfg.cameras}: {len(split)} views, PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} -> {folder}")
@@ -162,7 +196,19 @@ def render(cfg: RenderConfig, log=print) -> dict:
         if dynamic and (cfg.time is not None or sweep is not None):
             times = np.full(len(Vs), cfg.time) if cfg.time is not None else np.linspace(sweep[0], sweep[1], len(Vs))
             result["times"] = [float(times[0]), float(times[-1])]
-        cams = Cameras.from_numpy(Vs, np.repeat(K0[None], len(Vs), 0), W, H, time=times)
+        lights = intensities = None
+        if relightable:
+            intensities = np.tile(np.asarray(cfg.light_intensity if cfg.light_intensity is not None
+                                             else model.default_intensity.cpu().numpy(), dtype=np.float64), (len(Vs), 1))
+            if cfg.light is not None:
+                lights = np.tile(np.asarray(cfg.light, dtype=np.float64), (len(Vs), 1))
+            elif cfg.light_orbit or cfg.cameras == "fixed":
+                lights = np.stack([model.orbit_light(i / len(Vs)).cpu().numpy() for i in range(len(Vs))])
+                result["light_orbit"] = True
+            else:
+                lights = np.tile(model.orbit_light(0.75).cpu().numpy(), (len(Vs), 1))
+        cams = Cameras.from_numpy(Vs, np.repeat(K0[None], len(Vs), 0), W, H, time=times, light_position=lights,
+                                  light_intensity=intensities)
         model.check_cameras(cams, where=f"--cameras {cfg.cameras}")
         out.mkdir(parents=True, exist_ok=True)
         frames, depth_range = [], None
@@ -186,6 +232,18 @@ def at_time(cameras: Cameras, t: float) -> Cameras:
     """`cameras` with every camera's time set to `t`."""
     return dataclasses.replace(cameras, time=torch.full((len(cameras),), float(t), dtype=cameras.viewmats.dtype,
                                                          device=cameras.device))
+
+
+def under_light(cameras: Cameras, position=None, intensity=None) -> Cameras:
+    """`cameras` with every camera's point light moved to `position` [3] and/or its intensity set
+    to `intensity` [3] (None: keep the cameras' own)."""
+    C, dt, dev = len(cameras), cameras.viewmats.dtype, cameras.device
+    changes = {}
+    if position is not None:
+        changes["light_position"] = torch.tensor(position, dtype=dt, device=dev).reshape(1, 3).repeat(C, 1)
+    if intensity is not None:
+        changes["light_intensity"] = torch.tensor(intensity, dtype=dt, device=dev).reshape(1, 3).repeat(C, 1)
+    return dataclasses.replace(cameras, **changes)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -293,3 +293,124 @@ def test_relightable_model_refuses_cameras_without_lights():
     bare = Cameras(cams.viewmats, cams.Ks, cams.width, cams.height)
     with pytest.raises(ValueError, match="needs per-camera light_position"):
         m.render(bare)
+
+
+# ----------------------------------------------------------------------------- training and tools
+
+
+def _train_cfg(out, model="relightable", **kw):
+    from splat.train import TrainConfig
+
+    return TrainConfig(out=out, model=model, iterations=kw.pop("iterations", 30), progress=False, eval_every=0,
+                       save_renders=0, export=[], scale_schedule=False, downscale=4, num_random_points=3000, **kw)
+
+
+@pytest.fixture(scope="module")
+def relit_run(tmp_path_factory):
+    """A short relightable run on the embedded relightable scene (at 32 x 32)."""
+    from splat.strategies.adc import ADCStrategy
+    from splat.train import Trainer
+    from splat.train.run import default_scene_path
+
+    root = tmp_path_factory.mktemp("relit")
+    adc = ADCStrategy(refine_start_iter=10, refine_every=10, refine_stop_iter=1000, grow_grad2d=1e-5)
+    cfg = _train_cfg(root / "run", iterations=40, adc=adc, data=default_scene_path("relightable"), save_every=20,
+                     keep_checkpoints=5)
+    tr = Trainer(cfg, log=lambda *a: None)
+    n0 = tr.num_gaussians
+    before = tr.evaluate(0)["psnr"]
+    metrics = tr.train()
+    return root, tr, n0, {**metrics, "psnr_before": before}
+
+
+def test_relightable_trains_densifies_and_resumes_exactly(relit_run, tmp_path):
+    import shutil
+
+    from splat.train import Trainer
+
+    root, tr, n0, metrics = relit_run
+    assert tr.num_gaussians != n0 and metrics["psnr"] > metrics["psnr_before"] + 1
+    p = tr.model.params
+    assert all(p[k].shape[0] == tr.num_gaussians for k in p.per_gaussian)
+    half = tmp_path / "half"
+    shutil.copytree(root / "run", half)
+    (half / "ckpts" / "ckpt_40.pt").unlink()
+    resumed = Trainer(dataclasses_replace(tr.cfg, out=half, resume=True), log=lambda *a: None)
+    assert resumed.start_step == 20
+    resumed.train()
+    differ = [k for k, v in tr.model.params.items() if not torch.equal(v, resumed.model.params[k])]
+    assert not differ
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_relightable_on_data_without_lights_is_refused(tmp_path):
+    from splat.train import Trainer
+    from splat.train.run import default_scene_path
+
+    with pytest.raises(ValueError, match="--model relightable needs per-camera light_position"):
+        Trainer(_train_cfg(tmp_path / "x", data=default_scene_path("static")), log=lambda *a: None)
+
+
+def test_render_cli_moves_the_light(relit_run, tmp_path):
+    from PIL import Image
+
+    from splat.render_cli import RenderConfig, render
+
+    root, tr, _, _ = relit_run
+    run = root / "run"
+    own = render(RenderConfig(model=run, out=tmp_path / "own"), log=lambda *a: None)
+    assert "psnr" in own  # the test views under their own lights: scored
+    moved = render(RenderConfig(model=run, out=tmp_path / "moved", light=(0.0, -3.0, 2.0)), log=lambda *a: None)
+    assert "psnr" not in moved and moved["light"] == (0.0, -3.0, 2.0)  # no ground truth under this light
+    a = np.asarray(Image.open(sorted((tmp_path / "own" / "test").glob("*.png"))[0]), dtype=float)
+    b = np.asarray(Image.open(sorted((tmp_path / "moved" / "test").glob("*.png"))[0]), dtype=float)
+    assert np.abs(a - b).mean() > 1.0
+    fixed = render(RenderConfig(model=run, out=tmp_path / "v", cameras="fixed", view=1, frames=3,
+                                video=tmp_path / "v.gif"), log=lambda *a: None)
+    assert fixed["frames"] == 3 and fixed["light_orbit"] and (tmp_path / "v.gif").is_file()
+    for bad, msg in ((dict(light=(float("nan"), 0.0, 1.0)), "finite"),
+                     (dict(light_intensity=(-1.0, 1.0, 1.0)), ">= 0"),
+                     (dict(light_orbit=True), "--light-orbit moves the light along a video")):
+        with pytest.raises(ValueError, match=msg):
+            render(RenderConfig(model=run, out=tmp_path / "bad", **bad), log=lambda *a: None)
+
+
+def test_export_under_a_light(relit_run, tmp_path, capsys):
+    from splat import io as splat_io
+    from splat.export_cli import main
+
+    root, tr, _, _ = relit_run
+    run = root / "run"
+    assert main([str(run), str(tmp_path / "a.ply"), "--light", "2", "-1", "3"]) == 0
+    assert main([str(run), str(tmp_path / "b.ply"), "--light", "-2", "1", "1"]) == 0
+    a, b = splat_io.load(tmp_path / "a.ply"), splat_io.load(tmp_path / "b.ply")
+    assert a["means"].shape[0] == tr.num_gaussians and a["shN"].shape[1] == 15
+    assert float((a["sh0"] - b["sh0"]).abs().mean()) > 0.01  # another light, other colours
+    assert main([str(tmp_path / "a.ply"), str(tmp_path / "c.ply"), "--light", "0", "0", "1"]) == 1
+    assert "--light is for relightable models" in capsys.readouterr().err
+
+
+def test_viewer_scene_of_a_relightable_run(relit_run):
+    from viewer.scene import ModelScene, ViewCamera, load_scene
+
+    root, tr, _, _ = relit_run
+    scene = load_scene(root / "run", log=lambda *a: None)
+    assert isinstance(scene, ModelScene) and scene.has_light and scene.time_range is None
+    cam = ViewCamera.from_pose(*scene.home_pose()[:2], math.radians(50), 40, 30)
+    a = scene.render(cam)
+    b = scene.render(cam, light=np.array([-2.0, 2.0, 0.5]))
+    assert a.shape == (30, 40, 3) and np.abs(a.astype(float) - b.astype(float)).mean() > 0.5
+    v = scene.version
+    scene.set_light((-2.0, 2.0, 0.5), (5.0, 5.0, 5.0))  # the light control
+    assert scene.version == v + 1
+    dim = scene.render(cam)
+    assert dim.astype(float).mean() != pytest.approx(b.astype(float).mean(), abs=0.5)
+    centers, covs, rgbs, opa = scene.client_splats()
+    assert len(centers) == scene.num_gaussians
+    with pytest.raises(ValueError, match="finite"):
+        scene.set_light((float("inf"), 0, 0))

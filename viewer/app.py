@@ -190,8 +190,19 @@ class Viewer:
         self.light = None
         if scene.has_light:  # relightable models
             with gui.add_folder("Light"):
-                self.light = gui.add_vector3("Direction", initial_value=(0.0, -1.0, -1.0), step=0.05)
-                self.light.on_update(lambda _: self._invalidate())
+                self.light = gui.add_vector3("Position", initial_value=tuple(float(v) for v in scene.light),
+                                             step=0.05, hint="the point light's world position")
+                self.light_intensity = gui.add_vector3(
+                    "Intensity", initial_value=tuple(float(v) for v in scene.light_intensity), step=0.5,
+                    hint="linear RGB radiant intensity, W/sr (falls off as 1/d^2)")
+
+                def moved(_):
+                    scene.set_light(np.asarray(self.light.value, dtype=np.float64),
+                                    np.asarray(self.light_intensity.value, dtype=np.float64))
+                    self._invalidate()
+
+                self.light.on_update(moved)
+                self.light_intensity.on_update(moved)
         if scene.kind == "image2d":
             with gui.add_folder("Level of detail"):
                 n = scene.num_gaussians
@@ -373,6 +384,7 @@ class Viewer:
             kw["t"] = float(self.time.value)
         if self.light is not None:
             kw["light"] = np.asarray(self.light.value, dtype=np.float64)
+            kw["light_intensity"] = np.asarray(self.light_intensity.value, dtype=np.float64)
         version, mode = self.scene.version, self.mode.value
         t0 = time.perf_counter()
         img = self.scene.render(vc, mode, self.backend.value, **kw)

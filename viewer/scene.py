@@ -10,12 +10,14 @@ Two kinds exist today:
   camera pans and zooms over the image plane and every frame is rendered by
   the 2D renderer at exactly the zoom shown (arbitrary-scale rendering).
 
-* `DynamicScene`: a dynamic (4D) model (4dgs, spacetime), rendered by the model
-  itself at the time slider's instant.
+* `ModelScene`: a model that renders itself through ``Model.render`` with what its
+  cameras need: a dynamic (4D) model (4dgs, spacetime) at the time slider's instant,
+  a relightable model under the light control's point light.
 
 A scene may declare `time_range` (4D models: the viewer adds a time slider and
 passes `t=` to `render`) or `has_light` (relightable models: the viewer adds a
-light-direction control and passes `light=`).
+point-light position and intensity control and passes `light=` and
+`light_intensity=`).
 
 `load_scene(path)` opens any model file the toolkit writes, with a clear error
 (`SceneError`) for a missing or unreadable one.
@@ -32,7 +34,8 @@ import numpy as np
 import torch
 from splat.render import NEAR_PLANE
 
-__all__ = ["SceneError", "ViewCamera", "TrainingCamera", "SplatScene", "DynamicScene", "Image2DScene", "load_scene",
+__all__ = ["SceneError", "ViewCamera", "TrainingCamera", "SplatScene", "ModelScene", "DynamicScene", "Image2DScene",
+           "load_scene",
            "viewmat_from_pose", "pose_from_viewmat"]
 
 IMAGE2D_BACKGROUND = (38, 38, 42)  # outside the image in 2D view: dark grey, not black (black is a colour)
@@ -241,11 +244,14 @@ class SplatScene:
         return np.array([0.0, 0.0, 1.0])
 
 
-class DynamicScene(SplatScene):
-    """A dynamic (4D) model (`splat.models.dynamic.DynamicModel`: 4dgs, spacetime) rendered
-    through ``Model.render`` at the time slider's instant. ``update(params)`` swaps in a live
-    training's parameter snapshot (the model is rebuilt from it, so a render never sees a
-    mix); client-side splats are the model's 3D Gaussians at the current time."""
+class ModelScene(SplatScene):
+    """A model rendered through ``Model.render`` with what its cameras need: a dynamic (4D)
+    model (`splat.models.dynamic.DynamicModel`: 4dgs, spacetime) at the time slider's instant,
+    a relightable model (`splat.models.relightable`) under the light control's point light
+    (initially in front of the scene at the training lights' mean distance and height, with
+    their mean intensity). ``update(params)`` swaps in a live training's parameter snapshot
+    (the model is rebuilt from it, so a render never sees a mix); client-side splats are the
+    model's 3D Gaussians at the current time, or shaded under the current light."""
 
     modes = ("rgb", "depth", "alpha")
 
@@ -260,8 +266,14 @@ class DynamicScene(SplatScene):
         self.rasterize_mode = rasterize_mode
         self.name = name
         self.up = up
-        self.time_range = tuple(model.time_range)
-        self.t = float(self.time_range[0])
+        dynamic = "time" in model.requires
+        self.time_range = tuple(model.time_range) if dynamic else None
+        self.t = float(self.time_range[0]) if dynamic else None
+        self.has_light = "light_position" in model.requires
+        self.light = self.light_intensity = None
+        if self.has_light:
+            self.light = model.orbit_light(0.75).cpu().numpy().astype(np.float64)
+            self.light_intensity = model.default_intensity.cpu().numpy().astype(np.float64)
 
     def update(self, params: Dict[str, torch.Tensor]) -> None:
         m = self._model
@@ -277,6 +289,20 @@ class DynamicScene(SplatScene):
                 self.t = float(t)
                 self.version += 1
 
+    def set_light(self, position, intensity=None) -> None:
+        """Move the point light to `position` [3] (world) and set its `intensity` [3] (W/sr; None:
+        keep it); client-side splats follow on the next sync. Raises ``ValueError`` for a
+        non-finite value or a model without lights."""
+        if not self.has_light:
+            raise ValueError(f"{self.name}: a {self._model.name} model has no light")
+        pos = np.asarray(position, dtype=np.float64).reshape(3)
+        inten = self.light_intensity if intensity is None else np.asarray(intensity, dtype=np.float64).reshape(3)
+        if not (np.isfinite(pos).all() and np.isfinite(inten).all()):
+            raise ValueError(f"light position {pos.tolist()} and intensity {inten.tolist()} must be finite")
+        with self._lock:
+            self.light, self.light_intensity = pos, np.maximum(inten, 0.0)
+            self.version += 1
+
     @property
     def model(self):
         with self._lock:
@@ -291,18 +317,26 @@ class DynamicScene(SplatScene):
         return int(self.model.num_gaussians)
 
     def render(self, cam: ViewCamera, mode: str = "rgb", backend: str = "auto", t: Optional[float] = None,
-               **_) -> np.ndarray:
+               light=None, light_intensity=None, **_) -> np.ndarray:
+        """uint8 [H,W,3] from `cam` at time `t` (dynamic models; default: the slider's) under a point
+        light at `light` of `light_intensity` (relightable models; default: the scene's light)."""
         from splat.cameras import Cameras
         from splat.io.images import colorize, depth_range_of
         from splat.render import RenderSettings
 
         if mode not in self.modes:
             raise ValueError(f"render mode {mode!r}: choose one of {', '.join(self.modes)}")
-        t = self.t if t is None else float(t)  # this render's own time: threads do not share it
+        extra = {}
+        if self.time_range is not None:  # this render's own time and light: threads do not share them
+            extra["time"] = torch.tensor([self.t if t is None else float(t)], dtype=torch.float32)
+        if self.has_light:
+            lp = self.light if light is None else light
+            li = self.light_intensity if light_intensity is None else light_intensity
+            extra["light_position"] = torch.as_tensor(np.asarray(lp, dtype=np.float32).reshape(1, 3))
+            extra["light_intensity"] = torch.as_tensor(np.asarray(li, dtype=np.float32).reshape(1, 3))
         model = self.model
         cams = Cameras(torch.as_tensor(cam.viewmat, dtype=torch.float32)[None],
-                       torch.as_tensor(cam.K, dtype=torch.float32)[None], cam.width, cam.height,
-                       time=torch.tensor([t], dtype=torch.float32))
+                       torch.as_tensor(cam.K, dtype=torch.float32)[None], cam.width, cam.height, **extra)
         settings = RenderSettings(backend if backend != "cuda" else "auto", self.rasterize_mode).for_scene(
             self.scene_scale)
         bg = torch.tensor(self.background, dtype=torch.float32)[None] if mode == "rgb" else None
@@ -312,8 +346,15 @@ class DynamicScene(SplatScene):
         return colorize(c, a, mode, depth_range_of(c, a) if mode == "depth" else None)
 
     def client_splats(self):
-        """`SplatScene.client_splats` of the model's Gaussians at the current time."""
+        """`SplatScene.client_splats` of the model's Gaussians at the current time, or shaded under the
+        current light (SH degree 1 over 32 viewing directions: the client shows degree 0)."""
+        if self.has_light:
+            return client_splats_of(self.model.splats_under(self.light, self.light_intensity, sh_degree=1,
+                                                            directions=32))
         return client_splats_of(self.model.splats_at(self.t))
+
+
+DynamicScene = ModelScene  # the name before relightable models joined (4D models only)
 
 
 # ----------------------------------------------------------------------------- 2D image models
@@ -470,8 +511,9 @@ def load_scene(path, *, data: Optional[Path] = None, log=print):
         from splat.train.run import load_model
 
         model, run_cfg = load_model(p)
-        splats = None if isinstance(model, DynamicModel) else model.to_splats()
-        if splats is None and not isinstance(model, DynamicModel):
+        self_rendered = isinstance(model, DynamicModel) or "light_position" in model.requires
+        splats = None if self_rendered else model.to_splats()
+        if splats is None and not self_rendered:
             raise ValueError(f"a {model.name} model has no static splats form to view")
     except (splat_io.FormatError, ValueError, KeyError, OSError) as e:
         msg = str(e)
@@ -483,7 +525,7 @@ def load_scene(path, *, data: Optional[Path] = None, log=print):
     cams = _training_cameras(run_cfg, data, bg, log) if (run_cfg is not None or data is not None) else []
     name = p.name if p.is_file() else p.resolve().name
     if splats is None:
-        return DynamicScene(model, cameras=cams, background=bg, rasterize_mode=rmode, name=name)
+        return ModelScene(model, cameras=cams, background=bg, rasterize_mode=rmode, name=name)
     return SplatScene({k: v.float().contiguous() for k, v in splats.items()}, cameras=cams, background=bg,
                       rasterize_mode=rmode, name=name)
 

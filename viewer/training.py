@@ -21,7 +21,7 @@ from splat.train.callbacks import Callback
 
 from .app import Viewer, check_port
 from .live import TrainingLink
-from .scene import DynamicScene, SplatScene, cameras_of_split
+from .scene import ModelScene, SplatScene, cameras_of_split
 
 __all__ = ["LinkCallback", "ViewerCallback", "training_viewer"]
 
@@ -71,8 +71,9 @@ class ViewerCallback(LinkCallback):
 
             common = dict(cameras=cameras_of_split(trainer.data.train), background=tuple(trainer.cfg.background),
                           rasterize_mode=trainer.cfg.rasterize_mode, name=Path(trainer.out).resolve().name)
-            if isinstance(trainer.model, DynamicModel):  # rendered by a copy of the model at the slider's time
-                scene = DynamicScene(trainer.model, **common)
+            if isinstance(trainer.model, DynamicModel) or trainer.model.requires:
+                # rendered by a copy of the model at the slider's time / under the light control's light
+                scene = ModelScene(trainer.model, **common)
                 scene.update({k: v.clone() for k, v in trainer.model.state().items()})  # now it holds its own copy
             else:
                 splats = trainer.model.to_splats()
