@@ -411,27 +411,36 @@ class RelightableModel(Model):
         ``residual`` [C,N,3] (zeros without the network) and ``radiance`` [C,N,3], linear."""
         self.check_cameras(cameras, "the cameras")
         p, c = self.params, self.config
-        normals = p["normals"] / p["normals"].norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        axes = p["lobe_axes"] / p["lobe_axes"].norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        lpos, lint = cameras.light_position, cameras.light_intensity
-        sh = shade(p["means"], normals, torch.sigmoid(p["albedo"]), axes, torch.exp(p["lobe_sharpness"]),
-                   torch.exp(p["lobe_rgb"]), lpos, lint, cameras.centers)
-        C, N = sh.direct.shape[:2]
-        feats = p["features"][None].expand(C, N, -1)
-        T = torch.ones(C, N, dtype=sh.direct.dtype, device=sh.direct.device)
-        S = T
+        T = None
         if c.shadows if shadows is None else shadows:
             T = shadow_transmittance(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]),
-                                     lpos, settings, resolution=c.shadow_resolution, layers=c.shadow_layers,
-                                     bias=c.shadow_bias)
-            S = T
+                                     cameras.light_position, settings, resolution=c.shadow_resolution,
+                                     layers=c.shadow_layers, bias=c.shadow_bias)
+        return self._terms(slice(None), cameras.centers, cameras.light_position, cameras.light_intensity, T)
+
+    def _terms(self, rows, camera_position: Tensor, light_position: Tensor, light_intensity: Tensor,
+               T: Optional[Tensor]) -> Dict[str, Tensor]:
+        """`shading`'s terms for the Gaussians `rows` seen from `camera_position` [C,3] under the
+        lights [C,3] / [C,3], given their raw transmittance T [C or 1, n] (None: no shadows)."""
+        p, c = self.params, self.config
+        nrm, ax = p["normals"][rows], p["lobe_axes"][rows]
+        sh = shade(p["means"][rows], nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+                   torch.sigmoid(p["albedo"][rows]), ax / ax.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+                   torch.exp(p["lobe_sharpness"][rows]), torch.exp(p["lobe_rgb"][rows]),
+                   light_position, light_intensity, camera_position)
+        C, n = sh.direct.shape[:2]
+        feats = p["features"][rows][None].expand(C, n, -1)
+        if T is None:
+            T = S = torch.ones(C, n, dtype=sh.direct.dtype, device=sh.direct.device)
+        else:
+            T = S = T.expand(C, n)
             if c.shadow_mlp:
                 x = torch.cat([T[..., None], sh.cos_i[..., None], sh.wi, feats], -1)
                 S = torch.sigmoid(torch.logit(T.clamp(1e-3, 1 - 1e-3)) + mlp_apply(p, "shadow", x)[..., 0])
         radiance = sh.direct * S[..., None]
         residual = torch.zeros_like(radiance)
         if c.residual:
-            e = lint / ((lpos - p["light_prior"][:3]) ** 2).sum(-1, keepdim=True).clamp_min(1e-12)  # [C,3]
+            e = light_intensity / ((light_position - p["light_prior"][:3]) ** 2).sum(-1, keepdim=True).clamp_min(1e-12)
             residual = F.softplus(mlp_apply(p, "residual", torch.cat([feats, sh.wi, sh.wo], -1))) * e[:, None, :]
             radiance = radiance + residual
         return {"direct": sh.direct, "transmittance": T, "shadow": S, "residual": residual, "radiance": radiance}
@@ -463,8 +472,6 @@ class RelightableModel(Model):
             scale = float((p["means"] - self.center).norm(dim=-1).max()) + 1.0
             cams_pos = self.center[None] - dirs * (1e4 * scale)  # cameras far away along each direction
             S = len(dirs)
-            one = Cameras(torch.eye(4, device=dev)[None].repeat(S, 1, 1), torch.eye(3, device=dev)[None].repeat(S, 1, 1),
-                          1, 1, light_position=lp[None].repeat(S, 1), light_intensity=li[None].repeat(S, 1))
             T = None
             if self.config.shadows:
                 T = shadow_transmittance(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]),
@@ -473,37 +480,13 @@ class RelightableModel(Model):
             coeffs = []
             for a in range(0, self.num_gaussians, chunk):
                 rows = slice(a, a + chunk)
-                rad = self._radiance_rows(rows, cams_pos, one, T[:, rows] if T is not None else None)
+                rad = self._terms(rows, cams_pos, lp[None].expand(S, 3), li[None].expand(S, 3),
+                                  T[:, rows] if T is not None else None)["radiance"]
                 coeffs.append(fit_sh(srgb_encode(rad), dirs, sh_degree))
             sh = torch.cat(coeffs, 0)
             return {"means": p["means"].detach().cpu(), "scales": p["scales"].detach().cpu(),
                     "quats": p["quats"].detach().cpu(), "opacities": p["opacities"].detach().cpu(),
                     "sh0": sh[:, :1].cpu(), "shN": sh[:, 1:].cpu()}
-
-    def _radiance_rows(self, rows: slice, camera_position: Tensor, cams: Cameras, T: Optional[Tensor]) -> Tensor:
-        """Radiance [S,n,3] of the Gaussians `rows` seen from `camera_position` [S,3], under `cams`'
-        lights, with a precomputed transmittance T [1,n] (None: no shadows)."""
-        p, c = self.params, self.config
-        nrm = p["normals"][rows]
-        ax = p["lobe_axes"][rows]
-        sh = shade(p["means"][rows], nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12),
-                   torch.sigmoid(p["albedo"][rows]), ax / ax.norm(dim=-1, keepdim=True).clamp_min(1e-12),
-                   torch.exp(p["lobe_sharpness"][rows]), torch.exp(p["lobe_rgb"][rows]),
-                   cams.light_position, cams.light_intensity, camera_position)
-        C, n = sh.direct.shape[:2]
-        feats = p["features"][rows][None].expand(C, n, -1)
-        Sd = torch.ones(C, n, dtype=sh.direct.dtype, device=sh.direct.device)
-        if T is not None:
-            Sd = T.expand(C, n)
-            if c.shadow_mlp:
-                x = torch.cat([Sd[..., None], sh.cos_i[..., None], sh.wi, feats], -1)
-                Sd = torch.sigmoid(torch.logit(Sd.clamp(1e-3, 1 - 1e-3)) + mlp_apply(p, "shadow", x)[..., 0])
-        rad = sh.direct * Sd[..., None]
-        if c.residual:
-            lpos, lint = cams.light_position, cams.light_intensity
-            e = lint / ((lpos - p["light_prior"][:3]) ** 2).sum(-1, keepdim=True).clamp_min(1e-12)
-            rad = rad + F.softplus(mlp_apply(p, "residual", torch.cat([feats, sh.wi, sh.wo], -1))) * e[:, None, :]
-        return rad
 
     def to_splats(self) -> Dict[str, Tensor]:
         """`splats_under` a light at the training lights' mean distance and height, in front of the
