@@ -14,12 +14,13 @@ it is missing): the Gaussians alive at T, sliced to 3D, which every static viewe
 shows. A relightable model (``--model relightable``) is written shaded under one
 point light (``--light``, ``--light-intensity``; default: a light at the training
 lights' mean distance and height, in front of the scene), each Gaussian's colour
-over all viewing directions fitted with SH of ``--sh-degree`` (shadows included).
+over all viewing directions fitted with SH of ``--light-sh-degree`` (shadows included).
 The output format comes from OUTPUT's name unless ``--format`` is given.
 Bad input exits with status 1 and a one-line message, and leaves no output.
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,8 @@ class ExportCommand(ExportArgs):
     training lights' mean distance and height)."""
     light_intensity: Optional[Tuple[float, float, float]] = None
     """Relightable models: its linear RGB radiant intensity, W/sr (default: the training lights' mean)."""
-    light_sh_degree: int = 3
-    """Relightable models: the SH degree the shaded colours are fitted with (0..3)."""
+    light_sh_degree: Optional[int] = None
+    """Relightable models: the SH degree the shaded colours are fitted with (0..3; default 3)."""
 
 
 def _is_run_model(path: Path) -> bool:
@@ -79,11 +80,23 @@ def export(args: ExportCommand, out=print) -> dict:
         return convert(args, out)
     model, _ = load_model(src)
     relightable = "light_position" in model.requires
-    if not relightable and (args.light is not None or args.light_intensity is not None):
-        raise ValueError(f"{src}: --light / --light-intensity are for relightable models; this is a {model.name} model")
+    lit_args = (args.light, args.light_intensity, args.light_sh_degree)
+    if not relightable and any(a is not None for a in lit_args):
+        raise ValueError(f"{src}: --light / --light-intensity / --light-sh-degree are for relightable models; "
+                         f"this is a {model.name} model")
     if relightable:
+        if args.time is not None:
+            raise ValueError(f"{src}: --time is for dynamic models; this is a {model.name} model (pass --light)")
+        if args.light_sh_degree is not None and not 0 <= args.light_sh_degree <= 3:
+            raise ValueError(f"--light-sh-degree must be 0..3, got {args.light_sh_degree}")
+        for name, v in (("--light", args.light), ("--light-intensity", args.light_intensity)):
+            if v is not None and not all(math.isfinite(x) for x in v):
+                raise ValueError(f"{name} must be finite numbers, got {' '.join(map(str, v))}")
+        if args.light_intensity is not None and (min(args.light_intensity) < 0 or max(args.light_intensity) <= 0):
+            raise ValueError(f"--light-intensity must be >= 0 and not all zero, got {tuple(args.light_intensity)}")
         light = args.light if args.light is not None else tuple(model.orbit_light(0.75).tolist())
-        splats = model.splats_under(light, args.light_intensity, sh_degree=args.light_sh_degree)
+        splats = model.splats_under(light, args.light_intensity,
+                                    sh_degree=3 if args.light_sh_degree is None else args.light_sh_degree)
         source = (f"{model.name} model under a point light at ({', '.join(f'{v:.3g}' for v in light)})"
                   + (f", intensity {tuple(args.light_intensity)}" if args.light_intensity is not None else ""))
     elif isinstance(model, DynamicModel):

@@ -102,6 +102,9 @@ def render(cfg: RenderConfig, log=print) -> dict:
     if not relightable and (cfg.light is not None or cfg.light_intensity is not None or cfg.light_orbit):
         raise ValueError(f"{cfg.model}: --light / --light-intensity / --light-orbit are for relightable models; "
                          f"this is a {model.name} model")
+    if relightable and cfg.cameras == "fixed" and cfg.light is not None and not dynamic:
+        raise ValueError("--cameras fixed moves the light around a fixed camera; with --light nothing would move "
+                         "(render one view with --cameras train, or drop --light)")
     if cfg.light_orbit and (cfg.light is not None or cfg.cameras in ("test", "train")):
         raise ValueError("--light-orbit moves the light along a video (orbit, path, fixed) without --light")
     for name in ("light", "light_intensity"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from splat.cameras import Cameras, look_at
-from splat.models.relightable import (RelightableConfig, RelightableModel, orthonormal_frame, shade,
+from splat.models.relightable import (RelightableConfig, RelightableModel, shade,
                                       shadow_transmittance, srgb_encode)
 from splat.render import RenderSettings
 
@@ -19,23 +19,16 @@ def _normalize(v):
     return v / np.linalg.norm(v)
 
 
-def _reference_shade(x, n, albedo, axes_local, sharp, rho, lpos, lint, cam):
+def _reference_shade(x, n, albedo, axes, sharp, rho, lpos, lint, cam):
     """Independent float64 GS^3 shading of one Gaussian (numpy)."""
     wi = _normalize(lpos - x)
     wo = _normalize(cam - x)
     if n @ wo < 0:
         n = -n
-    # Duff et al.'s frame written out
-    s = 1.0 if n[2] >= 0 else -1.0
-    a = -1.0 / (s + n[2])
-    b = n[0] * n[1] * a
-    t = np.array([1 + s * n[0] ** 2 * a, s * b, -s * n[0]])
-    bb = np.array([b, s + n[1] ** 2 * a, -n[1]])
     h = _normalize(wi + wo)
     f = albedo / math.pi
     for k in range(len(sharp)):
-        mu = axes_local[k, 0] * t + axes_local[k, 1] * bb + axes_local[k, 2] * n
-        f = f + rho[k] * math.exp(sharp[k] * (h @ mu - 1))
+        f = f + rho[k] * math.exp(sharp[k] * (h @ axes[k] - 1))
     d2 = np.sum((lpos - x) ** 2)
     return f * max(n @ wi, 0.0) * lint / d2
 
@@ -69,15 +62,6 @@ def test_shading_matches_float64_reference():
     above = [torch.tensor([[0, 0, 2.0]], dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64),
              torch.tensor([[0, 1.0, 3.0]], dtype=torch.float64)]
     torch.testing.assert_close(shade(*args, *above).direct, shade(*flipped, *above).direct)
-
-
-def test_orthonormal_frame_is_right_handed():
-    n = torch.nn.functional.normalize(torch.randn(500, 3, dtype=torch.float64), dim=-1)
-    n[0] = torch.tensor([0, 0, -1.0], dtype=torch.float64)
-    t, b = orthonormal_frame(n)
-    M = torch.stack([t, b, n], -1)
-    torch.testing.assert_close(M.transpose(1, 2) @ M, torch.eye(3, dtype=torch.float64).expand(500, 3, 3))
-    torch.testing.assert_close(torch.linalg.det(M), torch.ones(500, dtype=torch.float64))
 
 
 def test_srgb_encode_reference_and_straight_through_clamp():
@@ -375,7 +359,8 @@ def test_render_cli_moves_the_light(relit_run, tmp_path):
     assert fixed["frames"] == 3 and fixed["light_orbit"] and (tmp_path / "v.gif").is_file()
     for bad, msg in ((dict(light=(float("nan"), 0.0, 1.0)), "finite"),
                      (dict(light_intensity=(-1.0, 1.0, 1.0)), ">= 0"),
-                     (dict(light_orbit=True), "--light-orbit moves the light along a video")):
+                     (dict(light_orbit=True), "--light-orbit moves the light along a video"),
+                     (dict(cameras="fixed", light=(1.0, 1.0, 1.0)), "with --light nothing would move")):
         with pytest.raises(ValueError, match=msg):
             render(RenderConfig(model=run, out=tmp_path / "bad", **bad), log=lambda *a: None)
 
@@ -393,6 +378,13 @@ def test_export_under_a_light(relit_run, tmp_path, capsys):
     assert float((a["sh0"] - b["sh0"]).abs().mean()) > 0.01  # another light, other colours
     assert main([str(tmp_path / "a.ply"), str(tmp_path / "c.ply"), "--light", "0", "0", "1"]) == 1
     assert "--light is for relightable models" in capsys.readouterr().err
+    for bad, msg in ((["--time", "0.5"], "--time is for dynamic models"),
+                     (["--light-intensity", "-1", "1", "1"], "--light-intensity must be >= 0"),
+                     (["--light", "nan", "0", "1"], "--light must be finite"),
+                     (["--light-sh-degree", "5"], "--light-sh-degree must be 0..3")):
+        assert main([str(run), str(tmp_path / "d.ply"), *bad]) == 1
+        assert msg in capsys.readouterr().err, bad
+        assert not (tmp_path / "d.ply").exists()
 
 
 def test_viewer_scene_of_a_relightable_run(relit_run):

@@ -197,8 +197,12 @@ class Viewer:
                     hint="linear RGB radiant intensity, W/sr (falls off as 1/d^2)")
 
                 def moved(_):
-                    scene.set_light(np.asarray(self.light.value, dtype=np.float64),
-                                    np.asarray(self.light_intensity.value, dtype=np.float64))
+                    try:
+                        scene.set_light(np.asarray(self.light.value, dtype=np.float64),
+                                        np.asarray(self.light_intensity.value, dtype=np.float64))
+                    except ValueError as e:  # a non-finite entry: keep the last good light
+                        self.last_error = str(e)
+                        return
                     self._invalidate()
 
                 self.light.on_update(moved)
@@ -328,12 +332,13 @@ class Viewer:
         self._invalidate()
 
     def _sync_client_splats(self, force: bool = False) -> None:
-        if not force and self._splats_version == self.scene.version:
+        version = self.scene.version  # read first: a change while they are computed is synced next time
+        if not force and self._splats_version == version:
             return
         centers, covs, rgbs, opacities = self.scene.client_splats()
         self._splats_node = self.server.scene.add_gaussian_splats("/splats", centers=centers, covariances=covs,
                                                                   rgbs=rgbs, opacities=opacities)
-        self._splats_version = self.scene.version
+        self._splats_version = version
 
     def _on_snapshot(self, splats) -> None:  # called in the training thread: no more than a swap
         self.scene.update(splats)
@@ -383,8 +388,8 @@ class Viewer:
         if self.time is not None:
             kw["t"] = float(self.time.value)
         if self.light is not None:
-            kw["light"] = np.asarray(self.light.value, dtype=np.float64)
-            kw["light_intensity"] = np.asarray(self.light_intensity.value, dtype=np.float64)
+            with self.scene._lock:  # the light set_light accepted (finite, intensity clamped to >= 0)
+                kw["light"], kw["light_intensity"] = self.scene.light, self.scene.light_intensity
         version, mode = self.scene.version, self.mode.value
         t0 = time.perf_counter()
         img = self.scene.render(vc, mode, self.backend.value, **kw)

@@ -330,8 +330,9 @@ class ModelScene(SplatScene):
         if self.time_range is not None:  # this render's own time and light: threads do not share them
             extra["time"] = torch.tensor([self.t if t is None else float(t)], dtype=torch.float32)
         if self.has_light:
-            lp = self.light if light is None else light
-            li = self.light_intensity if light_intensity is None else light_intensity
+            with self._lock:
+                lp = self.light if light is None else light
+                li = self.light_intensity if light_intensity is None else light_intensity
             extra["light_position"] = torch.as_tensor(np.asarray(lp, dtype=np.float32).reshape(1, 3))
             extra["light_intensity"] = torch.as_tensor(np.asarray(li, dtype=np.float32).reshape(1, 3))
         model = self.model
@@ -349,8 +350,9 @@ class ModelScene(SplatScene):
         """`SplatScene.client_splats` of the model's Gaussians at the current time, or shaded under the
         current light (SH degree 1 over 32 viewing directions: the client shows degree 0)."""
         if self.has_light:
-            return client_splats_of(self.model.splats_under(self.light, self.light_intensity, sh_degree=1,
-                                                            directions=32))
+            with self._lock:
+                model, light, intensity = self._model, self.light, self.light_intensity
+            return client_splats_of(model.splats_under(light, intensity, sh_degree=1, directions=32))
         return client_splats_of(self.model.splats_at(self.t))
 
 

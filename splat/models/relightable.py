@@ -13,7 +13,7 @@ linear RGB):
 
     wi = (l - x_i) / |l - x_i|,  wo = (o_c - x_i) / |o_c - x_i|,  h = (wi + wo) / |wi + wo|
     n  = the Gaussian's unit normal, flipped to face the camera (two-sided)
-    f  = albedo / pi + sum_k rho_k exp(lambda_k (h . mu_k - 1))      (mu_k: lobe axes in n's frame)
+    f  = albedo / pi + sum_k rho_k exp(lambda_k (h . mu_k - 1))      (mu_k: unit lobe axes)
     L_i = f max(n . wi, 0) I / |l - x_i|^2 * S_i  +  R_i
 
 with S_i the shadow (the light's transmittance at the Gaussian, refined) and R_i the
@@ -35,13 +35,23 @@ linearly between layers. Differentiable through the rasterizer and the ramps; th
 placement (from the Gaussians' depth range) and the bias are not differentiated.
 
 Parameters (per Gaussian): means [N,3], scales [N,3] (log), quats [N,4], opacities [N]
-(logit), albedo [N,3] (logit), normals [N,3] (any norm), lobe_axes [N,K,3] (in the
-normal's frame, any norm), lobe_sharpness [N,K] (log lambda), lobe_rgb [N,K,3] (log rho),
+(logit), albedo [N,3] (logit), normals [N,3] (any norm), lobe_axes [N,K,3] (world
+directions, any norm; GS^3 states them in a local frame, which is the same family of
+lobes, but a frame built from the normal turns when the normal flips to face the
+camera and a lobe stated in it would jump), lobe_sharpness [N,K] (log lambda, capped at
+log 1000), lobe_rgb [N,K,3] (logit of rho / rho_max),
 features [N,F] (the networks' per-Gaussian input). Shared: light_prior [8] (scene
 centre, mean train light intensity, mean light distance and height above the centre:
 defaults for rendering and export), shadow_w1..b2 (refinement: logit S = logit T +
-MLP(T, n . wi, wi, features)) and residual_w1..b2 (R = softplus(MLP(features, wi, wo))
-I / |l - centre|^2).
+MLP(T, n . wi, wi, features)) and residual_w1..b2 (R = rho_max sigmoid(MLP(features, wi,
+wo)) I / |l - centre|^2).
+
+Bounded reflectances: rho_max = 4 / E_ref, with E_ref the training lights' mean irradiance
+at the scene centre (their mean intensity over their mean distance squared): a lobe or a
+residual brighter than 4x what saturates the 8-bit images cannot be observed, and without
+a bound Adam walks an amplitude whose lobe the training views never see (a tiny but
+steady gradient, normalised to a full step) up by orders of magnitude, to flare at a new
+light.
 """
 from __future__ import annotations
 
@@ -62,7 +72,7 @@ from .nets import mlp_apply, mlp_names, mlp_params
 from .static import init_splats
 
 __all__ = ["RelightableConfig", "RelightableModel", "Shading", "shade", "shadow_transmittance", "light_views",
-           "srgb_encode", "orthonormal_frame", "fit_sh"]
+           "srgb_encode", "fit_sh"]
 
 PER_GAUSSIAN = ("means", "scales", "quats", "opacities", "albedo", "normals", "lobe_axes", "lobe_sharpness",
                 "lobe_rgb", "features")
@@ -79,18 +89,6 @@ def srgb_encode(x: Tensor) -> Tensor:
     xs = x + (xc - x).detach()  # forward: clamped; backward: identity
     hi = 1.055 * xs.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055
     return torch.where(xc <= 0.0031308, 12.92 * xs, hi)
-
-
-def orthonormal_frame(n: Tensor) -> Tuple[Tensor, Tensor]:
-    """Tangents (t, b) [...,3] completing unit normals n [...,3] to a right-handed frame (t, b, n)
-    (Duff et al. 2017, "Building an Orthonormal Basis, Revisited")."""
-    x, y, z = n.unbind(-1)
-    sign = torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
-    a = -1.0 / (sign + z)
-    b = x * y * a
-    t = torch.stack([1.0 + sign * x * x * a, sign * b, -sign * x], -1)
-    bb = torch.stack([b, sign + y * y * a, -y], -1)
-    return t, bb
 
 
 class Shading(NamedTuple):
@@ -110,8 +108,8 @@ def shade(means: Tensor, normals: Tensor, albedo: Tensor, lobe_axes: Tensor, lob
 
     Args:
         means [N,3] (world), normals [N,3] unit, albedo [N,3] in [0,1] (diffuse reflectance),
-        lobe_axes [N,K,3] unit, in the frame (t, b, n) of `orthonormal_frame` of the normal as seen
-        from the camera, lobe_sharpness [N,K] > 0, lobe_rgb [N,K,3] >= 0 (lobe amplitudes, 1/sr),
+        lobe_axes [N,K,3] unit (world directions, so a lobe never jumps as the camera or the
+        normal moves), lobe_sharpness [N,K] > 0, lobe_rgb [N,K,3] >= 0 (lobe amplitudes, 1/sr),
         light_position [C,3] (world), light_intensity [C,3] (W/sr, linear RGB), camera_position [C,3].
     Returns:
         `Shading`: radiance f max(n . wi, 0) I / d^2 in the units of I / m^2, before shadows.
@@ -125,12 +123,9 @@ def shade(means: Tensor, normals: Tensor, albedo: Tensor, lobe_axes: Tensor, lob
     side = torch.where((normals[None] * wo).sum(-1) >= 0, 1.0, -1.0)  # [C,N]: face the camera
     n = normals[None] * side[..., None]
     cos_i = (n * wi).sum(-1)
-    t, b = orthonormal_frame(n)
-    mu = (lobe_axes[None, ..., 0:1] * t[:, :, None] + lobe_axes[None, ..., 1:2] * b[:, :, None]
-          + lobe_axes[None, ..., 2:3] * n[:, :, None])  # [C,N,K,3] world lobe axes
     hv = wi + wo
     h = hv / hv.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    lobes = torch.exp(lobe_sharpness[None] * ((mu * h[:, :, None]).sum(-1) - 1.0))  # [C,N,K]
+    lobes = torch.exp(lobe_sharpness[None] * ((lobe_axes[None] * h[:, :, None]).sum(-1) - 1.0))  # [C,N,K]
     f = albedo[None] / math.pi + (lobes[..., None] * lobe_rgb[None]).sum(-2)  # [C,N,3]
     direct = f * cos_i.clamp_min(0.0)[..., None] * light_intensity[:, None, :] / d2[..., None]
     return Shading(direct, wi, wo, cos_i)
@@ -176,11 +171,13 @@ def shadow_transmittance(means: Tensor, quats: Tensor, scales: Tensor, opacities
         resolution: the shadow image's width and height in pixels; layers: opacity layers L (>= 2).
         bias: the self-shadowing offset in standard deviations of each Gaussian along its light ray.
         center [3], radius: a sphere bounding the Gaussians (default: their opacity-weighted
-        centre and the 99th percentile of distances from it).
+        centre and the 99th percentile of distances from it, over Gaussians of opacity above
+        0.01). The depth layers span the Gaussians inside it above that opacity (a faint
+        floater far away does not coarsen the layers); every Gaussian reads them.
     Returns:
         [C,N] transmittance in [0,1] (1: fully lit; Gaussians outside the light's view are lit).
     Raises:
-        ValueError for fewer than 2 layers, a resolution below 4 or mismatched shapes.
+        ValueError for fewer than 2 layers, a resolution below 4 or a light_position not [C,3].
     """
     if layers < 2 or resolution < 4:
         raise ValueError(f"shadow_transmittance: need layers >= 2 and resolution >= 4, got {layers}, {resolution}")
@@ -193,7 +190,8 @@ def shadow_transmittance(means: Tensor, quats: Tensor, scales: Tensor, opacities
             w = opacities.detach()
             center = (means.detach() * w[:, None]).sum(0) / w.sum().clamp_min(1e-12)
             d = (means.detach() - center).norm(dim=-1)
-            radius = float(torch.quantile(d[w > 0.01] if bool((w > 0.01).any()) else d, 0.99)) if N else 1.0
+            d = d[w > 0.01] if bool((w > 0.01).any()) else d
+            radius = float(d.kthvalue(max(1, math.ceil(0.99 * d.numel()))).values) if d.numel() else 1.0
         radius = max(float(radius), 1e-6)
         R = quat_to_rotmat(quats.detach())  # [N,3,3]
     out = []
@@ -213,12 +211,13 @@ def shadow_transmittance(means: Tensor, quats: Tensor, scales: Tensor, opacities
             sig = ((scales.detach() ** 2) * torch.einsum("nij,ni->nj", R, ray) ** 2).sum(-1).sqrt()
         cam = torch.einsum("mij,nj->mni", V[:, :3, :3], means) + V[:, None, :3, 3]  # [M,N,3]
         z = cam[..., 2]
-        with torch.no_grad():  # layer depths of each view: over the Gaussians it sees
+        with torch.no_grad():  # layer depths of each view: over the Gaussians it sees that can occlude
             z0 = torch.empty(M, dtype=dt, device=dev)
             dz = torch.empty(M, dtype=dt, device=dev)
+            solid = (opacities.detach() > 0.01) & ((means.detach() - center).norm(dim=-1) <= 1.05 * radius)
             for m in range(M):
-                zm = z[m][(face == m) & (z[m] > settings.near_plane)]
-                sm = sig[(face == m) & (z[m] > settings.near_plane)]
+                keep = (face == m) & (z[m] > settings.near_plane) & solid
+                zm, sm = z[m][keep], sig[keep]
                 lo = float((zm - 3 * sm).min()) if zm.numel() else settings.near_plane
                 hi = float((zm + 3 * sm).max()) if zm.numel() else settings.near_plane + 1.0
                 lo = max(lo, settings.near_plane)
@@ -238,7 +237,8 @@ def shadow_transmittance(means: Tensor, quats: Tensor, scales: Tensor, opacities
             u = K[m, 0, 0] * cam[m, sel, 0] / zs + K[m, 0, 2]
             v = K[m, 1, 1] * cam[m, sel, 1] / zs + K[m, 1, 2]
             grid = torch.stack([2 * u / resolution - 1, 2 * v / resolution - 1], -1)[None, None]  # [1,1,n,2]
-            o = F.grid_sample(maps[m:m + 1], grid, mode="bilinear", padding_mode="zeros",
+            # one view: outside it is lit; cube faces: read the edge texels (no light leaks at the seams)
+            o = F.grid_sample(maps[m:m + 1], grid, mode="bilinear", padding_mode="zeros" if M == 1 else "border",
                               align_corners=False)[0, :, 0, :]  # [L,n]
             q = ((zs - dz[m] - bias * sig[sel]) - z0[m]) / dz[m]
             q = q.clamp(0.0, layers - 1 - 1e-6)
@@ -348,7 +348,7 @@ class RelightableModel(Model):
     @classmethod
     def create(cls, config: RelightableConfig, dataset, *, seed: int = 0) -> "RelightableModel":
         """Gaussians at the dataset's initial points, albedo from their colours (``init_albedo`` for
-        random points), normals pointing away from the points' centre, dim lobes along the normal,
+        random points), normals pointing away from the points' centre, dim lobes about the normal,
         small random features, networks that start as identity (shadows) and near zero (residual).
         Raises ``ValueError`` when the training views have no lights."""
         tr = dataset.train
@@ -366,21 +366,23 @@ class RelightableModel(Model):
         normals = s["means"] - center
         normals = torch.where(normals.norm(dim=-1, keepdim=True) > 1e-9, normals, torch.tensor([0.0, 0.0, 1.0]))
         Kl = config.num_lobes
-        axes = torch.tensor([0.0, 0.0, 1.0]).repeat(N, Kl, 1) + 0.05 * torch.randn(N, Kl, 3, generator=g)
+        axes = (normals / normals.norm(dim=-1, keepdim=True))[:, None, :] + 0.05 * torch.randn(N, Kl, 3, generator=g)
         sharp = torch.log(torch.tensor([20.0 * 4.0 ** k for k in range(Kl)])).repeat(N, 1)
         lp = torch.from_numpy(np.asarray(tr.light_positions, dtype=np.float32))
         li = torch.from_numpy(np.asarray(tr.light_intensities, dtype=np.float32))
         rel = lp - center
         prior = torch.cat([center, li.mean(0), rel.norm(dim=-1).mean()[None], rel[:, 2].mean()[None]])
+        rho_max = 4.0 * float(prior[6]) ** 2 / float(prior[3:6].mean())
+        lobe0 = math.log(0.02 / (rho_max - 0.02)) if rho_max > 0.04 else -4.0  # amplitude 0.02
         params = {**{k: s[k] for k in ("means", "scales", "quats", "opacities")},
                   "albedo": torch.logit(albedo.clamp(0.02, 0.98)), "normals": normals, "lobe_axes": axes,
-                  "lobe_sharpness": sharp, "lobe_rgb": torch.full((N, Kl, 3), math.log(0.02)),
+                  "lobe_sharpness": sharp, "lobe_rgb": torch.full((N, Kl, 3), lobe0),
                   "features": 0.1 * torch.randn(N, config.feature_dim, generator=g), "light_prior": prior}
         Fd = config.feature_dim
         if config.shadow_mlp:
             params.update(mlp_params("shadow", 1 + 1 + 3 + Fd, config.mlp_hidden, 1, g, out_scale=0.0))
         if config.residual:
-            params.update(mlp_params("residual", Fd + 6, config.mlp_hidden, 3, g, out_scale=0.01, out_bias=-4.0))
+            params.update(mlp_params("residual", Fd + 6, config.mlp_hidden, 3, g, out_scale=0.01, out_bias=-6.0))
         return cls(config, params, float(dataset.scene_scale))
 
     # ------------------------------------------------------------------ lights
@@ -426,7 +428,8 @@ class RelightableModel(Model):
         nrm, ax = p["normals"][rows], p["lobe_axes"][rows]
         sh = shade(p["means"][rows], nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12),
                    torch.sigmoid(p["albedo"][rows]), ax / ax.norm(dim=-1, keepdim=True).clamp_min(1e-12),
-                   torch.exp(p["lobe_sharpness"][rows]), torch.exp(p["lobe_rgb"][rows]),
+                   torch.exp(p["lobe_sharpness"][rows].clamp(max=math.log(1000.0))),
+                   self.rho_max * torch.sigmoid(p["lobe_rgb"][rows]),
                    light_position, light_intensity, camera_position)
         C, n = sh.direct.shape[:2]
         feats = p["features"][rows][None].expand(C, n, -1)
@@ -441,9 +444,17 @@ class RelightableModel(Model):
         residual = torch.zeros_like(radiance)
         if c.residual:
             e = light_intensity / ((light_position - p["light_prior"][:3]) ** 2).sum(-1, keepdim=True).clamp_min(1e-12)
-            residual = F.softplus(mlp_apply(p, "residual", torch.cat([feats, sh.wi, sh.wo], -1))) * e[:, None, :]
+            residual = self.rho_max * torch.sigmoid(mlp_apply(p, "residual", torch.cat([feats, sh.wi, sh.wo], -1)))
+            residual = residual * e[:, None, :]
             radiance = radiance + residual
         return {"direct": sh.direct, "transmittance": T, "shadow": S, "residual": residual, "radiance": radiance}
+
+    @property
+    def rho_max(self) -> float:
+        """The largest lobe amplitude or residual reflectance (1/sr): 4 / the training lights'
+        mean irradiance at the scene centre."""
+        p = self.params["light_prior"].detach()
+        return float(4.0 * p[6] ** 2 / p[3:6].mean().clamp_min(1e-12))
 
     def gaussians(self, cameras: Cameras, settings: RenderSettings = RenderSettings(),
                   step: Optional[int] = None) -> Gaussians:
