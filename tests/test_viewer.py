@@ -726,6 +726,17 @@ class RecordingScene(SplatScene):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.calls = []
+        self.light, self.light_intensity = np.array([0.0, -1.0, -1.0]), np.array([5.0, 5.0, 5.0])
+
+    def set_light(self, position, intensity=None):
+        if not np.isfinite(position).all():
+            raise ValueError("light position must be finite")
+        self.light = np.asarray(position, dtype=np.float64)
+        if intensity is not None:
+            self.light_intensity = np.maximum(np.asarray(intensity, dtype=np.float64), 0.0)
+
+    def current_light(self):
+        return self.light, self.light_intensity
 
     def render(self, cam, mode="rgb", backend="auto", **kw):
         self.calls.append((mode, backend, (cam.width, cam.height), kw))
@@ -744,8 +755,8 @@ def test_time_and_light_controls_reach_render(servers):
     assert wait_until(lambda: len(scene.calls) >= 1, 10), v.last_error
     mode, backend, size, kw = scene.calls[-1]
     assert mode == "rgb" and backend == "auto" and max(size) <= 128
-    assert set(kw) == {"t", "light"}
-    assert kw["t"] == 0.0 and np.allclose(kw["light"], (0.0, -1.0, -1.0))
+    assert set(kw) == {"t", "light", "light_intensity"}
+    assert kw["t"] == 0.0 and np.allclose(kw["light"], (0.0, -1.0, -1.0)) and np.allclose(kw["light_intensity"], 5.0)
 
     def called_with(pred, start):
         return wait_until(lambda: any(pred(k) for _, _, _, k in list(scene.calls)[start:]), 5)
@@ -768,7 +779,11 @@ def test_time_and_light_controls_reach_render(servers):
     v.light.value = (1.0, 0.0, 0.0)
     assert called_with(lambda k: np.allclose(k["light"], (1.0, 0.0, 0.0)) and k["t"] == 1.5, n), scene.calls[-3:]
     assert all(np.allclose(k["light"], (0.0, -1.0, -1.0)) for _, _, _, k in scene.calls[:n])
-    assert v.render_count >= 3 and c.wait_for_bytes(1, 5)
+    assert wait_until(idle, 10)
+    n = len(scene.calls)
+    v.light_intensity.value = (-2.0, 1.0, 3.0)  # the intensity control: clamped to >= 0 by the scene
+    assert called_with(lambda k: np.allclose(k["light_intensity"], (0.0, 1.0, 3.0)), n), scene.calls[-3:]
+    assert v.render_count >= 4 and c.wait_for_bytes(1, 5)
 
 
 # ----------------------------------------------------------------------------- frames sent, display, level of detail

@@ -388,8 +388,7 @@ class Viewer:
         if self.time is not None:
             kw["t"] = float(self.time.value)
         if self.light is not None:
-            with self.scene._lock:  # the light set_light accepted (finite, intensity clamped to >= 0)
-                kw["light"], kw["light_intensity"] = self.scene.light, self.scene.light_intensity
+            kw["light"], kw["light_intensity"] = self.scene.current_light()  # what set_light accepted
         version, mode = self.scene.version, self.mode.value
         t0 = time.perf_counter()
         img = self.scene.render(vc, mode, self.backend.value, **kw)

@@ -16,8 +16,9 @@ Two kinds exist today:
 
 A scene may declare `time_range` (4D models: the viewer adds a time slider and
 passes `t=` to `render`) or `has_light` (relightable models: the viewer adds a
-point-light position and intensity control and passes `light=` and
-`light_intensity=`).
+point-light position and intensity control, initialised from the scene's `light`
+and `light_intensity`, calls `set_light(position, intensity)` when it moves, and
+passes `current_light()`'s pair to `render` as `light=` and `light_intensity=`).
 
 `load_scene(path)` opens any model file the toolkit writes, with a clear error
 (`SceneError`) for a missing or unreadable one.
@@ -302,6 +303,12 @@ class ModelScene(SplatScene):
         with self._lock:
             self.light, self.light_intensity = pos, np.maximum(inten, 0.0)
             self.version += 1
+
+    def current_light(self):
+        """(position [3], intensity [3]) of the light as `set_light` last accepted it (finite,
+        intensity clamped to >= 0), read together."""
+        with self._lock:
+            return self.light, self.light_intensity
 
     @property
     def model(self):
