@@ -45,3 +45,18 @@ DEVICES = {"torch": "cpu", "cpu": "cpu", "cuda": "cuda", "cuda-emulated": "cpu"}
 def on(backend, *tensors):
     """The tensors moved to the device of `backend` (a list)."""
     return [t.to(DEVICES[backend]) for t in tensors]
+
+
+def blender_c2w(centre, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)):
+    """A Blender/OpenGL camera-to-world matrix [4,4] (x right, y up, z back, float64 numpy) at
+    ``centre`` looking at ``target`` (what NeRF-synthetic ``transform_matrix`` holds)."""
+    import numpy as np
+
+    c = np.asarray(centre, float)
+    back = c - np.asarray(target, float)
+    back /= np.linalg.norm(back)
+    right = np.cross(up, back)
+    right /= np.linalg.norm(right)
+    M = np.eye(4)
+    M[:3, 0], M[:3, 1], M[:3, 2], M[:3, 3] = right, np.cross(back, right), back, c
+    return M

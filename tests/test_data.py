@@ -15,6 +15,7 @@ from PIL import Image
 from splat.data import DatasetError, detect_format, load_dataset
 from splat.data.common import read_image, read_ply_points
 from splat.data.distortion import Distortion
+from scene_utils import blender_c2w
 
 try:
     import pycolmap
@@ -443,17 +444,6 @@ def test_colmap_bad_inputs(tmp_path):
 # Blender / NeRF-synthetic
 
 
-def blender_c2w(centre, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """A Blender/OpenGL camera-to-world matrix (x right, y up, z back) looking at ``target``."""
-    c = np.asarray(centre, float)
-    back = c - np.asarray(target, float)
-    back /= np.linalg.norm(back)
-    right = np.cross(up, back)
-    right /= np.linalg.norm(right)
-    cam_up = np.cross(back, right)
-    M = np.eye(4)
-    M[:3, 0], M[:3, 1], M[:3, 2], M[:3, 3] = right, cam_up, back, c
-    return M
 
 
 def make_blender(root: Path, n_train=3, n_test=2, W=40, H=30, angle=0.9, rgba=True, ext_in_path=False):

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from splat.data import DatasetError, detect_format, load_dataset
+from scene_utils import blender_c2w
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -47,16 +48,6 @@ def look_at_viewmat(centre, target, up=(0.0, -1.0, 0.0)) -> np.ndarray:
 # D-NeRF (blender layout with per-frame times)
 
 
-def blender_c2w(centre, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """A Blender/OpenGL camera-to-world matrix (x right, y up, z back) looking at ``target``."""
-    c = np.asarray(centre, float)
-    back = c - np.asarray(target, float)
-    back /= np.linalg.norm(back)
-    right = np.cross(up, back)
-    right /= np.linalg.norm(right)
-    M = np.eye(4)
-    M[:3, 0], M[:3, 1], M[:3, 2], M[:3, 3] = right, np.cross(back, right), back, c
-    return M
 
 
 TRAIN_TIMES = [0.125, 0.125, 0.5, 0.75]  # two cameras at the first instant (multi-view)

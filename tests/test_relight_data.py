@@ -16,21 +16,12 @@ from PIL import Image
 from splat.data import DatasetError, load_dataset
 from splat.data.common import (LoadedView, finish_dataset, make_split, opengl_c2w_to_viewmat, transform_lights,
                                transform_viewmats)
+from scene_utils import blender_c2w
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 
 
-def blender_c2w(centre, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """A Blender/OpenGL camera-to-world matrix (x right, y up, z back) looking at ``target``."""
-    c = np.asarray(centre, float)
-    back = c - np.asarray(target, float)
-    back /= np.linalg.norm(back)
-    right = np.cross(up, back)
-    right /= np.linalg.norm(right)
-    M = np.eye(4)
-    M[:3, 0], M[:3, 1], M[:3, 2], M[:3, 3] = right, np.cross(back, right), back, c
-    return M
 
 
 # distinct, non-round values so that a swap, a cast or a dropped frame shows

@@ -28,6 +28,7 @@ implementation.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 import torch
@@ -36,7 +37,7 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..render import Gaussians, RenderSettings, render_gaussians
 
-__all__ = ["GaussianParams", "Model", "RenderOutput", "per_gaussian_names"]
+__all__ = ["GaussianParams", "Model", "RenderOutput", "per_gaussian_names", "learning_rate_decay"]
 
 
 class GaussianParams(torch.nn.ParameterDict):
@@ -68,6 +69,15 @@ def per_gaussian_names(params) -> Tuple[str, ...]:
     """The per-Gaussian entries of `params`: ``params.per_gaussian`` for a `GaussianParams`,
     every key for a plain dict or ``ParameterDict`` (gsplat's layout, all per-Gaussian)."""
     return params.per_gaussian if isinstance(params, GaussianParams) else tuple(params.keys())
+
+
+def learning_rate_decay(lr0: float, lr1: float, step: int, iterations: int) -> float:
+    """Exponential decay from `lr0` at step 0 to `lr1` at the last step (the 3DGS means schedule;
+    linear where either is 0)."""
+    t = min(max(step / max(iterations, 1), 0.0), 1.0)
+    if lr0 <= 0 or lr1 <= 0:
+        return lr0 * (1 - t) + lr1 * t
+    return math.exp((1 - t) * math.log(lr0) + t * math.log(lr1))
 
 
 class RenderOutput(NamedTuple):

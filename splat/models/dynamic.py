@@ -48,7 +48,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..render import RenderSettings
-from .base import Model
+from .base import Model, learning_rate_decay  # noqa: F401  (re-exported: the dynamic kinds import it here)
 
 __all__ = ["DynamicModel", "TemporalHierarchy", "SUPPORT", "time_of", "temporal_marginal", "learning_rate_decay",
            "gather_rows"]
@@ -75,14 +75,6 @@ def time_of(cameras: Cameras, model: str) -> float:
 def temporal_marginal(dt: Tensor, var_t: Tensor) -> Tensor:
     """exp(-dt^2 / (2 var_t)): the unnormalised Gaussian in time at offset `dt` (both [N])."""
     return torch.exp(-0.5 * dt * dt / var_t)
-
-
-def learning_rate_decay(lr0: float, lr1: float, step: int, iterations: int) -> float:
-    """Exponential decay from `lr0` at step 0 to `lr1` at the last step (the 3DGS means schedule)."""
-    t = min(max(step / max(iterations, 1), 0.0), 1.0)
-    if lr0 <= 0 or lr1 <= 0:
-        return lr0 * (1 - t) + lr1 * t
-    return math.exp((1 - t) * math.log(lr0) + t * math.log(lr1))
 
 
 class _GatherRows(torch.autograd.Function):

@@ -67,7 +67,7 @@ from torch import Tensor
 from ..backends.torch_ref import quat_to_rotmat, sh_basis
 from ..cameras import Cameras, look_at
 from ..render import Gaussians, RenderSettings, rasterize
-from .base import Model
+from .base import Model, learning_rate_decay
 from .nets import mlp_apply, mlp_names, mlp_params
 from .static import init_splats
 
@@ -507,8 +507,7 @@ class RelightableModel(Model):
     # ------------------------------------------------------------------ training
     def learning_rates(self, step: int, iterations: int) -> Dict[str, float]:
         c = self.config
-        t = min(max(step / max(iterations, 1), 0.0), 1.0)
-        means = self.scene_scale * math.exp((1 - t) * math.log(c.lr_means) + t * math.log(c.lr_means_final))
+        means = self.scene_scale * learning_rate_decay(c.lr_means, c.lr_means_final, step, iterations)
         lrs = {"means": means, "scales": c.lr_scales, "quats": c.lr_quats, "opacities": c.lr_opacities,
                "albedo": c.lr_albedo, "normals": c.lr_normals, "lobe_axes": c.lr_lobes,
                "lobe_sharpness": c.lr_lobes, "lobe_rgb": c.lr_lobes, "features": c.lr_features, "light_prior": 0.0}

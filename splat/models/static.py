@@ -26,7 +26,7 @@ from ..cameras import Cameras, points_scale
 from ..io.common import SH_C0
 from ..io.common import sh_degree as sh_degree_of  # SH degree of a splats dict, from the shN shape
 from ..render import Gaussians, RenderSettings, rasterize
-from .base import Model
+from .base import Model, learning_rate_decay
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -181,8 +181,7 @@ class StaticModel(Model):
 
     def learning_rates(self, step: int, iterations: int) -> Dict[str, float]:
         c = self.config
-        t = min(max(step / max(iterations, 1), 0.0), 1.0)
-        means = self.scene_scale * math.exp((1 - t) * math.log(c.lr_means) + t * math.log(c.lr_means_final))
+        means = self.scene_scale * learning_rate_decay(c.lr_means, c.lr_means_final, step, iterations)
         return {"means": means, "scales": c.lr_scales, "quats": c.lr_quats, "opacities": c.lr_opacities,
                 "sh0": c.lr_sh0, "shN": c.lr_shN}
 
