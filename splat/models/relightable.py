@@ -365,8 +365,9 @@ class RelightableModel(Model):
         center = s["means"].mean(0)
         normals = s["means"] - center
         normals = torch.where(normals.norm(dim=-1, keepdim=True) > 1e-9, normals, torch.tensor([0.0, 0.0, 1.0]))
+        normals = normals / normals.norm(dim=-1, keepdim=True)  # unit: a step turns them alike at any scene scale
         Kl = config.num_lobes
-        axes = (normals / normals.norm(dim=-1, keepdim=True))[:, None, :] + 0.05 * torch.randn(N, Kl, 3, generator=g)
+        axes = normals[:, None, :] + 0.05 * torch.randn(N, Kl, 3, generator=g)
         sharp = torch.log(torch.tensor([20.0 * 4.0 ** k for k in range(Kl)])).repeat(N, 1)
         lp = torch.from_numpy(np.asarray(tr.light_positions, dtype=np.float32))
         li = torch.from_numpy(np.asarray(tr.light_intensities, dtype=np.float32))
