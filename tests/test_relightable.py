@@ -406,3 +406,38 @@ def test_viewer_scene_of_a_relightable_run(relit_run):
     assert len(centers) == scene.num_gaussians
     with pytest.raises(ValueError, match="finite"):
         scene.set_light((float("inf"), 0, 0))
+
+
+def test_a_scaled_scene_gives_the_same_model_up_to_scale():
+    """The same data in other units (positions x 10, intensities x 100, so the images are the same)
+    gives the same initial model up to that scale and the same renders: nothing in the model
+    (normals, reflectance bounds, shadow layers and bias) depends on the units."""
+    import dataclasses
+
+    from splat.data import load_dataset
+    from splat.train.run import default_scene_path
+
+    ds = load_dataset(default_scene_path("relightable"), downscale=8, num_random_points=2000)
+    k = 10.0
+
+    def scaled(split):
+        V = split.viewmats.copy()
+        V[:, :3, 3] *= k
+        return dataclasses.replace(split, viewmats=V, light_positions=split.light_positions * k,
+                                   light_intensities=split.light_intensities * k * k)
+
+    big = dataclasses.replace(ds, train=scaled(ds.train), test=scaled(ds.test), points=ds.points * k,
+                              scene_scale=ds.scene_scale * k)
+    a = RelightableModel.create(RelightableConfig(), ds, seed=3)
+    b = RelightableModel.create(RelightableConfig(), big, seed=3)
+    torch.testing.assert_close(b.params["means"], a.params["means"] * k)
+    torch.testing.assert_close(b.params["scales"], a.params["scales"] + math.log(k))
+    for name in ("normals", "lobe_axes", "albedo", "lobe_rgb", "lobe_sharpness", "features"):
+        torch.testing.assert_close(b.params[name], a.params[name], msg=name)
+    assert b.rho_max == pytest.approx(a.rho_max, rel=1e-5)
+    cams_a, cams_b = ds.test.cameras([0, 1]), big.test.cameras([0, 1])
+    with torch.no_grad():
+        for cam_a, cam_b in zip((cams_a[0:1], cams_a[1:2]), (cams_b[0:1], cams_b[1:2])):
+            ra = a.render(cam_a, RenderSettings(backend="cpu").for_scene(a.scene_scale)).colors
+            rb = b.render(cam_b, RenderSettings(backend="cpu").for_scene(b.scene_scale)).colors
+            torch.testing.assert_close(rb, ra, atol=2e-3, rtol=0)
