@@ -25,6 +25,7 @@ from ..models.static import StaticConfig
 from ..optim.adam import AdamConfig
 from ..render import Backend, RasterizeMode
 from ..strategies.adc import ADCStrategy
+from ..strategies.mcmc import MCMCStrategy
 from .registry import MODELS, OPTIMIZERS, STRATEGIES
 
 __all__ = ["TrainConfig", "config_to_json", "config_from_json", "DEFAULT_ITERATIONS", "DEFAULT_SCENE_ITERATIONS"]
@@ -117,6 +118,8 @@ class TrainConfig:
     """--model relightable: GS^3 relightable Gaussians (reflectance, shadows; point-lit data)."""
     adc: ADCStrategy = dataclasses.field(default_factory=ADCStrategy)
     """--strategy adc: adaptive density control (3DGS; gsplat's DefaultStrategy)."""
+    mcmc: MCMCStrategy = dataclasses.field(default_factory=MCMCStrategy)
+    """--strategy mcmc: 3DGS as Markov chain Monte Carlo (relocation, noise, regularisers; gsplat's MCMCStrategy)."""
     adam: AdamConfig = dataclasses.field(default_factory=AdamConfig)
     """--optimizer adam: Adam per parameter."""
 

@@ -5,6 +5,7 @@
     MODELS["spacetime"].cls     -> SpacetimeModel   (--model spacetime, options --spacetime.*)
     MODELS["relightable"].cls   -> RelightableModel (--model relightable, options --relightable.*)
     STRATEGIES["adc"].cls       -> ADCStrategy      (--strategy adc, options --adc.*)
+    STRATEGIES["mcmc"].cls      -> MCMCStrategy     (--strategy mcmc, options --mcmc.*)
     OPTIMIZERS["adam"].cls      -> AdamOptimizer    (--optimizer adam, options --adam.*)
 
 A new capability is a module that implements the piece's interface
@@ -27,6 +28,7 @@ from ..models.spacetime import SpacetimeModel
 from ..models.static import StaticModel
 from ..optim.adam import AdamOptimizer
 from ..strategies.adc import ADCStrategy
+from ..strategies.mcmc import MCMCStrategy
 
 __all__ = ["Registry", "Entry", "MODELS", "STRATEGIES", "OPTIMIZERS"]
 
@@ -86,6 +88,7 @@ MODELS.register("relightable", RelightableModel, field="relightable")
 
 STRATEGIES = Registry("strategy")
 STRATEGIES.register("adc", ADCStrategy, field="adc")
+STRATEGIES.register("mcmc", MCMCStrategy, field="mcmc")
 
 OPTIMIZERS = Registry("optimizer")
 OPTIMIZERS.register("adam", AdamOptimizer, field="adam")

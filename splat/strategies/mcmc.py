@@ -1,0 +1,189 @@
+"""3D Gaussian Splatting as Markov Chain Monte Carlo (Kheradmand et al., NeurIPS 2024), with the
+defaults of gsplat's MCMCStrategy.
+
+Training is read as sampling: the Gaussians are samples of a distribution that the loss
+defines, Adam's step is a Langevin step without its noise, so noise is added back.
+
+* Every step, each mean moves by Gaussian noise shaped by its own covariance and scaled by
+  the means' learning rate, ``noise_lr``, and a gate ``sigmoid(100 (1 - opacity - 0.995))``
+  that leaves opaque Gaussians alone (``means += lr * noise_lr * gate * Sigma eps``).
+* Every ``refine_every`` steps between ``refine_start_iter`` and ``refine_stop_iter``:
+  - relocation: every "dead" Gaussian (opacity <= ``min_opacity``) is moved onto a live
+    one sampled with probability proportional to opacity; the sampled Gaussian and its
+    N - 1 new copies share ``relocation`` 's opacity and scale, which keep the rendered
+    image unchanged to first order (N co-located copies of opacity o' composite to
+    1 - (1 - o')^N = o at the centre; the scale keeps the integral of the opacity profile);
+  - growth: 5% more Gaussians, added the same way, until ``cap_max``.
+  Optimizer moments of the moved and sampled Gaussians restart at zero.
+* Regularisers (added to the loss): ``opacity_reg`` |opacity| and ``scale_reg`` |scale|,
+  both means over the Gaussians, which push unused Gaussians towards death and so to
+  relocation.
+
+Nothing is pruned: the count only grows, from the initial points to ``cap_max``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from ..backends.torch_ref import quat_scale_to_covar
+from .base import Strategy
+from .ops import _mask_state, update_params
+
+__all__ = ["MCMCStrategy", "relocation"]
+
+
+def relocation(opacities: Tensor, scales: Tensor, ratios: Tensor, n_max: int = 51) -> tuple:
+    """The opacity and scale each of `ratios` [M] (>= 1) co-located copies of a Gaussian with
+    opacity `opacities` [M] in (0,1) and linear `scales` [M,3] takes (Kheradmand et al., eq. 9):
+
+        o' = 1 - (1 - o)^(1/N)
+        s' = o / (sum_{i=1..N} sum_{k=0..i-1} C(i-1, k) (-1)^k o'^(k+1) / sqrt(k+1)) * s
+
+    Returns (new opacities [M], new scales [M,3]). Ratios are clamped to [1, n_max]."""
+    N = ratios.clamp(1, n_max).to(opacities.dtype)
+    new_o = 1.0 - (1.0 - opacities) ** (1.0 / N)
+    denom = torch.zeros_like(opacities)
+    n_int = ratios.clamp(1, n_max).long()
+    for i in range(1, int(n_int.max()) + 1 if n_int.numel() else 1):
+        active = n_int >= i
+        term = torch.zeros_like(opacities)
+        for k in range(i):
+            term = term + math.comb(i - 1, k) * (-1.0) ** k * new_o ** (k + 1) / math.sqrt(k + 1)
+        denom = denom + torch.where(active, term, torch.zeros_like(term))
+    new_s = (opacities / denom.clamp_min(1e-12))[:, None] * scales
+    return new_o, new_s
+
+
+@dataclasses.dataclass
+class MCMCStrategy(Strategy):
+    """3DGS as MCMC (module docstring); defaults as gsplat's MCMCStrategy."""
+
+    cap_max: int = 1_000_000
+    """The largest number of Gaussians; growth adds 5% per round until it."""
+    noise_lr: float = 5e5
+    """Scale of the noise on the means, times the means' learning rate."""
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 25_000
+    refine_every: int = 100
+    min_opacity: float = 0.005
+    """Gaussians at or below this opacity are dead and get relocated."""
+    opacity_reg: float = 0.01
+    """Weight of the mean opacity in the loss."""
+    scale_reg: float = 0.01
+    """Weight of the mean (linear) scale in the loss."""
+    grow_rate: float = 0.05
+    """Fraction of Gaussians added per round until cap_max."""
+
+    def scaled(self, factor: float) -> "MCMCStrategy":
+        """Start and stop scaled with the run's length; ``refine_every`` is not: growth is 5% a
+        round, so a shorter interval would compound it (2000 steps at 1/15 of the interval would
+        reach the cap from any start)."""
+        return dataclasses.replace(self, refine_start_iter=int(self.refine_start_iter * factor),
+                                   refine_stop_iter=int(self.refine_stop_iter * factor))
+
+    def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
+        return {"scene_scale": float(scene_scale)}
+
+    def losses(self, params, state, step: int, info: Dict[str, Any]) -> Dict[str, Tensor]:
+        out = {}
+        if self.opacity_reg > 0:
+            out["opacity_reg"] = self.opacity_reg * torch.sigmoid(params["opacities"]).abs().mean()
+        if self.scale_reg > 0:
+            out["scale_reg"] = self.scale_reg * torch.exp(params["scales"]).abs().mean()
+        return out
+
+    def step_post_backward(self, params, optimizers, state, step: int, info: Dict[str, Any],
+                           generator: Optional[torch.Generator] = None) -> Dict[str, int]:
+        events: Dict[str, int] = {}
+        if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
+            events["relocated"] = self.relocate(params, optimizers, state, generator)
+            events["added"] = self.grow(params, optimizers, state, generator)
+        self.inject_noise(params, optimizers["means"].param_groups[0]["lr"], generator)
+        return events
+
+    # ------------------------------------------------------------------ the moves
+    @torch.no_grad()
+    def _sample(self, params, n: int, candidates: Tensor, generator) -> Tensor:
+        """`n` indices among `candidates` drawn with replacement, probability ~ opacity."""
+        w = torch.sigmoid(params["opacities"].data[candidates]).reshape(-1).double()
+        idx = torch.multinomial(w.cpu(), n, replacement=True, generator=generator)
+        return candidates[idx.to(candidates.device)]
+
+    @torch.no_grad()
+    def _share(self, params, optimizers, state, sampled: Tensor, extra: int) -> None:
+        """Give each sampled index and its copies the relocated opacity and scale; restart the
+        sampled rows' optimizer moments. `extra` rows appended at the end are its copies."""
+        counts = torch.bincount(sampled, minlength=params["means"].shape[0])
+        uniq = sampled.unique()
+        ratios = counts[uniq] + 1  # itself plus its copies
+        o = torch.sigmoid(params["opacities"].data[uniq])
+        new_o, new_s = relocation(o.clamp(1e-6, 1 - 1e-6), torch.exp(params["scales"].data[uniq]), ratios)
+        new_o = new_o.clamp(self.min_opacity, 1 - 1e-6)
+        params["opacities"].data[uniq] = torch.logit(new_o)
+        params["scales"].data[uniq] = torch.log(new_s.clamp_min(1e-12))
+        for name, opt in optimizers.items():
+            p = params[name]
+            st = opt.state.get(p)
+            if st is None or p.shape[0] != params["means"].shape[0]:
+                continue
+            for k, v in st.items():
+                if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == p.shape[0]:
+                    v[uniq] = 0
+
+    @torch.no_grad()
+    def relocate(self, params, optimizers, state, generator=None) -> int:
+        """Move every dead Gaussian onto a live one sampled by opacity; returns how many moved."""
+        opac = torch.sigmoid(params["opacities"].data).reshape(-1)
+        dead = (opac <= self.min_opacity).nonzero().squeeze(1)
+        alive = (opac > self.min_opacity).nonzero().squeeze(1)
+        if dead.numel() == 0 or alive.numel() == 0:
+            return 0
+        sampled = self._sample(params, dead.numel(), alive, generator)
+        self._share(params, optimizers, state, sampled, 0)
+        from ..models.base import per_gaussian_names
+
+        for name in per_gaussian_names(params):
+            params[name].data[dead] = params[name].data[sampled]
+        for name in per_gaussian_names(params):
+            st = optimizers[name].state.get(params[name])
+            if st:
+                for k, v in st.items():
+                    if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == params[name].shape[0]:
+                        v[dead] = 0
+        return int(dead.numel())
+
+    @torch.no_grad()
+    def grow(self, params, optimizers, state, generator=None) -> int:
+        """Add min(cap_max, (1 + grow_rate) N) - N Gaussians, copies of live ones sampled by opacity
+        (sharing their relocated opacity and scale); returns how many were added."""
+        N = params["means"].shape[0]
+        n_new = max(0, min(self.cap_max, int((1 + self.grow_rate) * N)) - N)
+        if n_new == 0:
+            return 0
+        opac = torch.sigmoid(params["opacities"].data).reshape(-1)
+        alive = (opac > self.min_opacity).nonzero().squeeze(1)
+        if alive.numel() == 0:
+            return 0
+        sampled = self._sample(params, n_new, alive, generator)
+        self._share(params, optimizers, state, sampled, n_new)
+        update_params(params, optimizers, lambda _, p: torch.cat([p, p[sampled]]),
+                      lambda _, v: torch.cat([v, torch.zeros((n_new,) + v.shape[1:], dtype=v.dtype, device=v.device)]))
+        _mask_state(state, lambda v: torch.cat([v, v[sampled]]), N)
+        return n_new
+
+    @torch.no_grad()
+    def inject_noise(self, params, lr: float, generator=None) -> None:
+        """means += lr * noise_lr * sigmoid(100 (1 - o - 0.995)) * Sigma eps (eps ~ N(0, I))."""
+        means = params["means"]
+        o = torch.sigmoid(params["opacities"].data).reshape(-1)
+        gate = torch.sigmoid(100.0 * ((1.0 - o) - 0.995))
+        cov = quat_scale_to_covar(params["quats"].data, torch.exp(params["scales"].data))
+        eps = torch.randn(means.shape, generator=generator, dtype=means.dtype,
+                          device="cpu" if generator is None else generator.device).to(means.device)
+        noise = torch.einsum("nij,nj->ni", cov, eps) * (gate * lr * self.noise_lr)[:, None]
+        means.data += noise
