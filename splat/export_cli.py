@@ -20,7 +20,6 @@ Bad input exits with status 1 and a one-line message, and leaves no output.
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,7 @@ def export(args: ExportCommand, out=print) -> dict:
     """Run one export; returns `splat.io.export.convert`'s summary. Raises
     `splat.io.FormatError` / ``ValueError`` / ``FileNotFoundError`` naming the file."""
     from .models.dynamic import DynamicModel
+    from .models.relightable import check_light_options
     from .train.run import load_model
 
     src = Path(args.input)
@@ -89,11 +89,7 @@ def export(args: ExportCommand, out=print) -> dict:
             raise ValueError(f"{src}: --time is for dynamic models; this is a {model.name} model (pass --light)")
         if args.light_sh_degree is not None and not 0 <= args.light_sh_degree <= 3:
             raise ValueError(f"--light-sh-degree must be 0..3, got {args.light_sh_degree}")
-        for name, v in (("--light", args.light), ("--light-intensity", args.light_intensity)):
-            if v is not None and not all(math.isfinite(x) for x in v):
-                raise ValueError(f"{name} must be finite numbers, got {' '.join(map(str, v))}")
-        if args.light_intensity is not None and (min(args.light_intensity) < 0 or max(args.light_intensity) <= 0):
-            raise ValueError(f"--light-intensity must be >= 0 and not all zero, got {tuple(args.light_intensity)}")
+        check_light_options(args.light, args.light_intensity)
         light = args.light if args.light is not None else tuple(model.orbit_light(0.75).tolist())
         splats = model.splats_under(light, args.light_intensity,
                                     sh_degree=3 if args.light_sh_degree is None else args.light_sh_degree)

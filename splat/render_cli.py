@@ -30,6 +30,7 @@ from tyro.conf import Positional
 
 from .cameras import Cameras, orbit_cameras, path_cameras
 from .io.images import colorize, depth_range_of, write_png, write_video
+from .models.relightable import check_light_options
 from .render import RenderSettings
 from .train.data import Views
 from .train.evaluate import evaluate, render_views
@@ -107,12 +108,7 @@ def render(cfg: RenderConfig, log=print) -> dict:
                          "(render one view with --cameras train, or drop --light)")
     if cfg.light_orbit and (cfg.light is not None or cfg.cameras in ("test", "train")):
         raise ValueError("--light-orbit moves the light along a video (orbit, path, fixed) without --light")
-    for name in ("light", "light_intensity"):
-        v = getattr(cfg, name)
-        if v is not None and not all(math.isfinite(x) for x in v):
-            raise ValueError(f"--{name.replace('_', '-')} must be finite numbers, got {' '.join(map(str, v))}")
-    if cfg.light_intensity is not None and (min(cfg.light_intensity) < 0 or max(cfg.light_intensity) <= 0):
-        raise ValueError(f"--light-intensity must be >= 0 and not all zero, got {cfg.light_intensity}")
+    check_light_options(cfg.light, cfg.light_intensity)
     model_path = Path(cfg.model)
     out = cfg.out or ((model_path if model_path.is_dir() else model_path.parent) / "render")
     if model_path.parent.name == "ckpts" and cfg.out is None:

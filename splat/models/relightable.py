@@ -72,7 +72,8 @@ from .nets import mlp_apply, mlp_names, mlp_params
 from .static import init_splats
 
 __all__ = ["RelightableConfig", "RelightableModel", "Shading", "shade", "shadow_transmittance", "light_views",
-           "srgb_encode", "fit_sh"]
+           "srgb_encode", "fit_sh",
+           "check_light_options"]
 
 PER_GAUSSIAN = ("means", "scales", "quats", "opacities", "albedo", "normals", "lobe_axes", "lobe_sharpness",
                 "lobe_rgb", "features")
@@ -250,6 +251,17 @@ def shadow_transmittance(means: Tensor, quats: Tensor, scales: Tensor, opacities
     return torch.stack(out)
 
 
+def check_light_options(light=None, light_intensity=None) -> None:
+    """The command lines' ``--light X Y Z`` and ``--light-intensity R G B`` (either may be None):
+    raise ``ValueError`` naming the option for a non-finite number, or an intensity below 0 or all
+    zero (a light that lights nothing)."""
+    for name, v in (("--light", light), ("--light-intensity", light_intensity)):
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError(f"{name} must be finite numbers, got {' '.join(map(str, v))}")
+    if light_intensity is not None and (min(light_intensity) < 0 or max(light_intensity) <= 0):
+        raise ValueError(f"--light-intensity must be >= 0 and not all zero, got {tuple(light_intensity)}")
+
+
 # ----------------------------------------------------------------------------- export
 
 
@@ -413,13 +425,18 @@ class RelightableModel(Model):
         [C,N,3], ``transmittance`` and ``shadow`` [C,N] (raw and refined; ones without shadows),
         ``residual`` [C,N,3] (zeros without the network) and ``radiance`` [C,N,3], linear."""
         self.check_cameras(cameras, "the cameras")
-        p, c = self.params, self.config
         T = None
-        if c.shadows if shadows is None else shadows:
-            T = shadow_transmittance(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]),
-                                     cameras.light_position, settings, resolution=c.shadow_resolution,
-                                     layers=c.shadow_layers, bias=c.shadow_bias)
+        if self.config.shadows if shadows is None else shadows:
+            T = self.transmittance(cameras.light_position, settings)
         return self._terms(slice(None), cameras.centers, cameras.light_position, cameras.light_intensity, T)
+
+    def transmittance(self, light_position: Tensor, settings: RenderSettings = RenderSettings()) -> Tensor:
+        """`shadow_transmittance` [C,N] of the model's Gaussians toward lights [C,3], with the
+        model's shadow-pass options."""
+        p, c = self.params, self.config
+        return shadow_transmittance(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]),
+                                    light_position, settings, resolution=c.shadow_resolution, layers=c.shadow_layers,
+                                    bias=c.shadow_bias)
 
     def _terms(self, rows, camera_position: Tensor, light_position: Tensor, light_intensity: Tensor,
                T: Optional[Tensor]) -> Dict[str, Tensor]:
@@ -486,9 +503,7 @@ class RelightableModel(Model):
             S = len(dirs)
             T = None
             if self.config.shadows:
-                T = shadow_transmittance(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]),
-                                         lp[None], settings, resolution=self.config.shadow_resolution,
-                                         layers=self.config.shadow_layers, bias=self.config.shadow_bias)
+                T = self.transmittance(lp[None], settings)
             coeffs = []
             for a in range(0, self.num_gaussians, chunk):
                 rows = slice(a, a + chunk)
