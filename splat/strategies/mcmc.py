@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..backends.torch_ref import quat_scale_to_covar
+from ..models.base import per_gaussian_names
 from .base import Strategy
 from .ops import _mask_state, update_params
 
@@ -57,6 +58,16 @@ def relocation(opacities: Tensor, scales: Tensor, ratios: Tensor, n_max: int = 5
         denom = denom + torch.where(active, term, torch.zeros_like(term))
     new_s = (opacities / denom.clamp_min(1e-12))[:, None] * scales
     return new_o, new_s
+
+
+@torch.no_grad()
+def _zero_moments(params, optimizers, rows: Tensor) -> None:
+    """Restart the optimizer state (Adam's moments) of the per-Gaussian `rows`."""
+    for name in per_gaussian_names(params):
+        p = params[name]
+        for v in optimizers[name].state.get(p, {}).values():
+            if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == p.shape[0]:
+                v[rows] = 0
 
 
 @dataclasses.dataclass
@@ -115,9 +126,9 @@ class MCMCStrategy(Strategy):
         return candidates[idx.to(candidates.device)]
 
     @torch.no_grad()
-    def _share(self, params, optimizers, state, sampled: Tensor, extra: int) -> None:
-        """Give each sampled index and its copies the relocated opacity and scale; restart the
-        sampled rows' optimizer moments. `extra` rows appended at the end are its copies."""
+    def _share(self, params, optimizers, sampled: Tensor) -> None:
+        """Give each sampled index the opacity and scale it shares with its copies (one per time it
+        was sampled; `relocation`) and restart its optimizer moments."""
         counts = torch.bincount(sampled, minlength=params["means"].shape[0])
         uniq = sampled.unique()
         ratios = counts[uniq] + 1  # itself plus its copies
@@ -126,14 +137,7 @@ class MCMCStrategy(Strategy):
         new_o = new_o.clamp(self.min_opacity, 1 - 1e-6)
         params["opacities"].data[uniq] = torch.logit(new_o)
         params["scales"].data[uniq] = torch.log(new_s.clamp_min(1e-12))
-        for name, opt in optimizers.items():
-            p = params[name]
-            st = opt.state.get(p)
-            if st is None or p.shape[0] != params["means"].shape[0]:
-                continue
-            for k, v in st.items():
-                if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == p.shape[0]:
-                    v[uniq] = 0
+        _zero_moments(params, optimizers, uniq)
 
     @torch.no_grad()
     def relocate(self, params, optimizers, state, generator=None) -> int:
@@ -144,17 +148,10 @@ class MCMCStrategy(Strategy):
         if dead.numel() == 0 or alive.numel() == 0:
             return 0
         sampled = self._sample(params, dead.numel(), alive, generator)
-        self._share(params, optimizers, state, sampled, 0)
-        from ..models.base import per_gaussian_names
-
+        self._share(params, optimizers, sampled)
         for name in per_gaussian_names(params):
             params[name].data[dead] = params[name].data[sampled]
-        for name in per_gaussian_names(params):
-            st = optimizers[name].state.get(params[name])
-            if st:
-                for k, v in st.items():
-                    if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == params[name].shape[0]:
-                        v[dead] = 0
+        _zero_moments(params, optimizers, dead)
         return int(dead.numel())
 
     @torch.no_grad()
@@ -170,7 +167,7 @@ class MCMCStrategy(Strategy):
         if alive.numel() == 0:
             return 0
         sampled = self._sample(params, n_new, alive, generator)
-        self._share(params, optimizers, state, sampled, n_new)
+        self._share(params, optimizers, sampled)
         update_params(params, optimizers, lambda _, p: torch.cat([p, p[sampled]]),
                       lambda _, v: torch.cat([v, torch.zeros((n_new,) + v.shape[1:], dtype=v.dtype, device=v.device)]))
         _mask_state(state, lambda v: torch.cat([v, v[sampled]]), N)
