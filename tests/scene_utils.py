@@ -60,3 +60,24 @@ def blender_c2w(centre, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)):
     M = np.eye(4)
     M[:3, 0], M[:3, 1], M[:3, 2], M[:3, 3] = right, np.cross(back, right), back, c
     return M
+
+
+def assert_orbit_c2w(m, look_at, radius):
+    """Assert that `m` (a NeRF-synthetic ``transform_matrix``, OpenGL camera-to-world) is a rigid
+    pose on the sphere of `radius` about `look_at`, looking at it (-z), upright in a z-up world
+    (camera y has a positive world-z component). Returns the unit direction from the camera to
+    `look_at`."""
+    import numpy as np
+    import pytest
+
+    m = np.asarray(m, dtype=np.float64)
+    assert m.shape == (4, 4)
+    np.testing.assert_allclose(m[3], [0, 0, 0, 1])
+    R = m[:3, :3]
+    np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-6)
+    assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-6)
+    to_target = np.asarray(look_at, dtype=np.float64) - m[:3, 3]
+    assert np.linalg.norm(to_target) == pytest.approx(radius, rel=1e-5)
+    np.testing.assert_allclose(-R[:, 2], to_target / np.linalg.norm(to_target), atol=1e-6)  # OpenGL: looks down -z
+    assert R[2, 1] > 0  # upright
+    return to_target / np.linalg.norm(to_target)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scene_utils import assert_orbit_c2w
 
 # loaded by path: in the tests, `scenes` is tests/scenes.py (conftest puts tests/ first on sys.path)
 _spec = importlib.util.spec_from_file_location(
@@ -100,18 +101,9 @@ def test_dataset_layout():
         for i, fr in enumerate(meta["frames"]):
             assert fr["file_path"] == f"./{split}/r_{i}"
             assert (ROOT / split / f"r_{i}.png").is_file()
-            m = np.array(fr["transform_matrix"], dtype=np.float64)
-            assert m.shape == (4, 4)
-            np.testing.assert_allclose(m[3], [0, 0, 0, 1])
-            R = m[:3, :3]
-            np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-6)
-            assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-6)
-            # the camera sits on the orbit and its -z axis (OpenGL: looking direction) points at LOOK_AT
-            to_target = np.asarray(ds.LOOK_AT) - m[:3, 3]
-            assert np.linalg.norm(to_target) == pytest.approx(ds.RADIUS, rel=1e-5)
-            np.testing.assert_allclose(-R[:, 2], to_target / np.linalg.norm(to_target), atol=1e-6)
-            assert R[2, 1] > 0  # camera y (up) has a positive world-z component: z-up world, upright images
-            assert m[2, 3] > ds.LOOK_AT[2]  # upper hemisphere
+            # the camera sits on the orbit, looks at LOOK_AT, upright in the z-up world
+            assert_orbit_c2w(fr["transform_matrix"], ds.LOOK_AT, ds.RADIUS)
+            assert fr["transform_matrix"][2][3] > ds.LOOK_AT[2]  # upper hemisphere
 
 
 def test_images_rgba_and_not_blank():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scene_utils import assert_orbit_c2w
 
 # loaded by path, like test_default_scene (the module finds default_scene itself)
 _spec = importlib.util.spec_from_file_location(
@@ -82,18 +83,9 @@ def test_layout_times_and_order():
 def test_cameras_look_at_the_scene_centre():
     azimuths, elevations = [], []
     for split, fr in _frames():
-        m = np.array(fr["transform_matrix"], dtype=np.float64)
-        assert m.shape == (4, 4)
-        np.testing.assert_allclose(m[3], [0, 0, 0, 1])
-        R = m[:3, :3]
-        np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-6)
-        assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-6)
-        to_target = np.asarray(dyn.LOOK_AT) - m[:3, 3]
-        assert np.linalg.norm(to_target) == pytest.approx(dyn.RADIUS, rel=1e-5)
-        np.testing.assert_allclose(-R[:, 2], to_target / np.linalg.norm(to_target), atol=1e-6)  # OpenGL: looks down -z
-        assert R[2, 1] > 0  # upright: camera y (up) has a positive world-z component
+        view_dir = assert_orbit_c2w(fr["transform_matrix"], dyn.LOOK_AT, dyn.RADIUS)
         if split == "train":
-            d = -to_target / dyn.RADIUS
+            d = -view_dir
             azimuths.append(math.degrees(math.atan2(d[1], d[0])))
             elevations.append(math.degrees(math.asin(d[2])))
     assert 14.0 <= min(elevations) and max(elevations) <= 46.0

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scene_utils import assert_orbit_c2w
 
 # loaded by path, like test_default_scene (in the tests, `scenes` may be another module; relight_scene finds
 # default_scene itself)
@@ -103,16 +104,8 @@ def test_test_lights_are_new():
 
 def test_cameras_look_at_the_scene_and_test_cameras_are_new():
     for split, fr in _frames():
-        m = np.array(fr["transform_matrix"], dtype=np.float64)
-        assert m.shape == (4, 4)
-        np.testing.assert_allclose(m[3], [0, 0, 0, 1])
-        R = m[:3, :3]
-        np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-6)
-        assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-6)
-        to_target = np.asarray(rs.LOOK_AT) - m[:3, 3]
-        assert np.linalg.norm(to_target) == pytest.approx(rs.RADIUS, rel=1e-5)
-        np.testing.assert_allclose(-R[:, 2], _unit(to_target), atol=1e-6)  # OpenGL: looks down -z
-        assert R[2, 1] > 0 and m[2, 3] > rs.LOOK_AT[2]  # upright, on the upper hemisphere
+        assert_orbit_c2w(fr["transform_matrix"], rs.LOOK_AT, rs.RADIUS)
+        assert fr["transform_matrix"][2][3] > rs.LOOK_AT[2]  # on the upper hemisphere
     sep = _angles(_camera_dirs("test"), _camera_dirs("train")).min(1)
     assert sep.min() >= rs.MIN_TEST_CAMERA_SEP - 1e-6 >= 5.0 - 1e-6, sep
 
