@@ -39,6 +39,7 @@ density statistics only touch the rows a frame rendered (`Gaussians.ids`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -324,6 +325,26 @@ class DynamicModel(Model):
             return 0.0
         s = float(self.params["time_prior"][0])
         return s * s
+
+
+@dataclasses.dataclass
+class DynamicOptions:
+    """The options every dynamic kind has (its ``Config`` derives from this): the monocular priors
+    and the temporal hierarchy."""
+
+    static_warmup: Optional[float] = None
+    """Fraction of the run trained as a static model first (time frozen: each Gaussian at its temporal
+    centre, fully present), so geometry all views agree on comes before motion. Default: 0.15 for
+    monocular video (fewer than 2 training views per instant), 0 for multi-view video."""
+    min_scale_t: Optional[float] = None
+    """Floor on the temporal standard deviation, in frame intervals of the training data, so that a
+    Gaussian lives over a few frames and several views see it. Default: 1 for monocular video, 0
+    (no floor) for multi-view video."""
+    hierarchy_levels: int = 0
+    """Temporal hierarchy levels (0: off). Level l splits the sequence into 2^l segments; a frame
+    renders only the nodes covering it (long videos)."""
+    hierarchy_every: int = 100
+    """Re-assign the Gaussians to hierarchy nodes every this many steps."""
 
 
 def check_dynamic_options(config, flag: str) -> None:

@@ -49,8 +49,8 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..render import Gaussians
 from .base import RenderOutput
-from .dynamic import (DynamicModel, check_dynamic_options, dataset_time_range, init_times, learning_rate_decay,
-                      resolve, temporal_marginal, time_params, with_nodes)
+from .dynamic import (DynamicModel, DynamicOptions, check_dynamic_options, dataset_time_range, init_times,
+                      learning_rate_decay, resolve, temporal_marginal, time_params, with_nodes)
 from .static import init_splats, num_sh_bases
 
 __all__ = ["FourDGSConfig", "FourDGSModel", "quat_left", "quat_right", "rotation_4d", "slice_4d",
@@ -127,7 +127,7 @@ def covariance_to_quat_scale(covars: Tensor):
 
 
 @dataclasses.dataclass
-class FourDGSConfig:
+class FourDGSConfig(DynamicOptions):
     """Options of the 4D Gaussian model (`--4dgs.*`)."""
 
     sh_degree: int = 3
@@ -164,19 +164,6 @@ class FourDGSConfig:
     """Recompute the neighbours every this many steps (and whenever the count changes)."""
     knn_sample: int = 16384
     """Gaussians per step in the consistency loss (a random subset; 0: all)."""
-    static_warmup: Optional[float] = None
-    """Fraction of the run trained as a static model first (time frozen: each Gaussian at its temporal
-    centre, fully present), so geometry all views agree on comes before motion. Default: 0.15 for
-    monocular video (fewer than 2 training views per instant), 0 for multi-view video."""
-    min_scale_t: Optional[float] = None
-    """Floor on the temporal standard deviation, in frame intervals of the training data, so that a
-    Gaussian lives over a few frames and several views see it. Default: 1 for monocular video, 0
-    (no floor) for multi-view video."""
-    hierarchy_levels: int = 0
-    """Temporal hierarchy levels (0: off). Level l splits the sequence into 2^l segments; a frame
-    renders only the nodes covering it (long videos)."""
-    hierarchy_every: int = 100
-    """Re-assign the Gaussians to hierarchy nodes every this many steps."""
 
     def check(self) -> None:
         check_dynamic_options(self, "4dgs")

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..render import Gaussians
-from .dynamic import (DynamicModel, check_dynamic_options, dataset_time_range, init_times, learning_rate_decay,
-                      temporal_marginal, time_params, with_nodes)
+from .dynamic import (DynamicModel, DynamicOptions, check_dynamic_options, dataset_time_range, init_times,
+                      learning_rate_decay, temporal_marginal, time_params, with_nodes)
 from .nets import mlp_apply, mlp_names, mlp_params
 from .static import init_splats
 
@@ -59,7 +59,7 @@ def motion_at(means: Tensor, motion: Tensor, dt: Tensor) -> Tensor:
 
 
 @dataclasses.dataclass
-class SpacetimeConfig:
+class SpacetimeConfig(DynamicOptions):
     """Options of the Spacetime Gaussian model (`--spacetime.*`)."""
 
     motion_degree: int = 3
@@ -90,17 +90,6 @@ class SpacetimeConfig:
     lr_shN: float = 2.5e-3 / 20
     lr_features: float = 2.5e-3
     lr_mlp: float = 1e-3
-    static_warmup: Optional[float] = None
-    """Fraction of the run trained as a static model first (time frozen: each Gaussian at its temporal
-    centre, fully present), so geometry all views agree on comes before motion. Default: 0.15 for
-    monocular video (fewer than 2 training views per instant), 0 for multi-view video."""
-    min_scale_t: Optional[float] = None
-    """Floor on the temporal standard deviation, in frame intervals of the training data, so that a
-    Gaussian lives over a few frames and several views see it. Default: 1 for monocular video, 0
-    (no floor) for multi-view video."""
-    hierarchy_levels: int = 0
-    """Temporal hierarchy levels (0: off); see --4dgs.hierarchy-levels."""
-    hierarchy_every: int = 100
 
     def check(self) -> None:
         check_dynamic_options(self, "spacetime")
