@@ -153,9 +153,14 @@ class SplatScene:
     def __init__(self, splats: Dict[str, torch.Tensor], *, cameras: Sequence[TrainingCamera] = (),
                  background=(1.0, 1.0, 1.0), rasterize_mode: str = "classic", name: str = "model",
                  up: Optional[np.ndarray] = None, scene_scale: Optional[float] = None):
+        self._init_view(cameras, background, rasterize_mode, name, up, scene_scale)
+        self._splats = self._check(splats, name)
+
+    def _init_view(self, cameras, background, rasterize_mode, name, up, scene_scale) -> None:
+        """What every 3D scene holds besides its model: lock, version, training cameras, background,
+        rasterize mode, name, up direction, scene scale (None: from the means when first asked)."""
         self._lock = threading.Lock()
         self._scene_scale = scene_scale
-        self._splats = self._check(splats, name)
         self.version = 0
         self.cameras = list(cameras)
         self.background = tuple(float(c) for c in background)
@@ -258,15 +263,8 @@ class ModelScene(SplatScene):
 
     def __init__(self, model, *, cameras: Sequence[TrainingCamera] = (), background=(1.0, 1.0, 1.0),
                  rasterize_mode: str = "classic", name: str = "model", up: Optional[np.ndarray] = None):
-        self._lock = threading.Lock()
+        self._init_view(cameras, background, rasterize_mode, name, up, float(model.scene_scale))
         self._model = model
-        self._scene_scale = float(model.scene_scale)
-        self.version = 0
-        self.cameras = list(cameras)
-        self.background = tuple(float(c) for c in background)
-        self.rasterize_mode = rasterize_mode
-        self.name = name
-        self.up = up
         dynamic = "time" in model.requires
         self.time_range = tuple(model.time_range) if dynamic else None
         self.t = float(self.time_range[0]) if dynamic else None
