@@ -90,7 +90,7 @@ def export(args: ExportCommand, out=print) -> dict:
         if args.light_sh_degree is not None and not 0 <= args.light_sh_degree <= 3:
             raise ValueError(f"--light-sh-degree must be 0..3, got {args.light_sh_degree}")
         check_light_options(args.light, args.light_intensity)
-        light = args.light if args.light is not None else tuple(model.orbit_light(0.75).tolist())
+        light = args.light if args.light is not None else tuple(model.default_light.tolist())
         splats = model.splats_under(light, args.light_intensity,
                                     sh_degree=3 if args.light_sh_degree is None else args.light_sh_degree)
         source = (f"{model.name} model under a point light at ({', '.join(f'{v:.3g}' for v in light)})"

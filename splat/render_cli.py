@@ -205,7 +205,7 @@ def render(cfg: RenderConfig, log=print) -> dict:
                 lights = np.stack([model.orbit_light(i / len(Vs)).cpu().numpy() for i in range(len(Vs))])
                 result["light_orbit"] = True
             else:
-                lights = np.tile(model.orbit_light(0.75).cpu().numpy(), (len(Vs), 1))
+                lights = np.tile(model.default_light.cpu().numpy(), (len(Vs), 1))
         cams = Cameras.from_numpy(Vs, np.repeat(K0[None], len(Vs), 0), W, H, time=times, light_position=lights,
                                   light_intensity=intensities)
         model.check_cameras(cams, where=f"--cameras {cfg.cameras}")

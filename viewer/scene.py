@@ -271,7 +271,7 @@ class ModelScene(SplatScene):
         self.has_light = "light_position" in model.requires
         self.light = self.light_intensity = None
         if self.has_light:
-            self.light = model.orbit_light(0.75).cpu().numpy().astype(np.float64)
+            self.light = model.default_light.cpu().numpy().astype(np.float64)
             self.light_intensity = model.default_intensity.cpu().numpy().astype(np.float64)
 
     def update(self, params: Dict[str, torch.Tensor]) -> None:

@@ -409,6 +409,12 @@ class RelightableModel(Model):
         """[3] the mean radiant intensity of the training lights (W/sr)."""
         return self.params["light_prior"][3:6].detach()
 
+    @property
+    def default_light(self) -> Tensor:
+        """[3] where a light goes when none is given (export, videos, the viewer's start): in front of
+        the scene (the -y side, azimuth -90 degrees) at the training lights' mean distance and height."""
+        return self.orbit_light(0.75)
+
     def orbit_light(self, phase: float) -> Tensor:
         """[3] a light on the circle the training lights' mean distance and height describe around
         the scene centre, at azimuth 2 pi `phase` (for videos where the light moves)."""
@@ -516,9 +522,8 @@ class RelightableModel(Model):
                     "sh0": sh[:, :1].cpu(), "shN": sh[:, 1:].cpu()}
 
     def to_splats(self) -> Dict[str, Tensor]:
-        """`splats_under` a light at the training lights' mean distance and height, in front of the
-        scene's centre (azimuth -90 degrees, the -y side)."""
-        return self.splats_under(self.orbit_light(0.75).cpu().numpy())
+        """`splats_under` the `default_light`."""
+        return self.splats_under(self.default_light.cpu().numpy())
 
     # ------------------------------------------------------------------ training
     def learning_rates(self, step: int, iterations: int) -> Dict[str, float]:
