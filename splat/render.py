@@ -196,6 +196,8 @@ def rasterize(
         "tile_size": tile_size,
         "n_cameras": C,
         "backend": impl.NAME,
+        "viewmats": viewmats,
+        "Ks": Ks,
     }
     return render_colors, render_alphas, info
 
@@ -274,6 +276,62 @@ def render_gaussians(gaussians: Gaussians, cameras: Cameras, settings: RenderSet
                                      rasterize_mode=settings.rasterize_mode, covars=g.covars, **kwargs)
     info["param_ids"] = g.ids
     return colors, alphas, info
+
+
+# per-camera, per-Gaussian entries of `rasterize`'s info ([C, N, ...]) that `merge_infos` scatters
+_PER_GAUSSIAN_INFO = ("radii", "means2d", "depths", "conics", "opacities", "visibility")
+
+
+def merge_infos(infos, num_gaussians: int) -> Dict:
+    """One info for several renders of the same model (a training step's batch of views rendered
+    one per call: different image sizes, or a model whose geometry depends on the camera).
+
+    Each info's per-Gaussian entries ([C_k, M_k, ...], rows ``param_ids`` of the model's
+    ``num_gaussians``, or all rows in order) are scattered into [sum C_k, num_gaussians, ...]
+    (zeros for rows a render did not have) and concatenated over cameras, with their
+    ``.grad`` (and ``absgrad``) where the backward has run, so a density strategy reads them
+    as from one batched render. Gradients of ``means2d`` are rescaled to the first render's
+    image size (strategies normalise by ``info["width"]``/``["height"]``, which are that
+    size's). ``viewmats`` and ``Ks`` are concatenated; ``param_ids`` is None.
+
+    Raises ``ValueError`` for no infos."""
+    if not infos:
+        raise ValueError("merge_infos: no infos")
+    W0, H0 = infos[0]["width"], infos[0]["height"]
+    out = {"width": W0, "height": H0, "param_ids": None, "camera_ids": None, "gaussian_ids": None,
+           "n_cameras": sum(i["n_cameras"] for i in infos), "backend": infos[0]["backend"],
+           "viewmats": torch.cat([i["viewmats"] for i in infos]), "Ks": torch.cat([i["Ks"] for i in infos])}
+    for key in _PER_GAUSSIAN_INFO:
+        parts = {"value": [], "grad": [], "absgrad": []}
+        for info in infos:
+            t = info[key]
+            ids = info.get("param_ids")
+            scale = None
+            if key == "means2d":
+                scale = t.new_tensor([info["width"] / W0, info["height"] / H0])
+
+            def full(x):
+                x = x.detach()
+                if ids is None:
+                    return x
+                buf = x.new_zeros((x.shape[0], num_gaussians) + tuple(x.shape[2:]))
+                buf[:, ids] = x
+                return buf
+
+            parts["value"].append(full(t))
+            for g in ("grad", "absgrad"):
+                has = t.is_floating_point() and (g == "absgrad" or t.is_leaf or t.retains_grad)
+                v = getattr(t, g, None) if has else None
+                parts[g].append(None if v is None else full(v if scale is None else v * scale))
+        merged = torch.cat(parts["value"])
+        if merged.is_floating_point():
+            merged.requires_grad_(False)
+            if all(g is not None for g in parts["grad"]):
+                merged.grad = torch.cat(parts["grad"])
+            if all(g is not None for g in parts["absgrad"]):
+                merged.absgrad = torch.cat(parts["absgrad"])
+        out[key] = merged
+    return out
 
 
 def _fail(msg: str):

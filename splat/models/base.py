@@ -121,6 +121,11 @@ class Model(torch.nn.Module):
     feature_channels: ClassVar[int] = 0
     default_scene: ClassVar[str] = "static"
     """The embedded scene `splat-train --model NAME` trains without --data ("static", "dynamic" or "relightable")."""
+    batch_views: ClassVar[bool] = True
+    """Whether cameras that differ in what the model depends on can share one render call
+    (one geometry, per-camera colours). False for a model whose geometry depends on the
+    camera (the time of a dynamic model): the trainer then renders a batch of views one
+    per call (`--batch-size`)."""
 
     def __init__(self, config, params: Mapping[str, Tensor], scene_scale: float = 1.0):
         super().__init__()

@@ -191,6 +191,7 @@ class DynamicModel(Model):
 
     requires = ("time",)
     default_scene = "dynamic"
+    batch_views = False  # each time has its own geometry
 
     def __init__(self, config, params, scene_scale: float = 1.0):
         super().__init__(config, params, scene_scale)

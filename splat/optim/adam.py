@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Tuple
+import math
+from typing import Any, Callable, Literal, Mapping, Tuple
 
 import torch
 from torch import Tensor
@@ -20,6 +21,10 @@ class AdamConfig:
     """Adam's epsilon (3DGS uses 1e-15: the updates of tiny gradients are not damped)."""
     betas: Tuple[float, float] = (0.9, 0.999)
     """Decay rates of the first and second moment estimates."""
+    batch_scaling: Literal["sqrt", "none"] = "sqrt"
+    """With --batch-size B > 1: sqrt scales the learning rates by sqrt(B) and raises the betas to the
+    B-th power (Grendel, Zhao et al. 2024: a batch step then moves about as far as B single steps, and
+    the moments forget at the same rate per view); none keeps both."""
 
 
 class AdamOptimizer(Optimizer):
@@ -38,6 +43,19 @@ class AdamOptimizer(Optimizer):
         self.optimizers = {k: torch.optim.Adam([{"params": [p], "lr": learning_rates[k], "name": k}],
                                                eps=config.eps, betas=tuple(config.betas))
                            for k, p in params.items()}
+        self.lr_scale = 1.0
+
+    def attach(self, trainer) -> None:
+        B = int(getattr(trainer.cfg, "batch_size", 1))
+        if B > 1 and self.config.batch_scaling == "sqrt":
+            self.lr_scale = math.sqrt(B)
+            betas = tuple(b ** B for b in self.config.betas)
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group["betas"] = betas
+
+    def set_learning_rates(self, learning_rates: Mapping[str, float]) -> None:
+        super().set_learning_rates({k: lr * self.lr_scale for k, lr in learning_rates.items()})
 
     def step(self, forward: Callable[[], Tuple[Tensor, Any]]) -> Tuple[Tensor, Any]:
         loss, extra = forward()

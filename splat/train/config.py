@@ -49,7 +49,11 @@ class TrainConfig:
     out: Path = Path("runs/default")
     """Run directory: config.json, metrics.json, ckpts/, renders/, model.ply."""
     iterations: Optional[int] = None
-    """Optimizer steps (one view per step). Default: 30000, or 3000 for the embedded default scenes."""
+    """Optimizer steps (--batch-size views per step). Default: 30000, or 3000 for the embedded default scenes."""
+    batch_size: int = 1
+    """Training views per optimizer step; their gradients are averaged (losses are the views' mean). Views
+    of one size render in one call (one per call for dynamic models); Adam's learning rates are scaled by
+    sqrt(B) and its betas raised to the B-th power (Grendel's rule; --adam.batch-scaling none to keep them)."""
     resume: bool = False
     """Continue from the last checkpoint in --out (its saved config is used)."""
     data_format: Literal["auto", "colmap", "blender", "nerfstudio", "n3v"] = "auto"

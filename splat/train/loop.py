@@ -4,12 +4,12 @@ directory and callbacks.
 
 One step (``Trainer.train_step``):
 
-    cameras, image = the step's training view          (a fresh random order each epoch)
+    cameras, images = the step's --batch-size training views  (a fresh random order each epoch)
     optimizer.set_learning_rates(model.learning_rates(step, iterations))
-    loss, out = optimizer.step(forward)                  forward: model.render(cameras, step=step)
+    loss, outs = optimizer.step(forward)                 forward: model.render(cameras, step=step)
                                                          -> strategy.step_pre_backward
-                                                         -> photometric loss + model.losses
-                                                            + strategy.losses
+                                                         -> photometric loss (mean over views)
+                                                            + model.losses + strategy.losses
     strategy.step_post_backward(...)                     may clone, split, prune Gaussians
 
 The model, strategy and optimizer come from `splat.train.registry` by the names in
@@ -33,7 +33,8 @@ from ..io.common import atomic_write
 from ..io.images import save_png
 from ..metrics import psnr as psnr_fn
 from ..models.base import Model
-from ..render import RenderSettings
+from ..cameras import Cameras
+from ..render import RenderSettings, merge_infos
 from .callbacks import Callback, CallbackList, load_callback
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DEFAULT_ITERATIONS, TrainConfig, config_from_json, config_to_json
@@ -90,6 +91,8 @@ class Trainer:
         self.iterations = cfg.total_iterations()
         if self.iterations <= 0:
             raise ValueError(f"--iterations must be positive, got {self.iterations}")
+        if cfg.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {cfg.batch_size}")
         model_cls = MODELS[cfg.model].cls
         optimizer_cls = OPTIMIZERS[cfg.optimizer].cls
         model_options, strategy = cfg.options("model"), cfg.options("strategy")
@@ -147,31 +150,64 @@ class Trainer:
         self.optimizer.attach(self)
 
     # ------------------------------------------------------------------ one step
+    def step_views(self, step: int) -> List[int]:
+        """The training views of step `step`: ``--batch-size`` consecutive entries of the epoch
+        order (`view_for_step`), so batch 1 is the one-view schedule and resume stays exact."""
+        B = self.cfg.batch_size
+        return [view_for_step(step * B + k, len(self.train_views), self.cfg.seed) for k in range(B)]
+
+    def view_groups(self, views: List[int]) -> List[List[int]]:
+        """`views` split into the groups that render in one call: views of one image size
+        share a call when the model allows it (``Model.batch_views``), else one call each."""
+        if not self.model.batch_views:
+            return [[i] for i in views]
+        groups: dict = {}
+        for i in views:
+            c = self.train_views.camera(i)
+            groups.setdefault((c.width, c.height, c.camera_model), []).append(i)
+        return list(groups.values())
+
     def train_step(self, step: int) -> dict:
-        """One optimizer step on the step's training view; returns its loss, PSNR and the
-        strategy's events (clone/split/prune counts)."""
+        """One optimizer step on the step's training views (``--batch-size``, losses averaged);
+        returns its loss, mean PSNR and the strategy's events (clone/split/prune counts)."""
         cfg = self.cfg
-        i = view_for_step(step, len(self.train_views), cfg.seed)
-        cameras, gt, mask = self.train_views.camera(i), self.train_views.image(i), self.train_views.mask(i)
+        views = self.step_views(step)
+        B = len(views)
+        groups = [(ids, Cameras.cat([self.train_views.camera(i) for i in ids]) if len(ids) > 1
+                   else self.train_views.camera(ids[0]),
+                   torch.stack([self.train_views.image(i) for i in ids]),
+                   [self.train_views.mask(i) for i in ids]) for ids in self.view_groups(views)]
         self.optimizer.set_learning_rates(self.model.learning_rates(step, self.iterations))
+        infos: List[dict] = []
 
         def forward():
-            out = self.model.render(cameras, self.settings, step=step, backgrounds=self.background[None],
-                                    absgrad=self.strategy.absgrad)
-            self.strategy.step_pre_backward(self.model.params, self.optimizer.optimizers, self.state, step, out.info)
-            loss = photometric_loss(out.colors[0], gt, cfg.ssim_lambda, mask)
-            extra = {**self.model.losses(step, out, cameras, gt[None]),
-                     **self.strategy.losses(self.model.params, self.state, step, out.info)}
-            for term in extra.values():
+            outs, loss = [], 0.0
+            infos.clear()
+            for ids, cameras, gt, masks in groups:
+                out = self.model.render(cameras, self.settings, step=step, backgrounds=self.background[None].expand(
+                    len(ids), -1), absgrad=self.strategy.absgrad)
+                self.strategy.step_pre_backward(self.model.params, self.optimizer.optimizers, self.state, step,
+                                                out.info)
+                for k in range(len(ids)):
+                    loss = loss + photometric_loss(out.colors[k], gt[k], cfg.ssim_lambda, masks[k]) / B
+                for term in self.model.losses(step, out, cameras, gt).values():
+                    loss = loss + term * (len(ids) / B)
+                outs.append(out)
+                infos.append(out.info)
+            info = infos[0] if len(infos) == 1 else merge_infos(infos, self.num_gaussians)
+            for term in self.strategy.losses(self.model.params, self.state, step, info).values():
                 loss = loss + term
-            return loss, out
+            return loss, outs
 
-        loss, out = self.optimizer.step(forward)
+        loss, outs = self.optimizer.step(forward)
+        # after the backward: the gradients the strategy reads, of every render of the step
+        info = outs[0].info if len(outs) == 1 else merge_infos([o.info for o in outs], self.num_gaussians)
         events = self.strategy.step_post_backward(self.model.params, self.optimizer.optimizers, self.state, step,
-                                                  out.info, generator=step_generator(cfg.seed, step))
+                                                  info, generator=step_generator(cfg.seed, step))
         events.update(self.model.update(step))
         with torch.no_grad():
-            p = psnr_fn(out.colors[0].detach().clamp(0, 1), gt, mask=mask).item()
+            p = float(np.mean([psnr_fn(out.colors[k].detach().clamp(0, 1), gt[k], mask=masks[k]).item()
+                               for out, (ids, _, gt, masks) in zip(outs, groups) for k in range(len(ids))]))
         return {"loss": loss.item(), "psnr": p, "events": events}
 
     # ------------------------------------------------------------------ evaluation
