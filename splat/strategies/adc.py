@@ -23,6 +23,21 @@ from .ops import duplicate, remove, reset_opacity, split
 from .base import Strategy
 
 
+@torch.no_grad()
+def prune_step(params, optimizers, state, step: int, prune_opa: float, prune_scale3d: float,
+               reset_every: int) -> Dict[str, int]:
+    """3DGS's pruning: remove Gaussians with opacity below `prune_opa` and, once the first opacity
+    reset (every `reset_every` steps) is behind, those whose largest scale exceeds
+    `prune_scale3d` * the scene scale. Returns ``{"prune": count}``."""
+    prune = torch.sigmoid(params["opacities"].flatten()) < prune_opa
+    if reset_every > 0 and step > reset_every:
+        prune |= torch.exp(params["scales"]).max(-1).values > prune_scale3d * state["scene_scale"]
+    n = int(prune.sum())
+    if n:
+        remove(params, optimizers, state, prune)
+    return {"prune": n}
+
+
 @dataclasses.dataclass
 class ADCStrategy(Strategy):
     """Adaptive density control (module docstring); each alias is the option's name from
@@ -123,15 +138,8 @@ class ADCStrategy(Strategy):
             split(params, optimizers, state, spl, generator=generator, revised_opacity=self.revised_opacity)
         return {"clone": n_dup, "split": n_split}
 
-    @torch.no_grad()
     def _prune(self, params, optimizers, state, step) -> Dict[str, int]:
-        prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
-        if self.reset_every > 0 and step > self.reset_every:
-            prune |= torch.exp(params["scales"]).max(-1).values > self.prune_scale3d * state["scene_scale"]
-        n = int(prune.sum())
-        if n:
-            remove(params, optimizers, state, prune)
-        return {"prune": n}
+        return prune_step(params, optimizers, state, step, self.prune_opa, self.prune_scale3d, self.reset_every)
 
     def scaled(self, factor: float) -> "ADCStrategy":
         """The same schedule for a run `factor` times as long as 30k steps: start, stop and

@@ -58,8 +58,12 @@ def duplicate(params, optimizers, state: Dict, mask: Tensor) -> None:
 
 @torch.no_grad()
 def split(params, optimizers, state: Dict, mask: Tensor, generator: Optional[torch.Generator] = None,
-          revised_opacity: bool = False) -> None:
-    """Replace each Gaussian in `mask` by two, sampled from it, with scales / 1.6 (3DGS)."""
+          revised_opacity: bool = False, offsets: Optional[Tensor] = None, scale_factor: float = 1.6) -> None:
+    """Replace each Gaussian in `mask` by two, sampled from it, with scales / `scale_factor`
+    (3DGS: 1.6). `offsets` [2, n, 3] (n = mask.sum()), when given, are the two children's
+    displacements from the parent instead of samples (SteepGS's steepest-descent pair); the
+    children then keep the parent's time. `revised_opacity` gives each child
+    1 - sqrt(1 - o), so the pair composites to the parent's opacity where they overlap."""
     sel = mask.nonzero().squeeze(1)
     rest = (~mask).nonzero().squeeze(1)
     n = params["means"].shape[0]
@@ -68,7 +72,11 @@ def split(params, optimizers, state: Dict, mask: Tensor, generator: Optional[tor
     # drawn on the generator's device (the CPU for the trainer's), so runs are reproducible anywhere
     noise = torch.randn((2, len(sel), 4 if dynamic else 3), generator=generator).to(scales.device)
     dt = None
-    if dynamic and "quats_r" in params:  # an XYZT Gaussian: sample in 4D
+    if offsets is not None:
+        if tuple(offsets.shape) != (2, len(sel), 3):
+            raise ValueError(f"split: offsets must be [2, {len(sel)}, 3], got {list(offsets.shape)}")
+        samples = offsets.to(scales)
+    elif dynamic and "quats_r" in params:  # an XYZT Gaussian: sample in 4D
         from ..models.fourdgs import rotation_4d
 
         s4 = torch.cat([scales, torch.exp(params["scales_t"][sel])], -1)
@@ -96,11 +104,11 @@ def split(params, optimizers, state: Dict, mask: Tensor, generator: Optional[tor
         elif name == "means":
             new = (p[sel] + samples).reshape(-1, 3)
         elif name == "scales":
-            new = torch.log(scales / 1.6).repeat(2, 1)
+            new = torch.log(scales / scale_factor).repeat(2, 1)
         elif name == "times" and dt is not None:
             new = (p[sel] + dt).reshape(-1, 1)
         elif name == "scales_t" and dt is not None:
-            new = (p[sel] - math.log(1.6)).repeat(2, 1)
+            new = (p[sel] - math.log(scale_factor)).repeat(2, 1)
         elif name == "opacities" and revised_opacity:
             new = torch.logit(1.0 - torch.sqrt(1.0 - torch.sigmoid(p[sel]))).repeat(2)
         else:

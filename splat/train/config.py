@@ -26,6 +26,7 @@ from ..optim.adam import AdamConfig
 from ..render import Backend, RasterizeMode
 from ..strategies.adc import ADCStrategy
 from ..strategies.mcmc import MCMCStrategy
+from ..strategies.steepgs import SteepGSStrategy
 from .registry import MODELS, OPTIMIZERS, STRATEGIES
 
 __all__ = ["TrainConfig", "config_to_json", "config_from_json", "DEFAULT_ITERATIONS", "DEFAULT_SCENE_ITERATIONS"]
@@ -124,6 +125,9 @@ class TrainConfig:
     """--strategy adc: adaptive density control (3DGS; gsplat's DefaultStrategy)."""
     mcmc: MCMCStrategy = dataclasses.field(default_factory=MCMCStrategy)
     """--strategy mcmc: 3DGS as Markov chain Monte Carlo (relocation, noise, regularisers; gsplat's MCMCStrategy)."""
+    steepgs: SteepGSStrategy = dataclasses.field(default_factory=SteepGSStrategy)
+    """--strategy steepgs: steepest-descent splitting (SteepGS: split where the splitting matrix has a negative
+    eigenvalue, two offspring along its eigenvector)."""
     adam: AdamConfig = dataclasses.field(default_factory=AdamConfig)
     """--optimizer adam: Adam per parameter."""
 

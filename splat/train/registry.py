@@ -29,6 +29,7 @@ from ..models.static import StaticModel
 from ..optim.adam import AdamOptimizer
 from ..strategies.adc import ADCStrategy
 from ..strategies.mcmc import MCMCStrategy
+from ..strategies.steepgs import SteepGSStrategy
 
 __all__ = ["Registry", "Entry", "MODELS", "STRATEGIES", "OPTIMIZERS"]
 
@@ -89,6 +90,7 @@ MODELS.register("relightable", RelightableModel, field="relightable")
 STRATEGIES = Registry("strategy")
 STRATEGIES.register("adc", ADCStrategy, field="adc")
 STRATEGIES.register("mcmc", MCMCStrategy, field="mcmc")
+STRATEGIES.register("steepgs", SteepGSStrategy, field="steepgs")
 
 OPTIMIZERS = Registry("optimizer")
 OPTIMIZERS.register("adam", AdamOptimizer, field="adam")
