@@ -391,6 +391,94 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
     }
 }
 
+// Forward-mode derivative of splat_rasterize_fwd (a Jacobian-vector product):
+// the same inputs plus the tangents t_means2d [C,N,2], t_conics [C,N,3],
+// t_colors [C,N,D], t_opacities [C,N]; writes the tangents of the outputs,
+// t_out_colors [C,H,W,D] and t_out_alphas [C,H,W] (preset by the caller to 0 for
+// tiles not rendered). Each pixel walks its Gaussians front to back with the
+// forward's rules (alpha threshold, clamp, transmittance cut-off).
+void splat_rasterize_jvp(int C, int N, int D, int width, int height, int tile_size, int tw, int th,
+                         const float* means2d, const float* conics, const float* colors, const float* opacities,
+                         const float* backgrounds, const int64_t* tile_offsets, const int32_t* flatten_ids,
+                         const uint8_t* tile_mask, const float* t_means2d, const float* t_conics,
+                         const float* t_colors, const float* t_opacities, float* t_out_colors, float* t_out_alphas) {
+    const int64_t n_tiles = (int64_t)tw * th;
+    const int64_t T_all = C * n_tiles;
+    const int P = tile_size * tile_size;
+#pragma omp parallel
+    {
+        FlushDenormals ftz;
+        std::vector<float> px(P), py(P), T(P), tT(P), w(P), tw_(P), acc((size_t)P * D);
+        std::vector<int32_t> active(P);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < T_all; ++t) {
+            if (tile_mask && !tile_mask[t]) continue;
+            const int c = (int)(t / n_tiles);
+            const int tile = (int)(t - (int64_t)c * n_tiles);
+            const int tx0 = (tile % tw) * tile_size, ty0 = (tile / tw) * tile_size;
+            const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
+            int any = 0;
+            for (int p = 0; p < P; ++p) {
+                int x = tx0 + p % tile_size, y = ty0 + p / tile_size;
+                px[p] = x + 0.5f;
+                py[p] = y + 0.5f;
+                T[p] = 1.f;
+                tT[p] = 0.f;
+                active[p] = (x < width && y < height) ? 1 : 0;
+                any |= active[p];
+            }
+            std::fill(acc.begin(), acc.end(), 0.f);
+            for (int64_t k = s; k < e && any; ++k) {
+                const int64_t g = flatten_ids[k];
+                const float mx = means2d[2 * g], my = means2d[2 * g + 1];
+                const float a = conics[3 * g], b = conics[3 * g + 1], cc = conics[3 * g + 2], o = opacities[g];
+                const float tmx = t_means2d[2 * g], tmy = t_means2d[2 * g + 1];
+                const float ta = t_conics[3 * g], tb = t_conics[3 * g + 1], tc = t_conics[3 * g + 2];
+                const float to = t_opacities[g];
+                any = 0;
+#pragma omp simd reduction(| : any)
+                for (int p = 0; p < P; ++p) {
+                    float dx = mx - px[p], dy = my - py[p];
+                    float sigma = gaussian_sigma(a, b, cc, dx, dy);
+                    float vis = fast_exp(-sigma);
+                    float raw = o * vis;
+                    float alpha = clamp_alpha(raw);
+                    int32_t ok = active[p] & alpha_contributes(sigma, raw);
+                    float Tn = T[p] * (1.f - alpha);
+                    int32_t stop = ok & (Tn <= kTransmittanceEps ? 1 : 0);
+                    int32_t take = ok & (stop ^ 1);
+                    float t_alpha = gaussian_alpha_jvp(o, vis, a, b, cc, dx, dy, ta, tb, tc, tmx, tmy, to);
+                    PairTangent r = composite_jvp_pair(alpha, t_alpha, T[p], tT[p]);
+                    w[p] = take ? r.w : 0.f;
+                    tw_[p] = take ? r.t_w : 0.f;
+                    T[p] = take ? r.T_next : T[p];
+                    tT[p] = take ? r.t_T_next : tT[p];
+                    int32_t act = active[p] & (stop ^ 1);
+                    active[p] = act;
+                    any |= act;
+                }
+                const float* col = colors + g * D;
+                const float* tcol = t_colors + g * D;
+                for (int d = 0; d < D; ++d) {
+                    const float cv = col[d], tcv = tcol[d];
+                    float* ad = &acc[(size_t)d * P];
+#pragma omp simd
+                    for (int p = 0; p < P; ++p) ad[p] += tw_[p] * cv + w[p] * tcv;
+                }
+            }
+            const float* bg = backgrounds ? backgrounds + (int64_t)c * D : nullptr;
+            for (int p = 0; p < P; ++p) {
+                int x = tx0 + p % tile_size, y = ty0 + p / tile_size;
+                if (x >= width || y >= height) continue;
+                int64_t pix = ((int64_t)c * height + y) * width + x;
+                for (int d = 0; d < D; ++d)
+                    t_out_colors[pix * D + d] = acc[(size_t)d * P + p] + (bg ? tT[p] * bg[d] : 0.f);
+                t_out_alphas[pix] = -tT[p];
+            }
+        }
+    }
+}
+
 // Backward of splat_rasterize_fwd. v_colors_out [C,H,W,D], v_alphas_out [C,H,W];
 // out_alphas and last_ids from the forward. Writes (overwrites) v_means2d [C,N,2],
 // v_conics [C,N,3], v_colors [C,N,D], v_opacities [C,N], v_means2d_abs [C,N,2]

@@ -308,6 +308,60 @@ __global__ void __launch_bounds__(MAXT) rasterize_fwd_kernel(int D, int width, i
     last_ids[px.pix] = last;
 }
 
+// Forward-mode derivative of rasterize_fwd_kernel (splat_math.h's gaussian_alpha_jvp and
+// composite_jvp_pair, as the CPU backend's splat_rasterize_jvp): one thread per pixel walks
+// its tile's Gaussians front to back with the forward's rules. Tangents are read from
+// global memory directly (no shared-memory batching: a Jacobian-vector product runs a few
+// times per Levenberg-Marquardt iteration, not every step).
+template <int CMAX, int MAXT>
+__global__ void __launch_bounds__(MAXT) rasterize_jvp_kernel(int D, int width, int height, int tile_size, int tw, int th,
+                                     const float* __restrict__ means2d, const float* __restrict__ conics,
+                                     const float* __restrict__ colors, const float* __restrict__ opacities,
+                                     const float* __restrict__ backgrounds, const int64_t* __restrict__ tile_offsets,
+                                     const int32_t* __restrict__ flatten_ids, const uint8_t* __restrict__ tile_mask,
+                                     const float* __restrict__ t_means2d, const float* __restrict__ t_conics,
+                                     const float* __restrict__ t_colors, const float* __restrict__ t_opacities,
+                                     float* __restrict__ t_out_colors, float* __restrict__ t_out_alphas) {
+    const int64_t t = blockIdx.x;
+    if (tile_mask && !tile_mask[t]) return;
+    const int64_t n_tiles = (int64_t)tw * th;
+    const TilePixel px = tile_pixel(t, n_tiles, tw, tile_size, width, height);
+    if (!px.inside) return;
+    const float fx = px.x + 0.5f, fy = px.y + 0.5f;
+    const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
+    float tacc[CMAX];
+#pragma unroll
+    for (int d = 0; d < CMAX; ++d) tacc[d] = 0.f;
+    float T = 1.f, tT = 0.f;
+    for (int64_t i = s; i < e; ++i) {
+        const int64_t g = flatten_ids[i];
+        const float a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2], o = opacities[g];
+        const float dx = means2d[2 * g] - fx, dy = means2d[2 * g + 1] - fy;
+        const float sigma = gaussian_sigma(a, b, c, dx, dy);
+        const float vis = fast_exp(-sigma);
+        const float raw = o * vis;
+        if (!alpha_contributes(sigma, raw)) continue;
+        const float alpha = clamp_alpha(raw);
+        if (T * (1.f - alpha) <= kTransmittanceEps) break;
+        const float t_alpha = gaussian_alpha_jvp(o, vis, a, b, c, dx, dy, t_conics[3 * g], t_conics[3 * g + 1],
+                                                 t_conics[3 * g + 2], t_means2d[2 * g], t_means2d[2 * g + 1],
+                                                 t_opacities[g]);
+        const PairTangent r = composite_jvp_pair(alpha, t_alpha, T, tT);
+        const float* col = colors + g * D;
+        const float* tcol = t_colors + g * D;
+#pragma unroll
+        for (int d = 0; d < CMAX; ++d)
+            if (d < D) tacc[d] += r.t_w * col[d] + r.w * tcol[d];
+        T = r.T_next;
+        tT = r.t_T_next;
+    }
+    const float* bg = backgrounds ? backgrounds + (int64_t)px.c * D : nullptr;
+#pragma unroll
+    for (int d = 0; d < CMAX; ++d)
+        if (d < D) t_out_colors[px.pix * D + d] = tacc[d] + (bg ? tT * bg[d] : 0.f);
+    t_out_alphas[px.pix] = -tT;
+}
+
 template <int CMAX, int MAXT>
 __global__ void __launch_bounds__(MAXT) rasterize_bwd_kernel(int D, int width, int height, int tile_size, int tw, int th,
                                      const float* __restrict__ means2d, const float* __restrict__ conics,
@@ -635,6 +689,25 @@ SPLAT_API int splatcu_rasterize_fwd(int C, int N, int D, int width, int height, 
     SPLAT_DISPATCH_CHANNELS(D, rasterize_fwd_kernel, D, width, height, tile_size, tw, th, means2d, conics, colors,
                             opacities, backgrounds, tile_offsets, flatten_ids, tile_mask, out_colors, out_alphas,
                             last_ids, tile_work);
+    RETURN_LAUNCH_ERROR();
+}
+
+// Same arguments as the CPU backend's splat_rasterize_jvp, plus the stream.
+SPLAT_API int splatcu_rasterize_jvp(int C, int N, int D, int width, int height, int tile_size, int tw, int th,
+                                    const float* means2d, const float* conics, const float* colors,
+                                    const float* opacities, const float* backgrounds, const int64_t* tile_offsets,
+                                    const int32_t* flatten_ids, const uint8_t* tile_mask, const float* t_means2d,
+                                    const float* t_conics, const float* t_colors, const float* t_opacities,
+                                    float* t_out_colors, float* t_out_alphas, void* stream) {
+    (void)N;
+    const int64_t n_blocks = (int64_t)C * tw * th;
+    if (n_blocks == 0) return 0;
+    if (n_blocks > 0x7fffffff || tile_size < 1 || tile_size > 32) return (int)cudaErrorInvalidValue;
+    cudaStream_t st = (cudaStream_t)stream;
+    const dim3 grid((unsigned)n_blocks), block(tile_threads(tile_size));
+    SPLAT_DISPATCH_CHANNELS(D, rasterize_jvp_kernel, D, width, height, tile_size, tw, th, means2d, conics, colors,
+                            opacities, backgrounds, tile_offsets, flatten_ids, tile_mask, t_means2d, t_conics,
+                            t_colors, t_opacities, t_out_colors, t_out_alphas);
     RETURN_LAUNCH_ERROR();
 }
 

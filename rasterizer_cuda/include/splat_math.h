@@ -691,4 +691,32 @@ SPLAT_HD PairGrad composite_backward_pair(float opacity, float vis, float a, flo
     return r;
 }
 
+// ------------------------------------------------------------------ forward mode (JVP)
+// Tangent of alpha = min(kMaxAlpha, opacity * exp(-sigma(mean - pixel))) for a
+// contributing pair, given the tangents of its inputs (conic a, b, c, mean x, y,
+// opacity): the forward-mode twin of gaussian_alpha_vjp (same clamp rule).
+SPLAT_HD float gaussian_alpha_jvp(float opacity, float vis, float a, float b, float c, float dx, float dy, float t_a,
+                                  float t_b, float t_c, float t_mx, float t_my, float t_opacity) {
+    float open = opacity * vis <= kMaxAlpha ? 1.f : 0.f;
+    float t_sigma = 0.5f * (t_a * dx * dx + t_c * dy * dy) + t_b * dx * dy + (a * dx + b * dy) * t_mx +
+                    (b * dx + c * dy) * t_my;
+    return open * vis * (t_opacity - opacity * t_sigma);
+}
+
+// One (pixel, Gaussian) pair of the forward-mode pass, front to back, for a pair
+// the forward takes: with the transmittance T in front of it and its tangent t_T,
+// alpha and t_alpha, the blend weight w = alpha T has the tangent
+// t_w = t_alpha T + alpha t_T (the caller adds t_w c + w t_c to the colour's
+// tangent), and the transmittance behind it, T (1 - alpha), has the tangent
+// t_T (1 - alpha) - T t_alpha.
+struct PairTangent { float w, t_w, T_next, t_T_next; };
+SPLAT_HD PairTangent composite_jvp_pair(float alpha, float t_alpha, float T, float t_T) {
+    PairTangent r;
+    r.w = alpha * T;
+    r.t_w = t_alpha * T + alpha * t_T;
+    r.T_next = T * (1.f - alpha);
+    r.t_T_next = t_T * (1.f - alpha) - T * t_alpha;
+    return r;
+}
+
 }  // namespace splat

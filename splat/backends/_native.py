@@ -241,6 +241,33 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
         return out_colors, out_alphas
 
     @torch.no_grad()
+    def rasterize_to_pixels_jvp(means2d, conics, colors, opacities, t_means2d, t_conics, t_colors, t_opacities,
+                                width, height, tile_size, isect_offsets, flatten_ids, backgrounds=None,
+                                tile_mask=None):
+        """Forward-mode derivative of `rasterize_to_pixels` (a Jacobian-vector product): the
+        tangents (t_colors [C,H,W,D], t_alphas [C,H,W,1]) of its outputs for the tangents of
+        its four differentiable inputs (same shapes as the inputs)."""
+        C, N, D = colors.shape
+        th, tw = isect_offsets.shape[1:]
+        dev = colors.device
+        args = [f32(x, n).contiguous() for x, n in ((means2d, "means2d"), (conics, "conics"), (colors, "colors"),
+                                                     (opacities, "opacities"), (t_means2d, "t_means2d"),
+                                                     (t_conics, "t_conics"), (t_colors, "t_colors"),
+                                                     (t_opacities, "t_opacities"))]
+        for x, y, n in zip(args[4:], args[:4], ("t_means2d", "t_conics", "t_colors", "t_opacities")):
+            if x.shape != y.shape:
+                raise ValueError(f"splat: {n} must have the shape of its input {list(y.shape)}, got {list(x.shape)}")
+        bg = None if backgrounds is None else f32(backgrounds, "backgrounds").contiguous()
+        mask = None if tile_mask is None else tile_mask.to(torch.uint8).contiguous()
+        t_colors_out = torch.zeros(C, height, width, D, dtype=torch.float32, device=dev)
+        t_alphas_out = torch.zeros(C, height, width, 1, dtype=torch.float32, device=dev)
+        offsets = tile_offsets(isect_offsets, flatten_ids.numel())
+        fids = flatten_ids.contiguous()
+        call(dev, "rasterize_jvp", C, N, D, width, height, tile_size, tw, th, *[ptr(a) for a in args[:4]], ptr(bg),
+             ptr(offsets), ptr(fids), ptr(mask), *[ptr(a) for a in args[4:]], ptr(t_colors_out), ptr(t_alphas_out))
+        return t_colors_out, t_alphas_out
+
+    @torch.no_grad()
     def blend_work(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets,
                    flatten_ids) -> Tensor:
         """Forward blend only, returning how many Gaussians each tile evaluated before
@@ -253,4 +280,5 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
         return work
 
     return SimpleNamespace(project=project, spherical_harmonics=spherical_harmonics,
-                           rasterize_to_pixels=rasterize_to_pixels, blend_work=blend_work)
+                           rasterize_to_pixels=rasterize_to_pixels, rasterize_to_pixels_jvp=rasterize_to_pixels_jvp,
+                           blend_work=blend_work)

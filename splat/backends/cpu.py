@@ -32,6 +32,7 @@ _SIGNATURES = {
     "splat_isect_count": ([_I, _I, _P, _P, _I, _I, _I, _P, _P, _P], _I64),
     "splat_isect_fill": ([_I, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P], None),
     "splat_rasterize_fwd": ([_I] * 8 + [_P] * 12, None),
+    "splat_rasterize_jvp": ([_I] * 8 + [_P] * 14, None),
     "splat_rasterize_bwd": ([_I] * 8 + [_P] * 17, None),
     # 2D image Gaussians (cpu/image2d_cpu.cpp)
     "splat_img_fwd": ([_I] * 8 + [_P] * 9, None),
@@ -65,6 +66,7 @@ _ops = make_ops("cpu", _call)
 project = _ops.project
 spherical_harmonics = _ops.spherical_harmonics
 rasterize_to_pixels = _ops.rasterize_to_pixels
+rasterize_to_pixels_jvp = _ops.rasterize_to_pixels_jvp
 blend_work = _ops.blend_work
 
 

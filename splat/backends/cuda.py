@@ -51,6 +51,7 @@ _SIGNATURES = {
     "splatcu_isect_fill": ([_I, _I, _P, _P, _P, _I, _I, _I, _P, _P, _I64, _P, _P, _P, _P, _P, _SZ, _P,
                             ctypes.POINTER(_I), _P], _I),
     "splatcu_rasterize_fwd": ([_I] * 8 + [_P] * 13, _I),
+    "splatcu_rasterize_jvp": ([_I] * 8 + [_P] * 15, _I),
     "splatcu_rasterize_bwd": ([_I] * 8 + [_P] * 18, _I),
 }
 
@@ -151,6 +152,7 @@ _ops = make_ops("cuda", _call, max_channels=MAX_CHANNELS)
 project = _ops.project
 spherical_harmonics = _ops.spherical_harmonics
 rasterize_to_pixels = _ops.rasterize_to_pixels
+rasterize_to_pixels_jvp = _ops.rasterize_to_pixels_jvp
 blend_work = _ops.blend_work
 
 

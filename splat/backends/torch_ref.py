@@ -438,3 +438,22 @@ def rasterize_to_pixels(
     if backgrounds is not None:
         img = img + trans * backgrounds[:, None, None, :] * rendered
     return img, alphas
+
+
+def rasterize_to_pixels_jvp(means2d, conics, colors, opacities, t_means2d, t_conics, t_colors, t_opacities,
+                            width, height, tile_size, isect_offsets, flatten_ids, backgrounds=None, tile_mask=None):
+    """Forward-mode derivative of `rasterize_to_pixels` (the reference for the native kernels):
+    the tangents (t_colors [C,H,W,D], t_alphas [C,H,W,1]) of its outputs along the given
+    tangents of its inputs, computed as d/du <J^T u, t> (reverse mode twice, float64-exact)."""
+    with torch.enable_grad():
+        xs = [x.detach().requires_grad_(True) for x in (means2d, conics, colors, opacities)]
+        out_c, out_a = rasterize_to_pixels(*xs, width, height, tile_size, isect_offsets, flatten_ids, backgrounds,
+                                           tile_mask)
+        u_c = torch.zeros_like(out_c, requires_grad=True)
+        u_a = torch.zeros_like(out_a, requires_grad=True)
+        vjp = torch.autograd.grad((out_c, out_a), xs, (u_c, u_a), create_graph=True, allow_unused=True)
+        dot = sum((g * t).sum() for g, t in zip(vjp, (t_means2d, t_conics, t_colors, t_opacities)) if g is not None)
+        t_c, t_a = torch.autograd.grad(dot, (u_c, u_a), allow_unused=True)
+    return (torch.zeros_like(out_c) if t_c is None else t_c.detach(),
+            torch.zeros_like(out_a) if t_a is None else t_a.detach())
+

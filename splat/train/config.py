@@ -23,6 +23,7 @@ from ..models.relightable import RelightableConfig
 from ..models.spacetime import SpacetimeConfig
 from ..models.static import StaticConfig
 from ..optim.adam import AdamConfig
+from ..optim.lm import LMConfig
 from ..render import Backend, RasterizeMode
 from ..strategies.adc import ADCStrategy
 from ..strategies.mcmc import MCMCStrategy
@@ -130,6 +131,8 @@ class TrainConfig:
     eigenvalue, two offspring along its eigenvector)."""
     adam: AdamConfig = dataclasses.field(default_factory=AdamConfig)
     """--optimizer adam: Adam per parameter."""
+    lm: LMConfig = dataclasses.field(default_factory=LMConfig)
+    """--optimizer lm: Adam warm-up, then Levenberg-Marquardt steps (3DGS-LM; PCG on the normal equations)."""
 
     def options(self, kind: str):
         """The options of the chosen piece of `kind` ("model", "strategy", "optimizer"):

@@ -171,6 +171,7 @@ class Trainer:
         """One optimizer step on the step's training views (``--batch-size``, losses averaged);
         returns its loss, mean PSNR and the strategy's events (clone/split/prune counts)."""
         cfg = self.cfg
+        self.current_step = step  # what an optimizer with a schedule of its own (LM) reads
         views = self.step_views(step)
         B = len(views)
         groups = [(ids, Cameras.cat([self.train_views.camera(i) for i in ids]) if len(ids) > 1

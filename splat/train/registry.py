@@ -28,6 +28,7 @@ from ..models.spacetime import SpacetimeModel
 from ..models.static import StaticModel
 from ..optim.adam import AdamOptimizer
 from ..strategies.adc import ADCStrategy
+from ..optim.lm import LMOptimizer
 from ..strategies.mcmc import MCMCStrategy
 from ..strategies.steepgs import SteepGSStrategy
 
@@ -94,3 +95,4 @@ STRATEGIES.register("steepgs", SteepGSStrategy, field="steepgs")
 
 OPTIMIZERS = Registry("optimizer")
 OPTIMIZERS.register("adam", AdamOptimizer, field="adam")
+OPTIMIZERS.register("lm", LMOptimizer, field="lm")

@@ -1,0 +1,381 @@
+"""Levenberg-Marquardt after an Adam warm-up (3DGS-LM: "Faster Gaussian-Splatting Optimization
+with Levenberg-Marquardt", Hoellein et al. 2024).
+
+The loss of an LM step is a sum of squares, 1/2 |r|^2 with r = (render - image) / sqrt(P)
+over the P values of the step's images (the mean squared error, so PSNR is what it lowers).
+Each LM step solves the damped normal equations
+
+    (J^T J + lambda diag(J^T J)) delta = -J^T r
+
+by preconditioned conjugate gradients (`pcg`, Jacobi preconditioner), never forming J:
+
+* J v (Jacobian-vector product) runs forward mode through the renderer: the per-Gaussian
+  stage (activation, projection, spherical harmonics; O(N)) in torch's forward-mode AD over
+  the reference projection, the per-pixel stage in the native kernels
+  (``rasterize_to_pixels_jvp``: splat_math.h's ``gaussian_alpha_jvp`` and
+  ``composite_jvp_pair``, compiled into the CPU backend and the CUDA one);
+* J^T w is the renderer's backward (the same native kernels as training's), over a graph
+  kept for the whole solve;
+* diag(J^T J) is estimated by Hutchinson's method, E[(J^T z)^2] over ``probes`` Rademacher
+  vectors z (3DGS-LM computes it exactly in a kernel of its own; the estimate costs one
+  backward per probe and serves both as the preconditioner and as the damping's scale).
+
+As in the paper, the training views are split into image subsets (``subset_size`` views
+each); each subset's system is solved on its own and the updates are combined in a
+weighted mean, each parameter weighted by its diag(J_k^T J_k) (how strongly subset k
+constrains it). The step is accepted when the loss over the subsets' images falls
+(lambda /= ``damping_down``); otherwise it is halved up to ``max_backtracks`` times and,
+failing that, rejected (lambda *= ``damping_up``).
+
+The trainer's schedule: steps before ``iterations - lm_steps`` are Adam's (density control
+runs there, as in the paper's warm start); the last ``lm_steps`` are LM steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..backends import get as get_backend
+from ..backends import torch_ref
+from ..cameras import Cameras
+from ..render import RenderSettings
+from .adam import AdamConfig, AdamOptimizer
+from .base import Optimizer
+
+__all__ = ["LMConfig", "LMOptimizer", "pcg", "render_jvp"]
+
+
+# ----------------------------------------------------------------------------- PCG
+
+
+def pcg(apply_A: Callable[[Tensor], Tensor], b: Tensor, inv_diag: Optional[Tensor] = None, iterations: int = 8,
+        tol: float = 1e-6) -> Tuple[Tensor, int]:
+    """Preconditioned conjugate gradients for A x = b, A symmetric positive definite, from x = 0.
+
+    `apply_A` maps a vector like `b` to A times it; `inv_diag` (like `b`) is the Jacobi
+    preconditioner M^-1 = diag(A)^-1 (None: none). Stops after `iterations` or when
+    |r| <= tol |b|. Returns (x, iterations done)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    z = r * inv_diag if inv_diag is not None else r.clone()
+    p = z.clone()
+    rz = torch.dot(r, z)
+    b_norm = float(b.norm())
+    if b_norm == 0:
+        return x, 0
+    for k in range(iterations):
+        Ap = apply_A(p)
+        pAp = torch.dot(p, Ap)
+        if not float(pAp) > 0:  # not positive definite along p (or NaN): stop with what we have
+            return x, k
+        alpha = rz / pAp
+        x = x + alpha * p
+        r = r - alpha * Ap
+        if float(r.norm()) <= tol * b_norm:
+            return x, k + 1
+        z = r * inv_diag if inv_diag is not None else r
+        rz_new = torch.dot(r, z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, iterations
+
+
+# ----------------------------------------------------------------------------- Jacobian products
+
+
+def _pixel_stage_inputs(splats: Mapping[str, Tensor], sh_degree: int, cameras: Cameras, settings: RenderSettings,
+                        eps2d: float = 0.3):
+    """The per-Gaussian stage of `rasterize` for a static splats dict, in plain torch (so that
+    forward-mode AD runs through it): returns ((means2d, conics, colors, opacities), (radii,
+    depths)) for the cameras, as `rasterize` hands them to compositing."""
+    from ..models.static import splats_to_gaussians
+
+    g = splats_to_gaussians(splats, sh_degree)
+    C = len(cameras)
+    antialiased = settings.rasterize_mode == "antialiased"
+    radii, means2d, depths, conics, comp = torch_ref.project(
+        g.means, g.quats, g.scales, g.opacities.detach(), cameras.viewmats, cameras.Ks, cameras.width, cameras.height,
+        eps2d, settings.near_plane, settings.far_plane, 0.0, antialiased)
+    visible = (radii > 0).all(-1)
+    opac = g.opacities[None].expand(C, -1)
+    if antialiased:
+        opac = opac * comp
+    vm = cameras.viewmats
+    campos = -torch.einsum("cji,cj->ci", vm[:, :3, :3], vm[:, :3, 3])
+    dirs = g.means[None] - campos[:, None]
+    feats = torch.clamp_min(torch_ref.spherical_harmonics(g.sh_degree, dirs, g.colors, visible) + 0.5, 0.0)
+    return (means2d, conics, feats, opac), (radii, depths)
+
+
+def render_jvp(splats: Mapping[str, Tensor], tangents: Mapping[str, Tensor], sh_degree: int, cameras: Cameras,
+               settings: RenderSettings = RenderSettings(), backgrounds: Optional[Tensor] = None,
+               tile_size: int = 16) -> Tensor:
+    """J v: the derivative of the rendered images of `cameras` along `tangents` (a direction in
+    the static splats' parameters: means, quats, scales (log), opacities (logit), sh0, shN).
+
+    The per-Gaussian stage runs in torch's forward-mode AD (`torch.func.jvp`) over the reference
+    projection; compositing runs the backend's ``rasterize_to_pixels_jvp`` (native on cpu and
+    cuda). Returns the images' tangent [C,H,W,3]. Raises
+    ``ValueError`` when a tangent's shape differs from its parameter's."""
+    names = list(splats)
+    for k in names:
+        if k in tangents and tangents[k].shape != splats[k].shape:
+            raise ValueError(f"render_jvp: tangent {k!r} is {list(tangents[k].shape)}, the parameter "
+                             f"{list(splats[k].shape)}")
+    primals = tuple(splats[k].detach() for k in names)
+    tans = tuple(tangents[k] if k in tangents else torch.zeros_like(splats[k]) for k in names)
+
+    def f(*xs):
+        out, aux = _pixel_stage_inputs(dict(zip(names, xs)), sh_degree, cameras, settings)
+        return out, aux
+
+    with torch.no_grad():
+        (prim, tan, aux) = torch.func.jvp(f, primals, tans, has_aux=True)
+    means2d, conics, feats, opac = (x.contiguous() for x in prim)
+    radii, depths = aux
+    impl = get_backend(settings.backend, means2d.device, means2d.dtype)
+    W, H = cameras.width, cameras.height
+    tw, th = math.ceil(W / tile_size), math.ceil(H / tile_size)
+    _, _, flatten_ids, isect_offsets = impl.isect_tiles(means2d, radii, depths, tile_size, tw, th, None)
+    t_images, _ = impl.rasterize_to_pixels_jvp(means2d, conics, feats, opac, *(t.contiguous() for t in tan), W, H,
+                                               tile_size, isect_offsets, flatten_ids, backgrounds)
+    return t_images
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+
+@dataclasses.dataclass
+class LMConfig:
+    """Options of Levenberg-Marquardt (`--lm.*`)."""
+
+    lm_steps: int = 8
+    """The last this many of --iterations are LM steps; the ones before are Adam's (the warm start)."""
+    pcg_iterations: int = 8
+    """Conjugate-gradient iterations per solve."""
+    subset_size: int = 8
+    """Training views per image subset (one normal-equation solve each; their updates are averaged)."""
+    max_subsets: int = 0
+    """At most this many subsets per LM step, drawn afresh each step (0: all the training views)."""
+    damping: float = 1e-2
+    """Initial lambda (times diag(J^T J))."""
+    damping_up: float = 4.0
+    """lambda is multiplied by this after a rejected step."""
+    damping_down: float = 2.0
+    """lambda is divided by this after an accepted step."""
+    min_damping: float = 1e-6
+    """lambda stays above this."""
+    probes: int = 4
+    """Rademacher probes of the Hutchinson estimate of diag(J^T J)."""
+    max_backtracks: int = 2
+    """Halvings of a step that raised the loss before it is rejected."""
+    diag_floor: float = 1e-2
+    """diag(J^T J) is raised to at least this times its mean over each parameter (a parameter that
+    barely touches a pixel would otherwise take a huge Gauss-Newton step)."""
+    adam: AdamConfig = dataclasses.field(default_factory=AdamConfig)
+    """The warm-up's Adam."""
+
+
+class LMOptimizer(Optimizer):
+    """Adam for the warm start, then Levenberg-Marquardt steps (module docstring). Works on the
+    static model (its renderer is the one the Jacobian products differentiate); the
+    optimizers dict is Adam's, so density control and checkpoints see the usual state."""
+
+    name = "lm"
+    Config = LMConfig
+
+    def __init__(self, params: Mapping[str, torch.nn.Parameter], learning_rates: Mapping[str, float],
+                 config: LMConfig = LMConfig()):
+        self.config = config
+        self.adam = AdamOptimizer(params, learning_rates, config.adam)
+        self.optimizers = self.adam.optimizers
+        self.params = params
+        self.damping = float(config.damping)
+        self.trainer = None
+        self.step_count = 0
+        self.log: List[dict] = []
+
+    def attach(self, trainer) -> None:
+        from ..models.static import StaticModel
+
+        if not isinstance(trainer.model, StaticModel):
+            raise ValueError(f"--optimizer lm: Levenberg-Marquardt differentiates the static model's renderer; "
+                             f"--model {trainer.model.name} is not supported")
+        c = self.config
+        if c.lm_steps < 0 or c.pcg_iterations < 1 or c.subset_size < 1 or c.probes < 1 or c.damping <= 0:
+            raise ValueError("--lm: lm-steps must be >= 0, pcg-iterations, subset-size and probes >= 1, damping > 0")
+        self.trainer = trainer
+        self.adam.attach(trainer)
+        self.params = trainer.model.params
+
+    def set_learning_rates(self, learning_rates: Mapping[str, float]) -> None:
+        self.adam.set_learning_rates(learning_rates)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"adam": self.adam.state_dict(), "damping": self.damping, "step_count": self.step_count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "adam" not in state:  # a checkpoint of a plain Adam run
+            self.adam.load_state_dict(state)
+            return
+        self.adam.load_state_dict(state["adam"])
+        self.damping = float(state["damping"])
+        self.step_count = int(state["step_count"])
+
+    def is_lm_step(self, step: int) -> bool:
+        return self.trainer is not None and step >= self.trainer.iterations - self.config.lm_steps
+
+    def step(self, forward: Callable[[], Tuple[Tensor, Any]]) -> Tuple[Tensor, Any]:
+        tr = self.trainer
+        step = tr.current_step if tr is not None else 0
+        if not self.is_lm_step(step):
+            self.step_count += 1
+            return self.adam.step(forward)
+        # the step's own view: what the loop reports and hands to the density strategy
+        loss, extra = forward()
+        loss.backward()
+        for p in self.params.values():
+            p.grad = None
+        self.lm_step(step)
+        self.step_count += 1
+        return loss.detach(), extra
+
+    # ------------------------------------------------------------------ one LM step
+    def _subsets(self, step: int) -> List[List[int]]:
+        tr = self.trainer
+        n = len(tr.train_views)
+        g = torch.Generator().manual_seed(tr.cfg.seed * 92821 + step)
+        order = torch.randperm(n, generator=g).tolist()
+        k = self.config.subset_size
+        subsets = [order[i:i + k] for i in range(0, n, k)]
+        if self.config.max_subsets > 0:
+            subsets = subsets[:self.config.max_subsets]
+        # one render call per subset needs one image size: split mixed subsets
+        out = []
+        for s in subsets:
+            by_size: Dict[tuple, list] = {}
+            for i in s:
+                c = tr.train_views.camera(i)
+                by_size.setdefault((c.width, c.height), []).append(i)
+            out.extend(by_size.values())
+        return out
+
+    def _batch(self, ids):
+        tr = self.trainer
+        cams = Cameras.cat([tr.train_views.camera(i) for i in ids]) if len(ids) > 1 else tr.train_views.camera(ids[0])
+        gt = torch.stack([tr.train_views.image(i) for i in ids])
+        masks = [tr.train_views.mask(i) for i in ids]
+        weight = None
+        if any(m is not None for m in masks):
+            weight = torch.stack([torch.ones_like(gt[k, ..., :1]) if m is None else m.to(gt.dtype)
+                                  for k, m in enumerate(masks)])
+        return cams, gt, weight
+
+    def _render(self, cams, splats=None):
+        tr = self.trainer
+        from ..models.static import render_splats
+
+        splats = self.params if splats is None else splats
+        bg = tr.background[None].expand(len(cams), -1)
+        colors, _, _ = render_splats(splats, cams.viewmats, cams.Ks, cams.width, cams.height,
+                                     sh_degree=self.sh_degree, backgrounds=bg, backend=tr.settings.backend,
+                                     rasterize_mode=tr.settings.rasterize_mode, near_plane=tr.settings.near_plane,
+                                     far_plane=tr.settings.far_plane)
+        return colors
+
+    @torch.no_grad()
+    def _sse(self, subsets_data, splats=None) -> float:
+        total = 0.0
+        for cams, gt, weight in subsets_data:
+            r = self._render(cams, splats) - gt
+            if weight is not None:
+                r = r * weight
+            total += float((r.double() ** 2).sum())
+        return total
+
+    def lm_step(self, step: int) -> dict:
+        tr = self.trainer
+        c = self.config
+        self.sh_degree = tr.model.gaussians(tr.train_views.camera(0), tr.settings, step).sh_degree
+        names = list(self.params.keys())
+        params = [self.params[k] for k in names]
+        subsets = [self._batch(ids) for ids in self._subsets(step)]
+        n_values = sum(gt.numel() for _, gt, _ in subsets)
+        gen = torch.Generator().manual_seed(tr.cfg.seed * 6151 + step)
+        deltas, weights = [], []
+        for cams, gt, weight in subsets:
+            with torch.enable_grad():
+                imgs = self._render(cams)
+                r = (imgs - gt).detach()  # the residuals (masked pixels: J and r are both zero there)
+
+                def jt(w):  # J^T w, w like the images
+                    if weight is not None:
+                        w = w * weight
+                    gs = torch.autograd.grad(imgs, params, w, retain_graph=True, allow_unused=True)
+                    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gs)])
+
+                b = -jt(r)
+                diag = torch.zeros_like(b)
+                for _ in range(c.probes):
+                    z = (torch.randint(0, 2, imgs.shape, generator=gen).to(imgs) * 2 - 1)
+                    diag += jt(z) ** 2
+                diag = _floor_per_parameter(diag / c.probes, params, c.diag_floor)
+                lam = self.damping
+
+                def apply_A(v):
+                    tangents = {k: t.reshape(p.shape) for k, p, t in zip(names, params, _split(v, params))}
+                    jv = render_jvp({k: p for k, p in zip(names, params)}, tangents, self.sh_degree, cams,
+                                    tr.settings, tr.background[None].expand(len(cams), -1))
+                    return jt(jv) + lam * diag * v
+
+                delta, _ = pcg(apply_A, b, 1.0 / ((1.0 + lam) * diag), c.pcg_iterations)
+            deltas.append(delta)
+            weights.append(diag)
+        wsum = torch.stack(weights).sum(0).clamp_min(1e-30)
+        delta = sum(w * d for w, d in zip(weights, deltas)) / wsum
+
+        before = self._sse(subsets)
+        accepted, factor = False, 1.0
+        for _ in range(c.max_backtracks + 1):
+            trial = {k: (p.detach() + factor * d.reshape(p.shape)) for k, p, d in zip(names, params, _split(delta, params))}
+            if not all(bool(torch.isfinite(t).all()) for t in trial.values()):
+                factor *= 0.5
+                continue
+            after = self._sse(subsets, trial)
+            if after < before:
+                accepted = True
+                break
+            factor *= 0.5
+        if accepted:
+            with torch.no_grad():
+                for k, p in zip(names, params):
+                    p.copy_(trial[k])
+            self.damping = max(self.damping / c.damping_down, c.min_damping)
+        else:
+            self.damping *= c.damping_up
+        entry = {"step": step, "accepted": accepted, "factor": factor, "mse_before": before / n_values,
+                 "mse_after": (after if accepted else before) / n_values, "damping": self.damping}
+        self.log.append(entry)
+        return entry
+
+
+def _floor_per_parameter(diag: Tensor, params: Sequence[Tensor], floor: float) -> Tensor:
+    """`diag` with each parameter's entries raised to `floor` times their mean (and above 0)."""
+    parts = []
+    for d in _split(diag, params):
+        m = float(d.mean()) if d.numel() else 0.0
+        parts.append(d.clamp_min(max(floor * m, 1e-30)))
+    return torch.cat(parts)
+
+
+def _split(v: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
+    out, i = [], 0
+    for p in params:
+        n = p.numel()
+        out.append(v[i:i + n])
+        i += n
+    return out
