@@ -1,65 +1,75 @@
 """A synthetic stand-in for a real handheld COLMAP capture of an object on a table.
 
-What it imitates, and why: the held-out check of the density-control strategies runs on "a real COLMAP
-capture: 23 photos of an object on a table, about 1000x658, 1,443 SfM points that cover the object but hardly
-the background", trained at ``--downscale 4`` with every 8th image held out. None of our embedded scenes is
-like that (they are NeRF-synthetic objects on transparent backgrounds with thousands of evenly spread
-points), so a strategy tuned on them can fail there: the background (table, walls, floor) has texture and
-parallax but no initial points, so everything there must come from densification. This module renders a
-scene of that kind and writes it exactly as COLMAP would, so such failures show before the real check.
+What it imitates, and why: a held-out check of the density-control strategies runs on "a real COLMAP
+capture: 23 photos of an object on a table, about 1000x658, 1,443 SfM points that cover the object but
+hardly the background", trained at ``--downscale 4`` with every 8th image held out. None of the embedded
+scenes is like that (they are NeRF-synthetic objects on transparent backgrounds, started from thousands of
+evenly spread or random points), so a strategy tuned on them can fail there: the background (table, walls,
+floor) has texture and parallax but almost no initial points, so all of it must come from densification.
+This module renders a scene of that kind and writes it as COLMAP would, so such failures show before the
+real check. Two variants with different objects, materials, textures, rooms, camera paths and seeds
+(``default`` and ``heldout``), so that nobody tunes to one scene.
 
 Layout written (``generate``), a COLMAP dataset as ``splat.data.load_dataset`` reads it::
 
     images/IMG_0001.jpg ... IMG_0023.jpg   RGB JPEG (quality 92), 1000x658, opaque everywhere
     sparse/0/cameras.txt                   one PINHOLE camera (fx fy cx cy), shared by all photos
-    sparse/0/images.txt                    qw qx qy qz tx ty tz (world-to-camera, OpenCV axes), camera 1,
-                                           name; then the 2D observations "x y point3D_id"
-    sparse/0/points3D.txt                  id x y z r g b error, track (image_id point2D_idx ...)
+    sparse/0/images.txt                    IMAGE_ID qw qx qy qz tx ty tz (world-to-camera, OpenCV axes)
+                                           CAMERA_ID NAME; then the 2D observations "x y POINT3D_ID"
+    sparse/0/points3D.txt                  POINT3D_ID x y z r g b ERROR, track (IMAGE_ID POINT2D_IDX ...)
 
-No ``test.txt``: the loader's ``test_every=8`` holds out IMG_0001, IMG_0009 and IMG_0017 (20 train, 3 test).
+The model is complete and consistent (pycolmap reads it as it is: 23 registered images, 1443 points, mean
+track ~14-15). No ``test.txt``: the loader's ``test_every=8`` holds out IMG_0001, IMG_0009 and IMG_0017
+(20 train, 3 test views; 250x165 at ``downscale=4``).
 
-How it is built (Mitsuba 3; z up, metres; the table top is the plane z = 0, the object stands near the origin):
+How it is built (Mitsuba 3; z up, metres; the table top is the plane z = 0, the object stands at the origin):
 
-* the object: a few primitives with procedural numpy textures (high-frequency stripes, checkers, noise) —
-  ``default``: a turned vase (a lathe mesh with painted bands and a checker belt, a dark opening), a textured
-  box, a striped torus lying on the table and a glossy speckled ball; ``heldout``: a teapot-like group (an
-  ellipsoid body, a tilted spout, a torus handle, a lid and knob), a checkered mug with a handle and a
-  stack of two textured boxes. About 0.35-0.45 m across.
-* a wooden table top (noise-warped stripes, different wood per variant) on four legs, about 1.5 x 0.9 m;
-* a room around it, 2-3 m away: a tiled floor 0.76 m below the table, four textured walls 2.6 m high
-  (wallpaper / plaster / brick), a few framed "pictures" (noise images) on the walls and some furniture
-  boxes, so that the background has content and parallax like a real room; no ceiling;
-* light: a rectangular area light 1.8 m above the table, a weaker second one (a "window") to a side, and a
-  constant environment (it enters through the open ceiling) as ambient, so nothing is black;
-* path tracer (max depth 4), ``SPP`` samples per pixel, Gaussian pixel filter; linear radiance x a fixed
-  exposure per variant, a mild vignetting (x 0.85 in the corners), then sRGB and JPEG.
+* the object, a few primitives with procedural numpy textures (stripes, checkers, zig-zags, speckle noise),
+  about 0.4 m across: ``default``: a turned vase 0.30 m high (a lathe mesh, glossy, painted bands with a
+  checker belt, a dark mouth), a checkered box, a striped torus lying on the table and a glossy speckled
+  ball; ``heldout``: a teapot-like group (a glossy banded ellipsoid body, a striped lid, a knob, a tilted
+  cylinder spout, a torus handle), a checkered mug with a handle and a stack of two textured boxes;
+* a wooden table (noise-warped grain stripes and plank seams; other wood per variant), 1.5 x 0.9 m
+  (``heldout``: 1.4 x 1.0 m), on four legs;
+* a room 2-3 m around it: a floor 0.76 m below the table top (grey tiles / wooden boards), four walls 2.6 m
+  high (wallpaper and plaster / brick and wallpaper), two framed "pictures" (noise images) per wall, a
+  cabinet, a shelf of books and a potted plant, so that the background has content and parallax; no
+  ceiling;
+* light: a rectangular ceiling panel 1.8 m above the table, a weaker "window" panel on one wall, and a
+  constant environment as ambient (it enters through the open top), so nothing is black;
+* path tracer (max depth 3), ``SPP`` = 25 samples per pixel (orthogonal-array sampler: ~38 dB 8-bit PSNR
+  against 256 spp), Gaussian pixel filter; linear radiance x a fixed exposure, a mild vignetting (x 0.85 in
+  the corners), sRGB, JPEG.
 
 Cameras: 23 photos along a handheld-like partial arc around the object (``default``: 250 degrees, 0.65-1.15 m
-away, 18-48 degrees above the table; ``heldout``: 215 degrees the other way round, 0.6-1.1 m, 14-40 degrees),
-with uneven steps, wobbling height and distance, a look-at point jittered by a few cm and up to ~3 degrees of
-roll; a pinhole with a phone-like 60 (default) / 58 (heldout) degree horizontal field of view.
+from the object, 18-48 degrees above the table; ``heldout``: 215 degrees the other way round, 0.60-1.10 m,
+14-40 degrees), with uneven steps, wobbling height and distance, a look-at point jittered by ~3 cm and
+~1.5 degrees of roll; a pinhole with a phone-like 60 (``heldout``: 58) degree horizontal field of view.
 
-SfM points (``N_POINTS`` = 1443 by default): drawn from the pixels of the photos that see the object
-(weighted by image gradient: features sit on texture and edges), kept only where visible (depth test
-against every photo's first-hit depth) in at least ``MIN_TRACK`` = 3 photos; 97 % on the object, 3 % on
-the table within 0.4 m of it, none on the walls. Each is moved by Gaussian noise of 0.2 % of the object's
-size (about 0.8 mm), coloured by the mean of its rendered (JPEG) pixels over its track, and listed with
-its track (the photos that see it) and 2D observations (its projections plus 0.3 px of noise).
+SfM points (``n_points``, default ``N_POINTS`` = 1443): candidates are the first hits of rays through pixels
+of every photo that see the object, drawn with weight ~ image gradient (features sit on texture and edges);
+kept only where visible (depth test against every photo's first-hit map) in at least ``MIN_TRACK`` = 3
+photos; 97 % on the object, 3 % on the table within 0.4 m of it, none on the walls or floor. Each point is
+moved by Gaussian noise of 0.2 % of the object's size (~0.8 mm, like triangulation error), coloured by the
+mean of its JPEG pixels over its track, and listed with its track and 2D observations (the true point's
+projections plus 0.5 px of noise; ERROR is their mean distance to the noisy point's projections, ~1.3 px).
 
-``_selfcheck(path)`` verifies the written intrinsics and poses: it re-reads the text model and projects
-known 3D points (the first-hit positions of random pixels, from Mitsuba; the object's top; the table's
-corners) into the photos, checking that they land on the pixel that shows them (< 1 px) and that the SfM
-points' colours match their pixels.
+``_selfcheck(path)`` re-reads the written text model and checks it against the scene: for every photo the
+first hits of one ray per pixel (Mitsuba) project, with the written K and world-to-camera, into the pixel
+they were cast through (max error 0.50 px: the ray's jitter within the pixel); landmarks (the table's
+corners, the vase's mouth / the mug's top) project onto a pixel whose ray hits them (< 1 px) or something
+in front of them, never something behind; every SfM point is in the frame of >= 3 photos and its colour
+matches its pixels (median error ~2/255).
 
-Limits: synthetic (clean geometry, perfect poses apart from the point noise, Monte-Carlo noise instead of
-sensor noise); no lens distortion (PINHOLE); no exposure or white-balance changes between photos, no
-motion blur or defocus; the point cloud imitates the spread of a real one, not its outliers.
+Limits: synthetic (clean geometry, exact poses apart from the point noise, Monte-Carlo noise instead of
+sensor noise, simple materials); no lens distortion (PINHOLE); no exposure, white-balance or focus changes
+between photos, no motion blur; the point cloud imitates the spread of a real one, not its outliers.
 
-    python -m scenes.capture_scene [--variant default|heldout] [--out DIR]
+    python -m scenes.capture_scene [--variant default|heldout] [--out DIR] [--selfcheck]
 
-generates (about 2-4 minutes on one thread) and prints the folder; without ``--out`` it is
-``scenes/capture_<variant>`` under ``$SPLAT_CACHE_DIR`` (default ``~/.cache/splat``), see
-``capture_scene_path``.
+renders (~3.5 minutes a variant with ``llvm_ad_rgb`` on one thread of a shared 2-core machine; the SfM
+points take a few seconds) and prints the folder; without ``--out`` it is ``scenes/capture_<variant>`` under
+``$SPLAT_CACHE_DIR`` (default ``~/.cache/splat``), the folder ``capture_scene_path`` returns.
 """
 from __future__ import annotations
 
@@ -100,22 +110,24 @@ SEEDS = {"default": 0, "heldout": 100}
 TABLE_HEIGHT = 0.76  # the floor is at z = -TABLE_HEIGHT
 WALL_HEIGHT = 2.6  # above the floor
 
-# per-variant settings
+# per-variant settings: horizontal fov (degrees); camera arc (start azimuth, signed span, degrees), distance
+# (m) and elevation (degrees) ranges; look-at point; object size (m, scales the point noise); exposure; table
+# size (m); room walls (x0, x1, y0, y1); ceiling panel and window (centre, size, radiance); ambient radiance
 SETTINGS = {
-    "default": dict(
-        fov_x=60.0, arc=(-150.0, 250.0), distance=(0.65, 1.15), elevation=(18.0, 48.0),
-        target=(0.0, 0.0, 0.13), object_size=0.42, exposure=1.0,
-        table=(1.5, 0.9), room=(-2.3, 2.9, -2.2, 2.6),  # x0 x1 y0 y1 of the walls
-        light=((0.3, -0.2, 1.8), (0.9, 0.6), 14.0), window=((2.85, 0.4, 1.0), (1.0, 0.7), 4.0),
-        ambient=0.35,
-    ),
-    "heldout": dict(
-        fov_x=58.0, arc=(40.0, -215.0), distance=(0.60, 1.10), elevation=(14.0, 40.0),
-        target=(0.0, 0.0, 0.12), object_size=0.40, exposure=1.0,
-        table=(1.4, 1.0), room=(-2.8, 2.2, -2.6, 2.0),
-        light=((-0.2, 0.3, 1.8), (0.8, 0.8), 13.0), window=((-0.5, -2.55, 1.0), (1.2, 0.8), 4.0),
-        ambient=0.30,
-    ),
+    "default": {
+        "fov_x": 60.0, "arc": (-150.0, 250.0), "distance": (0.65, 1.15), "elevation": (18.0, 48.0),
+        "target": (0.0, 0.0, 0.13), "object_size": 0.42, "exposure": 1.0,
+        "table": (1.5, 0.9), "room": (-2.3, 2.9, -2.2, 2.6),  # x0 x1 y0 y1 of the walls
+        "light": ((0.3, -0.2, 1.8), (0.9, 0.6), 14.0), "window": ((2.85, 0.4, 1.0), (1.0, 0.7), 4.0),
+        "ambient": 0.35,
+    },
+    "heldout": {
+        "fov_x": 58.0, "arc": (40.0, -215.0), "distance": (0.60, 1.10), "elevation": (14.0, 40.0),
+        "target": (0.0, 0.0, 0.12), "object_size": 0.40, "exposure": 1.0,
+        "table": (1.4, 1.0), "room": (-2.8, 2.2, -2.6, 2.0),
+        "light": ((-0.2, 0.3, 1.8), (0.8, 0.8), 13.0), "window": ((-0.5, -2.55, 1.0), (1.2, 0.8), 4.0),
+        "ambient": 0.30,
+    },
 }
 
 
@@ -334,7 +346,6 @@ def _ply(mi, asset_dir: Path, name: str, mesh, bsdf, to_world=None):
 
 def _room(mi, d: dict, rng, s: dict, variant: str) -> None:
     """Table (top at z = 0), floor, walls, pictures, furniture, lights."""
-    T = mi.ScalarTransform4f
     fz = -TABLE_HEIGHT
     x0, x1, y0, y1 = s["room"]
     tw, td = s["table"]
@@ -352,7 +363,8 @@ def _room(mi, d: dict, rng, s: dict, variant: str) -> None:
         leg_col = (0.40, 0.38, 0.36)
     # table: a slab (top face at z = 0) and four legs
     d["table_top"] = _rect(mi, (0, 0, 0), (0, 0, 1), (tw, td), _tex_diffuse(mi, wood))
-    d["table_edge"] = _box(mi, (0, 0, -0.0205), (tw / 2, td / 2, 0.02), base._diffuse(np.asarray(wood.mean((0, 1))) * 0.7))
+    d["table_edge"] = _box(mi, (0, 0, -0.0205), (tw / 2, td / 2, 0.02),
+                           base._diffuse(np.asarray(wood.mean((0, 1))) * 0.7))
     for i, (sx, sy) in enumerate(((1, 1), (1, -1), (-1, 1), (-1, -1))):
         px, py = sx * (tw / 2 - 0.06), sy * (td / 2 - 0.06)
         d[f"leg{i}"] = {"type": "cylinder", "p0": [px, py, fz], "p1": [px, py, -0.04], "radius": 0.03,
@@ -379,8 +391,10 @@ def _room(mi, d: dict, rng, s: dict, variant: str) -> None:
     cab_tex = checker_texture(rng, 256, 256, (0.55, 0.50, 0.45), (0.35, 0.30, 0.26), (6, 4))
     d["cabinet"] = _box(mi, (x0 + 0.35, y1 - 1.2, fz + 0.45), (0.3, 0.6, 0.45), _tex_diffuse(mi, cab_tex))
     shelf_y = y0 + 0.2
+    bx = rng.uniform(x0 + 0.6, x1 - 0.6)
     for k in range(9):
-        bx = rng.uniform(x0 + 0.6, x1 - 0.6) if k == 0 else bx + rng.uniform(0.05, 0.09)
+        if k:
+            bx += rng.uniform(0.05, 0.09)
         hh = rng.uniform(0.10, 0.16)
         d[f"book{k}"] = _box(mi, (bx, shelf_y, fz + 1.3 + hh), (0.025, 0.1, hh),
                              base._diffuse(rng.uniform(0.1, 0.7, 3)))
@@ -566,7 +580,7 @@ class CaptureRenderer(base.Renderer):
         bmp = self._box_sensor.film().bitmap()
         names = [bmp.struct_()[i].name for i in range(bmp.channel_count())]
         arr = np.asarray(bmp, dtype=np.float32)
-        depth = arr[..., [i for i, n in enumerate(names) if n.startswith("dd")][0]]
+        depth = arr[..., next(i for i, n in enumerate(names) if n.startswith("dd"))]
         pos = np.stack([arr[..., names.index(f"pos.{c}")] for c in "XYZ"], -1)
         return pos, depth > 0
 
@@ -649,7 +663,7 @@ def sfm_points(r: CaptureRenderer, poses, images: list[np.ndarray], variant: str
     K = intrinsics(variant, r.width, r.height)
     w2cs = [w2c_opencv(c) for c in poses]
     hits = _hit_maps(r, poses, seed=9000 + seed)
-    n_table = int(round(TABLE_POINT_FRACTION * n_points))
+    n_table = round(TABLE_POINT_FRACTION * n_points)
     n_obj = n_points - n_table
     # candidates: from each photo, object (table) pixels drawn with weight ~ image gradient (+ a floor)
     cand = {"object": [], "table": []}
@@ -750,7 +764,7 @@ def read_colmap_text(model: Path):
     here (one PINHOLE camera): an independent re-read for the self-check."""
     from scipy.spatial.transform import Rotation
 
-    cam = [l.split() for l in (model / "cameras.txt").read_text().splitlines() if l and not l.startswith("#")][0]
+    cam = next(l.split() for l in (model / "cameras.txt").read_text().splitlines() if l and not l.startswith("#"))
     width, height = int(cam[2]), int(cam[3])
     fx, fy, cx, cy = map(float, cam[4:8])
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
@@ -785,6 +799,8 @@ def generate(out_dir, variant: str = "default", width: int = WIDTH, height: int 
     out_dir = Path(out_dir)
     if variant not in SETTINGS:
         raise ValueError(f"unknown capture scene variant {variant!r} (one of {', '.join(VARIANTS)})")
+    from PIL import Image
+
     poses = camera_poses(variant, n_views)
     names = image_names(n_views)
     exposure = SETTINGS[variant]["exposure"]
@@ -800,8 +816,6 @@ def generate(out_dir, variant: str = "default", width: int = WIDTH, height: int 
             ts = time.time()
             img = develop(r.render_linear(c2w, spp, seed=7919 * SEEDS[variant] + i), exposure)
             save_jpeg(work / "images" / name, img)
-            from PIL import Image
-
             images.append(np.asarray(Image.open(work / "images" / name).convert("RGB")))
             if verbose:
                 print(f"  {name} {time.time() - ts:.1f}s", flush=True)
@@ -857,18 +871,19 @@ def landmarks(variant: str) -> tuple[list[str], np.ndarray]:
         names.append("vase mouth centre")
         pts.append((-0.04, 0.03, 0.2995))
     else:
-        names.append("teapot knob top")
-        pts.append((0.02, 0.0, 0.10 + 0.125 + 0.016))
+        names.append("mug top centre")
+        pts.append((-0.10, 0.16, 0.0995))
     return names, np.array(pts)
 
 
-def _selfcheck(path, variant: str | None = None, views=(0, 7, 15, 22), mitsuba_variant: str | None = None,
+def _selfcheck(path, variant: str | None = None, views=None, mitsuba_variant: str | None = None,
                threads: int = 1, verbose: bool = True) -> dict:
-    """Check a generated folder's COLMAP model against the scene: re-read the text files; for some photos,
-    cast one ray per pixel with Mitsuba and project the hit points with the written K and world-to-camera:
-    each must land in the pixel it was cast through (error < 1 px, the ray is jittered within the pixel).
-    Known 3D points (the object's top, the table's corners) must project onto a pixel whose first hit is
-    that point (where visible). The SfM points must project into the frame of >= MIN_TRACK photos, and their
+    """Check a generated folder's COLMAP model against the scene: re-read the text files; for each photo
+    (``views``: indices in name order, default all), cast one ray per pixel with Mitsuba and project the hit
+    points with the written K and world-to-camera: each must land in the pixel it was cast through (error
+    < 1 px; the ray is jittered within the pixel, so ~0.5). The ``landmarks`` must project onto a pixel whose
+    ray hits them (< 1.5 px on the surface) or something in front of them, never something behind, and each
+    must be hit in some photo. The SfM points must project into the frame of >= MIN_TRACK photos, and their
     colours must be near their pixels'. Raises AssertionError on failure; returns the measurements."""
     from PIL import Image
 
@@ -879,7 +894,8 @@ def _selfcheck(path, variant: str | None = None, views=(0, 7, 15, 22), mitsuba_v
     names = sorted(w2c)
     r = CaptureRenderer(variant, W, H, mitsuba_variant, threads)
     poses = camera_poses(variant, len(names))
-    res: dict = {"variant": variant, "views": list(views)}
+    views = range(len(names)) if views is None else views
+    res: dict = {"variant": variant, "views": len(views)}
     errs = []
     lm_names, lms = landmarks(variant)
     lm_seen = np.zeros(len(lms), int)

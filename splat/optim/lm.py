@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ..backends import get as get_backend
+from .. import render as _render
 from ..backends import torch_ref
 from ..cameras import Cameras
 from ..render import RenderSettings
@@ -133,11 +134,13 @@ def render_jvp(splats: Mapping[str, Tensor], tangents: Mapping[str, Tensor], sh_
         out, aux = _pixel_stage_inputs(dict(zip(names, xs)), sh_degree, cameras, settings)
         return out, aux
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's forward-AD decompositions still register through torch.jit.script
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
         (prim, tan, aux) = torch.func.jvp(f, primals, tans, has_aux=True)
     means2d, conics, feats, opac = (x.contiguous() for x in prim)
     radii, depths = aux
-    impl = get_backend(settings.backend, means2d.device, means2d.dtype)
+    impl = _render.get_backend(settings.backend, means2d.device, means2d.dtype)
     W, H = cameras.width, cameras.height
     tw, th = math.ceil(W / tile_size), math.ceil(H / tile_size)
     _, _, flatten_ids, isect_offsets = impl.isect_tiles(means2d, radii, depths, tile_size, tw, th, None)
