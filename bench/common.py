@@ -50,3 +50,39 @@ def random_scene(N: int, width=640, height=480, C=1, seed=0):
         Ks.append(torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]]))
     return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
                 viewmats=torch.stack(views), Ks=torch.stack(Ks), width=width, height=height)
+
+
+def object_scene_path(seed: int = 1):
+    """A NeRF-synthetic object capture as the held-out checks describe it: 16 train / 4 test views
+    at 200x200 and no points3d.ply (so training starts from 100k random points). Rendered once
+    (Mitsuba, about 2 min) from the default scene's generator with another seed (other textures,
+    other cameras) into the splat cache."""
+    from pathlib import Path
+
+    from scenes.default_scene import _cache_dir, generate
+
+    out = _cache_dir(f"object16_s{seed}")
+    if not (out / "transforms_test.json").is_file():
+        generate(out, width=200, n_train=16, n_test=4, spp=64, seed=seed, n_points=100, threads=os.cpu_count() or 1,
+                 verbose=False)
+        (Path(out) / "points3d.ply").unlink()
+    return out
+
+
+def train_run(data, steps: int, log=print, label: str = "", **cfg) -> dict:
+    """Train `steps` steps on `data` with `splat.train.TrainConfig` options `cfg` (a new user's
+    defaults otherwise) in a temporary run directory; returns metrics.json's figures."""
+    import tempfile
+    from pathlib import Path
+
+    from splat.train import TrainConfig, Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        c = TrainConfig(data=Path(data), out=Path(tmp) / "run", iterations=steps, progress=False, save_renders=0,
+                        export=[], save_every=0, **cfg)
+        m = Trainer(c, log=lambda *a: None).train()
+    r = {k: m[k] for k in ("psnr", "ssim", "num_gaussians", "train_seconds", "seconds_per_iteration", "render_ms",
+                           "history")}
+    log(f"  {label:10s} PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  {r['num_gaussians']:8,d} Gaussians  "
+        f"{r['train_seconds']:6.1f} s")
+    return r

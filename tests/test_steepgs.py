@@ -132,7 +132,7 @@ def _step_info(means, target, scales=None, opac=0.5):
     K = torch.tensor([[[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]]])
     img, _, info = rasterize(means.requires_grad_(True), quats, scales, torch.full((N,), opac, requires_grad=True), torch.ones(N, 3), torch.eye(4)[None], K,
                              32, 32, backend="torch", backgrounds=torch.zeros(1, 3))
-    for k in ("conics", "opacities"):
+    for k in ("means2d", "conics", "opacities"):
         info[k].retain_grad()
     ((img[0] - target) ** 2).sum().backward()
     return info, quats, scales
@@ -144,13 +144,15 @@ def _two_blobs():
     return (0.9 * (blob(11) + blob(21)))[..., None].expand(32, 32, 3)
 
 
-def test_a_gaussian_between_two_blobs_splits_along_them():
+@pytest.mark.parametrize("large", [False, True])
+def test_a_gaussian_between_two_blobs_splits_along_them(large):
     """One Gaussian fitted between two bright blobs (a saddle of the loss): the splitting matrix
     has a negative eigenvalue along the blobs' axis; the split puts one child on each side,
     with the parent's shape and opacity 1 - sqrt(1 - o) each; optimizer state stays aligned."""
     means = torch.tensor([[0.0, 0.0, 3.0]])
     info, quats, scales = _step_info(means, _two_blobs())
-    st = SteepGSStrategy(split_threshold=0.0, refine_start_iter=0, refine_every=1, reset_every=0)
+    st = SteepGSStrategy(split_threshold=0.0, grow_grad2d=0.0, refine_start_iter=0, refine_every=1, reset_every=0,
+                         grow_scale3d=0.01 if large else 1.0)
     params = torch.nn.ParameterDict({"means": torch.nn.Parameter(means.clone()),
                                      "quats": torch.nn.Parameter(quats.clone()),
                                      "scales": torch.nn.Parameter(torch.log(scales)),
@@ -166,9 +168,10 @@ def test_a_gaussian_between_two_blobs_splits_along_them():
     assert ev["split"] == 1 and params["means"].shape[0] == 2
     xs = params["means"][:, 0].detach()
     assert xs.min() < -0.01 and xs.max() > 0.01 and torch.allclose(params["means"][:, 1:], means[:, 1:].expand(2, 2))
-    sigma = 0.12
+    sigma = 0.12  # small Gaussians (max scale below grow_scale3d x the scene scale) keep their shape
     assert torch.allclose(xs.abs(), torch.full((2,), 0.5 * sigma), rtol=1e-4)
-    assert torch.allclose(torch.exp(params["scales"]), scales.expand(2, 3))
+    assert torch.allclose(torch.exp(params["scales"]), scales.expand(2, 3) / (1.6 if large else 1.0))
+    assert ev["split_large"] == int(large)
     o = torch.sigmoid(params["opacities"]).detach()
     assert torch.allclose(o, torch.full((2,), 1 - 0.5 ** 0.5), atol=1e-6)
     assert all(p.shape[0] == 2 for p in params.values())
@@ -184,7 +187,7 @@ def test_a_gaussian_dimmer_than_its_blob_does_not_split_and_a_brighter_one_does(
                            torch.ones(1, 3), torch.eye(4)[None],
                            torch.tensor([[[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]]]), 32, 32, backend="torch",
                            backgrounds=torch.zeros(1, 3))[0][0]
-    st = SteepGSStrategy(split_threshold=0.0)
+    st = SteepGSStrategy(split_threshold=0.0, grow_grad2d=0.0)
     found = {}
     for opac in (0.5, 0.7):
         info, quats, scales = _step_info(m.clone(), target, opac=opac)
@@ -203,7 +206,7 @@ def blender_dir(tmp_path_factory):
 
 def _cfg(d, out, **kw):
     st = SteepGSStrategy(refine_start_iter=10, refine_stop_iter=100, refine_every=10, reset_every=0,
-                         split_threshold=1e-9)
+                         grow_grad2d=1e-5)
     return small_train_config(d, out, strategy="steepgs", steepgs=st, iterations=60, save_every=30,
                               keep_checkpoints=5, save_renders=0, **kw)
 
@@ -229,7 +232,7 @@ def test_steepgs_with_batches_and_on_a_dynamic_model(tmp_path):
     from test_dynamic import _cfg as dyn_cfg, synthetic_dataset
 
     st = SteepGSStrategy(refine_start_iter=5, refine_stop_iter=100, refine_every=5, reset_every=0,
-                         split_threshold=1e-10)
+                         grow_grad2d=1e-6)
     tr = Trainer(dyn_cfg(tmp_path, "4dgs", strategy="steepgs", steepgs=st, batch_size=2, iterations=20),
                  dataset=synthetic_dataset(n_cams=4, n_times=4, W=24), log=QUIET)
     n0 = tr.num_gaussians

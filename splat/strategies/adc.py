@@ -24,6 +24,35 @@ from .base import Strategy
 
 
 @torch.no_grad()
+def accumulate_grad2d(params, state, info, absgrad: bool = False) -> None:
+    """Add each rendered Gaussian's view-space positional gradient norm (its 2D-mean gradient
+    in units of half the image size, times the batch size C to undo the loss's mean over
+    views; AbsGS's |gradient| sum with `absgrad`) to ``state["grad2d"]`` and count the view in
+    ``state["count"]`` (both [N], made or re-made at the parameters' size). Rows follow
+    ``info["param_ids"]`` when the render had a subset. Raises ``ValueError`` when the
+    gradient is missing."""
+    m2d = info["means2d"]
+    g = getattr(m2d, "absgrad", None) if absgrad else m2d.grad
+    if g is None:
+        raise ValueError("ADCStrategy: no gradient on info['means2d']"
+                         + (" (absgrad=True needs rasterize(..., absgrad=True))" if absgrad else ""))
+    g = g.clone()
+    C = g.shape[0]
+    g[..., 0] *= info["width"] / 2.0 * C
+    g[..., 1] *= info["height"] / 2.0 * C
+    n = params["means"].shape[0]
+    if state["grad2d"] is None or state["grad2d"].shape[0] != n:
+        state["grad2d"] = torch.zeros(n, device=g.device)
+        state["count"] = torch.zeros(n, device=g.device)
+    sel = (info["radii"] > 0).all(-1)  # [C, M]: the rendered Gaussians
+    cam, rid = sel.nonzero(as_tuple=True)
+    ids = info.get("param_ids")  # a model that renders a subset says which rows it rendered
+    gid = rid if ids is None else ids[rid]
+    state["grad2d"].index_add_(0, gid, g[cam, rid].norm(dim=-1).float())
+    state["count"].index_add_(0, gid, torch.ones_like(gid, dtype=torch.float32))
+
+
+@torch.no_grad()
 def prune_step(params, optimizers, state, step: int, prune_opa: float, prune_scale3d: float,
                reset_every: int) -> Dict[str, int]:
     """3DGS's pruning: remove Gaussians with opacity below `prune_opa` and, once the first opacity
@@ -89,27 +118,8 @@ class ADCStrategy(Strategy):
             events["reset"] = 1
         return events
 
-    @torch.no_grad()
     def _update_state(self, params, state, info) -> None:
-        m2d = info["means2d"]
-        g = getattr(m2d, "absgrad", None) if self.absgrad else m2d.grad
-        if g is None:
-            raise ValueError("ADCStrategy: no gradient on info['means2d']"
-                             + (" (absgrad=True needs rasterize(..., absgrad=True))" if self.absgrad else ""))
-        g = g.clone()
-        C = g.shape[0]
-        g[..., 0] *= info["width"] / 2.0 * C
-        g[..., 1] *= info["height"] / 2.0 * C
-        n = params["means"].shape[0]
-        if state["grad2d"] is None or state["grad2d"].shape[0] != n:
-            state["grad2d"] = torch.zeros(n, device=g.device)
-            state["count"] = torch.zeros(n, device=g.device)
-        sel = (info["radii"] > 0).all(-1)  # [C, M]: the rendered Gaussians
-        cam, rid = sel.nonzero(as_tuple=True)
-        ids = info.get("param_ids")  # a model that renders a subset says which rows it rendered
-        gid = rid if ids is None else ids[rid]
-        state["grad2d"].index_add_(0, gid, g[cam, rid].norm(dim=-1).float())
-        state["count"].index_add_(0, gid, torch.ones_like(gid, dtype=torch.float32))
+        accumulate_grad2d(params, state, info, self.absgrad)
 
     @torch.no_grad()
     def _grow(self, params, optimizers, state, step, generator) -> Dict[str, int]:

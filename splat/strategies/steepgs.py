@@ -25,13 +25,16 @@ position with respect to the mean (the projection's own curvature is left out, a
 splitting step moves the mean by a fraction of the Gaussian's size).
 
 Every ``refine_every`` steps in the refinement window, the per-view matrices averaged over
-the views that saw each Gaussian are diagonalised; a Gaussian splits where
-lambda_min * sigma_v^2 < -``split_threshold`` (sigma_v^2 = v^T Sigma v: the loss change of a
-one-sigma move, so the test does not depend on the scene's units). Its two offspring sit at
-mu +- ``split_distance`` sigma_v v_min with the parent's shape and each the opacity
-1 - sqrt(1 - o) (opacity normalisation: the pair composites to the parent's opacity, and
-to o/2 each for faint Gaussians, the paper's equal weights). Nothing is cloned; pruning and
-the opacity reset are 3DGS's (`prune_step`).
+the views that saw each Gaussian are diagonalised. As in the authors' implementation, the
+candidates are ADC's (average view-space gradient above ``grow_grad2d``: the Gaussians the
+data pulls on), and of those only the ones at a saddle split: lambda_min * sigma_v^2 <
+-``split_threshold`` (sigma_v^2 = v^T Sigma v: the loss change of a one-sigma move, so the
+test does not depend on the scene's units). Each becomes two offspring at
+mu +- ``split_distance`` sigma_v v_min, each with the opacity 1 - sqrt(1 - o) (opacity
+normalisation: the pair composites to the parent's opacity, and to o/2 each for faint
+Gaussians, the paper's equal weights); large ones (max scale above ``grow_scale3d`` x the
+scene scale) also shrink their scales by 1.6, as 3DGS's split does. Pruning and the opacity
+reset are 3DGS's (`prune_step`).
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ import torch
 from torch import Tensor
 
 from ..backends.torch_ref import quat_scale_to_covar
-from .adc import prune_step
+from .adc import accumulate_grad2d, prune_step
 from .base import Strategy
 from .ops import reset_opacity, split
 
@@ -79,13 +82,18 @@ def projection_jacobians(means2d: Tensor, depths: Tensor, viewmats: Tensor, Ks: 
 
 @dataclasses.dataclass
 class SteepGSStrategy(Strategy):
-    """SteepGS density control (module docstring): split only where the splitting matrix has a
-    negative eigenvalue, two offspring along its eigenvector; 3DGS's pruning and reset."""
+    """SteepGS density control (module docstring): of ADC's candidates, split only those where
+    the splitting matrix has a negative eigenvalue, two offspring along its eigenvector;
+    3DGS's pruning and reset."""
 
-    split_threshold: float = 2e-7
+    split_threshold: float = 0.0
     """Split where lambda_min * sigma_v^2 (the loss change per view of a one-sigma move) is below -this."""
     split_distance: float = 0.5
     """The offspring sit at +- this many standard deviations of the parent along the eigenvector."""
+    grow_grad2d: float = 0.0002
+    """Candidates: average 2D-mean gradient at or above this (ADC's threshold; 0: every Gaussian seen)."""
+    grow_scale3d: float = 0.01
+    """Offspring of Gaussians larger than this fraction of the scene scale shrink by 1.6."""
     prune_opa: float = 0.005
     """Remove Gaussians whose opacity falls below this."""
     prune_scale3d: float = 0.1
@@ -102,10 +110,10 @@ class SteepGSStrategy(Strategy):
     """Split no further beyond this many Gaussians (0: no limit); the most negative splits go first."""
 
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
-        return {"scene_scale": float(scene_scale), "split_matrix": None, "count": None}
+        return {"scene_scale": float(scene_scale), "grad2d": None, "count": None, "split_matrix": None}
 
     def step_pre_backward(self, params, optimizers, state, step, info) -> None:
-        for key in ("conics", "opacities"):
+        for key in ("means2d", "conics", "opacities"):
             if not info[key].requires_grad:
                 raise ValueError(f"SteepGSStrategy: info[{key!r}] does not require grad; render with gradients "
                                  "enabled")
@@ -120,8 +128,8 @@ class SteepGSStrategy(Strategy):
             events.update(self._split(params, optimizers, state))
             events.update(prune_step(params, optimizers, state, step, self.prune_opa, self.prune_scale3d,
                                      self.reset_every))
-            state["split_matrix"].zero_()
-            state["count"].zero_()
+            for k in ("grad2d", "count", "split_matrix"):
+                state[k].zero_()
         if self.reset_every > 0 and step % self.reset_every == 0 and step > 0:
             reset_opacity(params, optimizers, state, 2.0 * self.prune_opa)
             events["reset"] = 1
@@ -129,14 +137,13 @@ class SteepGSStrategy(Strategy):
 
     @torch.no_grad()
     def _update_state(self, params, state, info) -> None:
+        accumulate_grad2d(params, state, info)
         gc, go = info["conics"].grad, info["opacities"].grad
         if gc is None or go is None:
             raise ValueError("SteepGSStrategy: no gradient on info['conics'] / info['opacities']")
         n = params["means"].shape[0]
         if state["split_matrix"] is None or state["split_matrix"].shape[0] != n:
-            dev = params["means"].device
-            state["split_matrix"] = torch.zeros(n, 6, device=dev)
-            state["count"] = torch.zeros(n, device=dev)
+            state["split_matrix"] = torch.zeros(n, 6, device=params["means"].device)
         sel = (info["radii"] > 0).all(-1)  # [C, M]
         cam, rid = sel.nonzero(as_tuple=True)
         if cam.numel() == 0:
@@ -151,42 +158,56 @@ class SteepGSStrategy(Strategy):
         ids = info.get("param_ids")
         gid = rid if ids is None else ids[rid]
         state["split_matrix"].index_add_(0, gid, packed.float())
-        state["count"].index_add_(0, gid, torch.ones_like(gid, dtype=torch.float32))
 
     @torch.no_grad()
     def _split(self, params, optimizers, state) -> Dict[str, int]:
-        cand, v, sigma_v = self.split_candidates(params, state)
+        rows, v, sigma_v = self.split_candidates(params, state)
         if self.max_gaussians > 0:
             room = max(self.max_gaussians - params["means"].shape[0], 0)
-            cand, v, sigma_v = cand[:room], v[:room], sigma_v[:room]
-        if cand.numel() == 0:
+            rows, v, sigma_v = rows[:room], v[:room], sigma_v[:room]
+        if rows.numel() == 0:
             return {"split": 0}
-        mask = torch.zeros(params["means"].shape[0], dtype=torch.bool, device=cand.device)
-        mask[cand] = True
-        order = torch.argsort(cand)  # split() takes the masked rows in index order
-        step = (self.split_distance * sigma_v[order])[:, None] * v[order]
-        split(params, optimizers, state, mask, offsets=torch.stack([step, -step]), scale_factor=1.0,
-              revised_opacity=True)
-        return {"split": int(cand.numel())}
+        order = torch.argsort(rows)  # split() takes the masked rows in index order
+        rows, v, sigma_v = rows[order], v[order], sigma_v[order]
+        large = torch.exp(params["scales"].data[rows]).max(-1).values > self.grow_scale3d * state["scene_scale"]
+        N = params["means"].shape[0]
+        n_large = int(large.sum())
+        for group, factor in ((large, 1.6), (~large, 1.0)):
+            if not bool(group.any()):
+                continue
+            mask = torch.zeros(params["means"].shape[0], dtype=torch.bool, device=rows.device)
+            mask[rows[group]] = True
+            step = (self.split_distance * sigma_v[group])[:, None] * v[group]
+            split(params, optimizers, state, mask, offsets=torch.stack([step, -step]), scale_factor=factor,
+                  revised_opacity=True)
+            if factor != 1.0:  # the rows after the first split: survivors keep their order, children go last
+                keep = torch.ones(N, dtype=torch.bool, device=rows.device)
+                keep[rows[group]] = False
+                new_index = torch.cumsum(keep.long(), 0) - 1
+                rows = torch.where(group, rows, new_index[rows])
+        return {"split": int(rows.numel()), "split_large": n_large}
 
     @torch.no_grad()
     def split_candidates(self, params, state):
         """The Gaussians to split now, most negative score first: (rows [K], unit eigenvectors
         [K,3] of the least eigenvalue, the parent's standard deviation along them [K])."""
-        S = state["split_matrix"]
+        S = state.get("split_matrix")
+        empty = params["means"].new_zeros(0, dtype=torch.long)
         if S is None:
-            empty = params["means"].new_zeros(0, dtype=torch.long)
             return empty, params["means"].new_zeros(0, 3), params["means"].new_zeros(0)
-        mean = S / state["count"].clamp_min(1)[:, None]
-        M = unpack_symmetric(mean)
+        count = state["count"].clamp_min(1)
+        high = (state["grad2d"] / count >= self.grow_grad2d) & (state["count"] > 0)
+        rows = high.nonzero().squeeze(1)
+        M = unpack_symmetric(S[rows] / count[rows, None])
         evals, evecs = torch.linalg.eigh(M)
         lam, v = evals[:, 0], evecs[:, :, 0]
-        cov = quat_scale_to_covar(params["quats"].detach(), torch.exp(params["scales"].detach()))
+        cov = quat_scale_to_covar(params["quats"].detach()[rows], torch.exp(params["scales"].detach()[rows]))
         var_v = torch.einsum("ni,nij,nj->n", v, cov, v).clamp_min(0)
         score = lam * var_v
-        rows = ((score < -self.split_threshold) & (state["count"] > 0)).nonzero().squeeze(1)
-        rows = rows[torch.argsort(score[rows])]
-        return rows, v[rows], var_v[rows].sqrt()
+        keep = score < -self.split_threshold
+        rows, v, var_v, score = rows[keep], v[keep], var_v[keep], score[keep]
+        order = torch.argsort(score)
+        return rows[order], v[order], var_v[order].sqrt()
 
     def scaled(self, factor: float) -> "SteepGSStrategy":
         """The schedule for a run `factor` times as long as 30k steps, as ADC scales its own."""
