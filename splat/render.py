@@ -198,6 +198,10 @@ def rasterize(
         "backend": impl.NAME,
         "viewmats": viewmats,
         "Ks": Ks,
+        "near_plane": near_plane,
+        "far_plane": far_plane,
+        "eps2d": eps2d,
+        "rasterize_mode": rasterize_mode,
     }
     return render_colors, render_alphas, info
 
@@ -275,6 +279,7 @@ def render_gaussians(gaussians: Gaussians, cameras: Cameras, settings: RenderSet
                                      cameras.width, cameras.height, sh_degree=g.sh_degree, backend=settings.backend,
                                      rasterize_mode=settings.rasterize_mode, covars=g.covars, **kwargs)
     info["param_ids"] = g.ids
+    info["gaussians"] = g  # what was rendered (density control may render it again, e.g. `blend_weights`)
     return colors, alphas, info
 
 
@@ -298,7 +303,8 @@ def merge_infos(infos, num_gaussians: int) -> Dict:
     if not infos:
         raise ValueError("merge_infos: no infos")
     W0, H0 = infos[0]["width"], infos[0]["height"]
-    out = {"width": W0, "height": H0, "param_ids": None, "camera_ids": None, "gaussian_ids": None,
+    out = {"width": W0, "height": H0, "param_ids": None, "camera_ids": None, "gaussian_ids": None, "gaussians": None,
+           **{k: infos[0].get(k) for k in ("near_plane", "far_plane", "eps2d", "rasterize_mode")},
            "n_cameras": sum(i["n_cameras"] for i in infos), "backend": infos[0]["backend"],
            "viewmats": torch.cat([i["viewmats"] for i in infos]), "Ks": torch.cat([i["Ks"] for i in infos])}
     for key in _PER_GAUSSIAN_INFO:

@@ -240,3 +240,55 @@ def test_steepgs_with_batches_and_on_a_dynamic_model(tmp_path):
     assert tr.num_gaussians != n0
     p = tr.model.params
     assert all(p[k].shape[0] == tr.num_gaussians for k in p.per_gaussian)
+
+
+def test_blend_weights_are_the_sum_of_alpha_times_transmittance():
+    """blend_weights against a dense float64 compositor: sum over pixels of alpha_i T_i."""
+    from splat.render import Gaussians, RenderSettings, render_gaussians
+    from splat.cameras import Cameras
+    from splat.strategies.ops import blend_weights
+
+    for backend in ("torch", "cpu"):
+        means, quats, scales, opac, colors, V, K, _ = _scene(torch.float64 if backend == "torch" else torch.float32)
+        g = Gaussians(means, quats, scales, opac, colors)
+        cams = Cameras(V, K, W, H)
+        _, _, info = render_gaussians(g, cams, RenderSettings(backend))
+        w = blend_weights(info)[0]
+        alphas = _dense_alphas(info["means2d"][0].double(), info["conics"][0].double(), info["opacities"][0].double())
+        T = torch.ones(H, W, dtype=torch.float64)
+        ref = torch.zeros(3, dtype=torch.float64)
+        for i in torch.argsort(info["depths"][0]).tolist():
+            ref[i] = (alphas[i] * T).sum()
+            T = T * (1 - alphas[i])
+        assert torch.allclose(w.double(), ref, rtol=1e-4, atol=1e-4), (backend, w, ref)
+
+
+def test_weight_pruning_removes_hidden_gaussians_only():
+    """A Gaussian hidden behind an opaque one has zero blend weight and is pruned; one outside
+    every view of the window is kept; the window skips the steps just after an opacity reset."""
+    from splat.render import Gaussians, RenderSettings, render_gaussians
+    from splat.cameras import Cameras
+    from splat.strategies.ops import prune_by_weight, track_blend_weights, weight_window_open
+
+    K = torch.tensor([[[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]]])
+    means = torch.tensor([[0.0, 0, 3], [0.0, 0, 4], [0.5, 0, 3.5], [50.0, 0, 3]])  # front, hidden, beside, outside
+    scales = torch.tensor([[0.5, 0.5, 0.05], [0.05, 0.05, 0.05], [0.1, 0.1, 0.1], [0.1, 0.1, 0.1]])
+    quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(4, 1)
+    opac = torch.tensor([0.99, 0.9, 0.9, 0.9])
+    params = torch.nn.ParameterDict({"means": torch.nn.Parameter(means), "quats": torch.nn.Parameter(quats),
+                                     "scales": torch.nn.Parameter(torch.log(scales)),
+                                     "opacities": torch.nn.Parameter(torch.logit(opac))})
+    opts = {k: torch.optim.Adam([p]) for k, p in params.items()}
+    _, _, info = render_gaussians(Gaussians(means, quats, scales, opac, torch.ones(4, 3)),
+                                  Cameras(torch.eye(4)[None], K, 32, 32), RenderSettings("cpu"))
+    state = {}
+    track_blend_weights(params, state, info)
+    assert state["weight_views"].tolist() == [1, 1, 1, 0]
+    assert state["max_weight"][1] < 0.1 < state["max_weight"][2]  # 1% of light passes the front one
+    ev = prune_by_weight(params, opts, state, 0.1)
+    assert ev == {"prune_weight": 1} and params["means"].shape[0] == 3
+    assert torch.equal(params["means"].data, means[[0, 2, 3]])
+    # windows: the 20 steps ending at a round, not within 100 steps after a reset (every 200)
+    open_steps = [s for s in range(0, 1001) if weight_window_open(s, 100, 200, 20)]
+    assert open_steps[:21] == list(range(0, 1)) + list(range(81, 101))
+    assert 300 not in open_steps and 400 in open_steps and 381 in open_steps and 380 not in open_steps

@@ -47,7 +47,7 @@ from ..render import RenderSettings
 from .adam import AdamConfig, AdamOptimizer
 from .base import Optimizer
 
-__all__ = ["LMConfig", "LMOptimizer", "pcg", "render_jvp"]
+__all__ = ["LMConfig", "LMOptimizer", "RenderJacobian", "pcg", "render_jvp"]
 
 
 # ----------------------------------------------------------------------------- PCG
@@ -112,41 +112,68 @@ def _pixel_stage_inputs(splats: Mapping[str, Tensor], sh_degree: int, cameras: C
     return (means2d, conics, feats, opac), (radii, depths)
 
 
+class RenderJacobian:
+    """The Jacobian of a static model's rendered images with respect to its parameters, at fixed
+    parameters, applied as J v (`jvp`) any number of times: the primal render's per-Gaussian
+    stage (activation, projection, spherical harmonics; O(N), the torch reference's) is
+    linearised once (`torch.func.linearize`, forward-mode AD) and its tile intersections
+    found once; each product replays the linear map and runs compositing's forward mode in
+    the backend's ``rasterize_to_pixels_jvp`` (native on cpu and cuda, from splat_math.h).
+
+    splats: the static parameters (means, quats, scales (log), opacities (logit), sh0, shN);
+    cameras: one image size; backgrounds [C,3] or None."""
+
+    def __init__(self, splats: Mapping[str, Tensor], sh_degree: int, cameras: Cameras,
+                 settings: RenderSettings = RenderSettings(), backgrounds: Optional[Tensor] = None,
+                 tile_size: int = 16):
+        self.names = list(splats)
+        self.primals = tuple(splats[k].detach() for k in self.names)
+        self.sh_degree, self.cameras, self.settings = sh_degree, cameras, settings
+        self.backgrounds, self.tile_size = backgrounds, tile_size
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's forward-AD decompositions still register through torch.jit.script
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+            (means2d, conics, feats, opac), (radii, depths) = self._stage(*self.primals)
+            # the per-Gaussian stage linearised once: each product replays its tangent part only
+            # (torch's constant folding in linearize warns about its own graph)
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
+            _, self._linear = torch.func.linearize(lambda *xs: self._stage(*xs)[0], *self.primals)
+        self._inputs = tuple(x.contiguous() for x in (means2d, conics, feats, opac))
+        self.impl = _render.get_backend(settings.backend, means2d.device, means2d.dtype)
+        W, H = cameras.width, cameras.height
+        self.tw, self.th = math.ceil(W / tile_size), math.ceil(H / tile_size)
+        _, _, self.flatten_ids, self.isect_offsets = self.impl.isect_tiles(means2d, radii, depths, tile_size,
+                                                                           self.tw, self.th, None)
+
+    def _stage(self, *xs):
+        return _pixel_stage_inputs(dict(zip(self.names, xs)), self.sh_degree, self.cameras, self.settings)
+
+    def jvp(self, tangents: Mapping[str, Tensor]) -> Tensor:
+        """J v for `tangents` (by parameter name, missing ones zero): the images' tangent
+        [C,H,W,3]. Raises ``ValueError`` when a tangent's shape differs from its parameter's."""
+        for k, p in zip(self.names, self.primals):
+            if k in tangents and tangents[k].shape != p.shape:
+                raise ValueError(f"render_jvp: tangent {k!r} is {list(tangents[k].shape)}, the parameter "
+                                 f"{list(p.shape)}")
+        tans = tuple(tangents[k] if k in tangents else torch.zeros_like(p) for k, p in zip(self.names, self.primals))
+        with torch.no_grad():
+            tan = self._linear(*tans)
+        means2d, conics, feats, opac = self._inputs
+        W, H = self.cameras.width, self.cameras.height
+        t_images, _ = self.impl.rasterize_to_pixels_jvp(means2d, conics, feats, opac, *(t.contiguous() for t in tan),
+                                                        W, H, self.tile_size, self.isect_offsets, self.flatten_ids,
+                                                        self.backgrounds)
+        return t_images
+
+
 def render_jvp(splats: Mapping[str, Tensor], tangents: Mapping[str, Tensor], sh_degree: int, cameras: Cameras,
                settings: RenderSettings = RenderSettings(), backgrounds: Optional[Tensor] = None,
                tile_size: int = 16) -> Tensor:
     """J v: the derivative of the rendered images of `cameras` along `tangents` (a direction in
-    the static splats' parameters: means, quats, scales (log), opacities (logit), sh0, shN).
-
-    The per-Gaussian stage runs in torch's forward-mode AD (`torch.func.jvp`) over the reference
-    projection; compositing runs the backend's ``rasterize_to_pixels_jvp`` (native on cpu and
-    cuda). Returns the images' tangent [C,H,W,3]. Raises
-    ``ValueError`` when a tangent's shape differs from its parameter's."""
-    names = list(splats)
-    for k in names:
-        if k in tangents and tangents[k].shape != splats[k].shape:
-            raise ValueError(f"render_jvp: tangent {k!r} is {list(tangents[k].shape)}, the parameter "
-                             f"{list(splats[k].shape)}")
-    primals = tuple(splats[k].detach() for k in names)
-    tans = tuple(tangents[k] if k in tangents else torch.zeros_like(splats[k]) for k in names)
-
-    def f(*xs):
-        out, aux = _pixel_stage_inputs(dict(zip(names, xs)), sh_degree, cameras, settings)
-        return out, aux
-
-    with torch.no_grad(), warnings.catch_warnings():
-        # torch's forward-AD decompositions still register through torch.jit.script
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
-        (prim, tan, aux) = torch.func.jvp(f, primals, tans, has_aux=True)
-    means2d, conics, feats, opac = (x.contiguous() for x in prim)
-    radii, depths = aux
-    impl = _render.get_backend(settings.backend, means2d.device, means2d.dtype)
-    W, H = cameras.width, cameras.height
-    tw, th = math.ceil(W / tile_size), math.ceil(H / tile_size)
-    _, _, flatten_ids, isect_offsets = impl.isect_tiles(means2d, radii, depths, tile_size, tw, th, None)
-    t_images, _ = impl.rasterize_to_pixels_jvp(means2d, conics, feats, opac, *(t.contiguous() for t in tan), W, H,
-                                               tile_size, isect_offsets, flatten_ids, backgrounds)
-    return t_images
+    the static splats' parameters: means, quats, scales (log), opacities (logit), sh0, shN),
+    as [C,H,W,3]; one product of a `RenderJacobian`. Raises ``ValueError`` when a tangent's
+    shape differs from its parameter's."""
+    return RenderJacobian(splats, sh_degree, cameras, settings, backgrounds, tile_size).jvp(tangents)
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -328,12 +355,12 @@ class LMOptimizer(Optimizer):
                     diag += jt(z) ** 2
                 diag = _floor_per_parameter(diag / c.probes, params, c.diag_floor)
                 lam = self.damping
+                jac = RenderJacobian({k: p for k, p in zip(names, params)}, self.sh_degree, cams, tr.settings,
+                                     tr.background[None].expand(len(cams), -1))
 
                 def apply_A(v):
                     tangents = {k: t.reshape(p.shape) for k, p, t in zip(names, params, _split(v, params))}
-                    jv = render_jvp({k: p for k, p in zip(names, params)}, tangents, self.sh_degree, cams,
-                                    tr.settings, tr.background[None].expand(len(cams), -1))
-                    return jt(jv) + lam * diag * v
+                    return jt(jac.jvp(tangents)) + lam * diag * v
 
                 delta, _ = pcg(apply_A, b, 1.0 / ((1.0 + lam) * diag), c.pcg_iterations)
             deltas.append(delta)

@@ -148,3 +148,84 @@ def reset_opacity(params, optimizers, state: Dict, value: float) -> None:
     cap = torch.logit(torch.tensor(value)).item()
     update_params(params, optimizers, lambda _, p: p.clamp_max(cap), lambda _, v: torch.zeros_like(v),
                   names=["opacities"])
+
+
+@torch.no_grad()
+def blend_weights(info) -> Tensor:
+    """Each rendered Gaussian's total blend weight in each camera of a render, sum over pixels of
+    alpha * T (in pixels: 1 = one pixel's worth of colour), from `render_gaussians`' `info`
+    (its ``gaussians``, cameras and settings) -> [C, M] for its M Gaussians.
+
+    One more render of the same Gaussians with a one-channel colour of ones, whose colour
+    gradient is exactly that sum (LightGaussian's "global significance" without the volume
+    term). Raises ``ValueError`` when the info has no ``gaussians`` (a render not made
+    through `render_gaussians`)."""
+    from ..render import rasterize
+
+    g = info.get("gaussians")
+    if g is None:
+        raise ValueError("blend_weights: the render info has no 'gaussians' (render through render_gaussians)")
+    V, K = info["viewmats"].detach(), info["Ks"].detach()
+    C, M = V.shape[0], len(g)
+    ones = torch.ones(C, M, 1, dtype=g.means.dtype, device=g.means.device, requires_grad=True)
+    det = lambda t: None if t is None else t.detach()  # noqa: E731
+    with torch.enable_grad():
+        out, _, _ = rasterize(g.means.detach(), det(g.quats), det(g.scales), g.opacities.detach(), ones, V, K,
+                              info["width"], info["height"], near_plane=info["near_plane"],
+                              far_plane=info["far_plane"], eps2d=info["eps2d"], backend=info["backend"],
+                              rasterize_mode=info["rasterize_mode"], covars=det(g.covars))
+        w, = torch.autograd.grad(out.sum(), ones)
+    return w[..., 0]
+
+
+def weight_window_open(step: int, refine_every: int, reset_every: int, window: int) -> bool:
+    """Whether step `step` lies in the `window` steps that end at a refinement round (every
+    `refine_every` steps) whose blend weights are worth measuring: the window must not start
+    within `refine_every` steps after an opacity reset (every `reset_every` steps), while the
+    reset opacities are still recovering."""
+    if window <= 0 or refine_every <= 0:
+        return False
+    to_round = (-step) % refine_every  # steps until the next round (0: this step is one)
+    if to_round >= window:
+        return False
+    start = step + to_round - window
+    return reset_every <= 0 or start < reset_every or start % reset_every >= refine_every
+
+
+@torch.no_grad()
+def track_blend_weights(params, state: Dict, info) -> None:
+    """Raise ``state["max_weight"]`` [N] to each rendered Gaussian's `blend_weights` in this
+    step's cameras and count the views that rendered it in ``state["weight_views"]`` [N]
+    (both made at the parameters' size when missing or stale). A merged info (views rendered
+    one per call, `splat.render.merge_infos`) carries no Gaussians to render again: skipped."""
+    if info.get("gaussians") is None:
+        return
+    n = params["means"].shape[0]
+    dev = params["means"].device
+    if state.get("max_weight") is None or state["max_weight"].shape[0] != n:
+        state["max_weight"] = torch.zeros(n, device=dev)
+        state["weight_views"] = torch.zeros(n, device=dev)
+    w = blend_weights(info)  # [C, M]
+    sel = (info["radii"] > 0).all(-1)
+    cam, rid = sel.nonzero(as_tuple=True)
+    ids = info.get("param_ids")
+    gid = rid if ids is None else ids[rid]
+    state["max_weight"].scatter_reduce_(0, gid, w[cam, rid].float(), reduce="amax")
+    state["weight_views"].index_add_(0, gid, torch.ones_like(gid, dtype=torch.float32))
+
+
+@torch.no_grad()
+def prune_by_weight(params, optimizers, state: Dict, threshold: float) -> Dict[str, int]:
+    """Remove the Gaussians that `track_blend_weights` saw in at least one view and whose blend
+    weight stayed below `threshold` pixels in every one (hidden behind others, or too faint
+    to matter); Gaussians it never saw are kept. Resets the tracking. Returns
+    ``{"prune_weight": count}``."""
+    if state.get("max_weight") is None or state["max_weight"].shape[0] != params["means"].shape[0]:
+        return {"prune_weight": 0}
+    mask = (state["weight_views"] > 0) & (state["max_weight"] < threshold)
+    n = int(mask.sum())
+    if n:
+        remove(params, optimizers, state, mask)
+    state["max_weight"].zero_()
+    state["weight_views"].zero_()
+    return {"prune_weight": n}

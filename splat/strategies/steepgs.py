@@ -34,7 +34,12 @@ mu +- ``split_distance`` sigma_v v_min, each with the opacity 1 - sqrt(1 - o) (o
 normalisation: the pair composites to the parent's opacity, and to o/2 each for faint
 Gaussians, the paper's equal weights); large ones (max scale above ``grow_scale3d`` x the
 scene scale) also shrink their scales by 1.6, as 3DGS's split does. Pruning and the opacity
-reset are 3DGS's (`prune_step`).
+reset are 3DGS's (`prune_step`), plus, with ``prune_weight``, the removal of Gaussians whose
+blend weight (sum over pixels of alpha T, measured by one more render in the ``weight_window``
+steps before a round, from the first opacity reset on) stays below a fraction of a pixel in every view: random initial
+points hidden inside objects, and faint ones (LightGaussian's global significance). It is
+what makes the model compact from random initialisation, where ADC's densification adds
+little and the survivors of the initial points are most of the count.
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ from torch import Tensor
 from ..backends.torch_ref import quat_scale_to_covar
 from .adc import accumulate_grad2d, prune_step
 from .base import Strategy
-from .ops import reset_opacity, split
+from .ops import prune_by_weight, reset_opacity, split, track_blend_weights, weight_window_open
 
 __all__ = ["SteepGSStrategy", "splitting_matrices_2d", "projection_jacobians", "unpack_symmetric"]
 
@@ -108,9 +113,17 @@ class SteepGSStrategy(Strategy):
     """Clamp opacities to 2 * prune_opa every this many steps (0: never)."""
     max_gaussians: int = 0
     """Split no further beyond this many Gaussians (0: no limit); the most negative splits go first."""
+    prune_weight: float = 0.1
+    """Also remove, at a round after the first opacity reset, the Gaussians whose blend weight (sum over pixels
+    of alpha T) stayed below this many pixels in every view rendered in the --steepgs.weight-window steps
+    before it (hidden or negligible ones; 0: off)."""
+    weight_window: int = 20
+    """Steps before a round whose views measure blend weights (one more render each; skipped while opacities
+    recover from a reset)."""
 
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
-        return {"scene_scale": float(scene_scale), "grad2d": None, "count": None, "split_matrix": None}
+        return {"scene_scale": float(scene_scale), "grad2d": None, "count": None, "split_matrix": None,
+                "max_weight": None, "weight_views": None}
 
     def step_pre_backward(self, params, optimizers, state, step, info) -> None:
         for key in ("means2d", "conics", "opacities"):
@@ -124,8 +137,16 @@ class SteepGSStrategy(Strategy):
         if step >= self.refine_stop_iter:
             return events
         self._update_state(params, state, info)
+        # after the first opacity reset, as ADC's size pruning: the initial points have settled by then
+        after_reset = step - self.weight_window >= (self.reset_every if self.reset_every > 0 else self.refine_start_iter)
+        weigh = self.prune_weight > 0 and after_reset and weight_window_open(step, self.refine_every, self.reset_every,
+                                                                             self.weight_window)
+        if weigh:
+            track_blend_weights(params, state, info)
         if step > self.refine_start_iter and step % self.refine_every == 0:
             events.update(self._split(params, optimizers, state))
+            if weigh:
+                events.update(prune_by_weight(params, optimizers, state, self.prune_weight))
             events.update(prune_step(params, optimizers, state, step, self.prune_opa, self.prune_scale3d,
                                      self.reset_every))
             for k in ("grad2d", "count", "split_matrix"):
