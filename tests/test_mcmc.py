@@ -138,3 +138,12 @@ def test_mcmc_trains_grows_and_resumes_exactly(tmp_path):
     resumed.train()
     differ = [k for k, v in full.model.params.items() if not torch.equal(v, resumed.model.params[k])]
     assert not differ
+
+
+def test_a_shorter_run_scales_the_interval_and_the_cap():
+    """As gsplat's steps_scaler: start, stop, interval and (here) the cap follow the run's length,
+    so a 2000-step run grows per step as a 30k one does, to a budget its time can pay for."""
+    s = MCMCStrategy().scaled(2000 / 30000)
+    assert (s.refine_start_iter, s.refine_stop_iter, s.refine_every, s.cap_max) == (33, 1666, 6, 33_333)
+    s = MCMCStrategy(refine_every=10).scaled(0.01)
+    assert s.refine_every == 1  # never below every step
