@@ -86,3 +86,29 @@ def train_run(data, steps: int, log=print, label: str = "", **cfg) -> dict:
     log(f"  {label:10s} PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.4f}  {r['num_gaussians']:8,d} Gaussians  "
         f"{r['train_seconds']:6.1f} s")
     return r
+
+
+def plot_psnr_over_time(panels: dict, path, reference: dict = None) -> None:
+    """One panel per scene: test PSNR over training seconds of each run (`train_run` results with
+    their eval history), labelled by name; `reference` {scene: psnr} draws a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.4), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], panels.items()):
+        for label, r in runs.items():
+            h = [e for e in r["history"] if "psnr" in e]
+            ax.plot([e["train_seconds"] for e in h] + [r["train_seconds"]], [e["psnr"] for e in h] + [r["psnr"]],
+                    marker="o", ms=3, label=label)
+        if reference and name in reference:
+            ax.axhline(reference[name], color="gray", lw=0.8, ls="--")
+        ax.set_title(name)
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel("test PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"-> {path}")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import train_run  # noqa: E402
+from bench.common import plot_psnr_over_time, train_run  # noqa: E402
 from bench.strategies import scene  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results_optimizers.json"
@@ -53,7 +53,11 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--plot", action="store_true")
+    ap.add_argument("--plot-only", action="store_true", help="only draw the plot from the results file")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), Path(__file__).resolve().parent / Path(__file__).with_suffix(".png").name)
+        return 0
     from splat.optim.lm import LMConfig
 
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
@@ -86,28 +90,9 @@ def max_psnr(r: dict) -> float:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     scenes = results["scenes"]
-    fig, axes = plt.subplots(1, len(scenes), figsize=(4.4 * len(scenes), 3.4), squeeze=False)
-    for ax, (name, row) in zip(axes[0], scenes.items()):
-        for key in ("adam", "lm"):
-            r = row[key]
-            h = [e for e in r["history"] if "psnr" in e]
-            ax.plot([e["train_seconds"] for e in h] + [r["train_seconds"]], [e["psnr"] for e in h] + [r["psnr"]],
-                    marker="o", ms=3, label=key)
-        ax.axhline(row["adam"]["psnr"], color="gray", lw=0.8, ls="--")
-        ax.set_title(name)
-        ax.set_xlabel("training seconds")
-        ax.set_ylabel("test PSNR (dB)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"-> {path}")
+    plot_psnr_over_time({name: {"adam": row["adam"], "lm": row["lm"]} for name, row in scenes.items()}, path,
+                        reference={name: row["adam"]["psnr"] for name, row in scenes.items()})
 
 
 if __name__ == "__main__":

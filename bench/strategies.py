@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import object_scene_path, train_run  # noqa: E402
+from bench.common import object_scene_path, plot_psnr_over_time, train_run  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results_strategies.json"
 STRATEGIES = ("adc", "mcmc", "steepgs")
@@ -63,7 +63,11 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--plot", action="store_true", help="draw bench/strategies.png from the results")
+    ap.add_argument("--plot-only", action="store_true", help="only draw the plot from the results file")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), Path(__file__).resolve().parent / Path(__file__).with_suffix(".png").name)
+        return 0
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                           f"{torch.__version__}, {torch.get_num_threads()} threads", "steps": args.steps, "scenes": {}}
     if args.out.is_file():
@@ -107,27 +111,8 @@ def report(name: str, rows: dict) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scenes = results["scenes"]
-    fig, axes = plt.subplots(1, len(scenes), figsize=(4.2 * len(scenes), 3.4), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], scenes.items()):
-        for s, r in rows.items():
-            h = [e for e in r["history"] if "psnr" in e]
-            xs = [e["train_seconds"] for e in h] + [r["train_seconds"]]
-            ys = [e["psnr"] for e in h] + [r["psnr"]]
-            ax.plot(xs, ys, marker="o", ms=3, label=f"{s} ({r['num_gaussians'] / 1000:.0f}k)")
-        ax.set_title(name)
-        ax.set_xlabel("training seconds")
-        ax.set_ylabel("test PSNR (dB)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"-> {path}")
+    plot_psnr_over_time({name: {f"{s} ({r['num_gaussians'] / 1000:.0f}k)": r for s, r in rows.items()}
+                         for name, rows in results["scenes"].items()}, path)
 
 
 if __name__ == "__main__":
