@@ -12,8 +12,8 @@ from synthetic_data import make_views, small_train_config, write_blender
 
 from splat.backends import torch_ref
 from splat.cameras import Cameras
-from splat.models.static import render_splats
-from splat.optim.lm import LMConfig, pcg, render_jvp
+from splat.models.static import render_jvp, render_splats
+from splat.optim.lm import LMConfig, pcg
 from splat.render import RenderSettings
 from splat.train import Trainer
 
@@ -187,7 +187,7 @@ def test_lm_resumes_bit_for_bit(blender_dir, tmp_path):
 def test_lm_refuses_other_model_kinds_and_bad_options(blender_dir, tmp_path):
     from test_dynamic import _cfg as dyn_cfg, synthetic_dataset
 
-    with pytest.raises(ValueError, match="--optimizer lm: .*--model 4dgs is not supported"):
+    with pytest.raises(ValueError, match="--optimizer lm: .*--model 4dgs does not provide"):
         Trainer(dyn_cfg(tmp_path, "4dgs", optimizer="lm"), dataset=synthetic_dataset(n_cams=3, n_times=3, W=16),
                 log=QUIET)
     with pytest.raises(ValueError, match="pcg-iterations"):

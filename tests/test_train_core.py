@@ -334,7 +334,7 @@ def test_render_cli_refuses_cameras_a_model_cannot_render(blender_dir, tmp_path,
 
 
 def test_unknown_pieces_are_refused_by_name(blender_dir, tmp_path):
-    for kind, value in (("model", "nerf"), ("strategy", "steepest"), ("optimizer", "lm")):
+    for kind, value in (("model", "nerf"), ("strategy", "steepest"), ("optimizer", "sgd")):
         with pytest.raises(ValueError, match=f"unknown {kind} '{value}'"):
             Trainer(small_train_config(blender_dir, tmp_path / kind, **{kind: value}), log=QUIET)
     # the 0.1 Python form, an options object where the name goes, says what to write instead

@@ -194,6 +194,17 @@ class Model(torch.nn.Module):
             rgb = rgb + (1.0 - alphas) * backgrounds[:, None, None, :]
         return RenderOutput(torch.cat([rgb, colors[..., F:]], -1), alphas, info, g)
 
+    has_jacobian: ClassVar[bool] = False
+    """Whether ``jacobian`` gives Jacobian-vector products of the render (second-order optimisers)."""
+
+    def jacobian(self, cameras: Cameras, settings: RenderSettings = RenderSettings(), *, step: Optional[int] = None,
+                 backgrounds: Optional[Tensor] = None):
+        """The Jacobian of ``render(cameras, ...).colors`` with respect to ``params`` at their current
+        values, as an object whose ``jvp(tangents)`` gives J v ([C,H,W,3]) for a direction given by
+        parameter name (`splat.models.jacobian.RenderJacobian`); J^T w is the render's backward.
+        Raises ``NotImplementedError`` for a kind without it (``has_jacobian`` False)."""
+        raise NotImplementedError(f"--model {self.name} provides no Jacobian products")
+
     # ------------------------------------------------------------------ training
     def learning_rates(self, step: int, iterations: int) -> Dict[str, float]:
         """The learning rate of every parameter at `step` of a run of `iterations` steps."""

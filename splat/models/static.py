@@ -27,6 +27,7 @@ from ..io.common import SH_C0
 from ..io.common import sh_degree as sh_degree_of  # SH degree of a splats dict, from the shN shape
 from ..render import Gaussians, RenderSettings, rasterize
 from .base import Model, learning_rate_decay
+from .jacobian import RenderJacobian
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -87,6 +88,17 @@ def splats_to_gaussians(splats: Mapping[str, Tensor], sh_degree: Optional[int] =
         sh_degree = sh_degree_of(splats)
     return Gaussians(splats["means"], splats["quats"], torch.exp(splats["scales"]), torch.sigmoid(splats["opacities"]),
                      torch.cat([splats["sh0"], splats["shN"]], 1), sh_degree)
+
+
+def render_jvp(splats: Mapping[str, Tensor], tangents: Mapping[str, Tensor], sh_degree: int, cameras: Cameras,
+               settings: RenderSettings = RenderSettings(), backgrounds: Optional[Tensor] = None) -> Tensor:
+    """J v: the derivative of the images `render_splats` gives for `cameras` along `tangents` (a
+    direction in the splats' parameters by name: means, quats, scales (log), opacities
+    (logit), sh0, shN; missing ones zero), as [C,H,W,3]: one product of a
+    `splat.models.jacobian.RenderJacobian`. Raises ``ValueError`` when a tangent's shape
+    differs from its parameter's."""
+    return RenderJacobian(splats, lambda p: splats_to_gaussians(p, sh_degree), cameras, settings,
+                          backgrounds).jvp(tangents)
 
 
 def render_splats(splats: Dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int, height: int,
@@ -178,6 +190,14 @@ class StaticModel(Model):
                   step: Optional[int] = None) -> Gaussians:
         degree = self.config.sh_degree if step is None else min(step // self.sh_interval, self.config.sh_degree)
         return splats_to_gaussians(self.params, degree)
+
+    has_jacobian = True
+
+    def jacobian(self, cameras: Cameras, settings: RenderSettings = RenderSettings(), *, step: Optional[int] = None,
+                 backgrounds: Optional[Tensor] = None) -> RenderJacobian:
+        degree = self.gaussians(cameras, settings, step).sh_degree
+        return RenderJacobian(dict(self.params.items()), lambda p: splats_to_gaussians(p, degree), cameras, settings,
+                              backgrounds)
 
     def learning_rates(self, step: int, iterations: int) -> Dict[str, float]:
         c = self.config

@@ -34,20 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import render as _render
-from ..backends import torch_ref
-from ..cameras import Cameras
-from ..render import RenderSettings
 from .adam import AdamConfig, AdamOptimizer
 from .base import Optimizer
 
-__all__ = ["LMConfig", "LMOptimizer", "RenderJacobian", "pcg", "render_jvp"]
+__all__ = ["LMConfig", "LMOptimizer", "pcg"]
 
 
 # ----------------------------------------------------------------------------- PCG
@@ -83,97 +78,6 @@ def pcg(apply_A: Callable[[Tensor], Tensor], b: Tensor, inv_diag: Optional[Tenso
         p = z + (rz_new / rz) * p
         rz = rz_new
     return x, iterations
-
-
-# ----------------------------------------------------------------------------- Jacobian products
-
-
-def _pixel_stage_inputs(splats: Mapping[str, Tensor], sh_degree: int, cameras: Cameras, settings: RenderSettings,
-                        eps2d: float = 0.3):
-    """The per-Gaussian stage of `rasterize` for a static splats dict, in plain torch (so that
-    forward-mode AD runs through it): returns ((means2d, conics, colors, opacities), (radii,
-    depths)) for the cameras, as `rasterize` hands them to compositing."""
-    from ..models.static import splats_to_gaussians
-
-    g = splats_to_gaussians(splats, sh_degree)
-    C = len(cameras)
-    antialiased = settings.rasterize_mode == "antialiased"
-    radii, means2d, depths, conics, comp = torch_ref.project(
-        g.means, g.quats, g.scales, g.opacities.detach(), cameras.viewmats, cameras.Ks, cameras.width, cameras.height,
-        eps2d, settings.near_plane, settings.far_plane, 0.0, antialiased)
-    visible = (radii > 0).all(-1)
-    opac = g.opacities[None].expand(C, -1)
-    if antialiased:
-        opac = opac * comp
-    vm = cameras.viewmats
-    campos = -torch.einsum("cji,cj->ci", vm[:, :3, :3], vm[:, :3, 3])
-    dirs = g.means[None] - campos[:, None]
-    feats = torch.clamp_min(torch_ref.spherical_harmonics(g.sh_degree, dirs, g.colors, visible) + 0.5, 0.0)
-    return (means2d, conics, feats, opac), (radii, depths)
-
-
-class RenderJacobian:
-    """The Jacobian of a static model's rendered images with respect to its parameters, at fixed
-    parameters, applied as J v (`jvp`) any number of times: the primal render's per-Gaussian
-    stage (activation, projection, spherical harmonics; O(N), the torch reference's) is
-    linearised once (`torch.func.linearize`, forward-mode AD) and its tile intersections
-    found once; each product replays the linear map and runs compositing's forward mode in
-    the backend's ``rasterize_to_pixels_jvp`` (native on cpu and cuda, from splat_math.h).
-
-    splats: the static parameters (means, quats, scales (log), opacities (logit), sh0, shN);
-    cameras: one image size; backgrounds [C,3] or None."""
-
-    def __init__(self, splats: Mapping[str, Tensor], sh_degree: int, cameras: Cameras,
-                 settings: RenderSettings = RenderSettings(), backgrounds: Optional[Tensor] = None,
-                 tile_size: int = 16):
-        self.names = list(splats)
-        self.primals = tuple(splats[k].detach() for k in self.names)
-        self.sh_degree, self.cameras, self.settings = sh_degree, cameras, settings
-        self.backgrounds, self.tile_size = backgrounds, tile_size
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch's forward-AD decompositions still register through torch.jit.script
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
-            (means2d, conics, feats, opac), (radii, depths) = self._stage(*self.primals)
-            # the per-Gaussian stage linearised once: each product replays its tangent part only
-            # (torch's constant folding in linearize warns about its own graph)
-            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
-            _, self._linear = torch.func.linearize(lambda *xs: self._stage(*xs)[0], *self.primals)
-        self._inputs = tuple(x.contiguous() for x in (means2d, conics, feats, opac))
-        self.impl = _render.get_backend(settings.backend, means2d.device, means2d.dtype)
-        W, H = cameras.width, cameras.height
-        self.tw, self.th = math.ceil(W / tile_size), math.ceil(H / tile_size)
-        _, _, self.flatten_ids, self.isect_offsets = self.impl.isect_tiles(means2d, radii, depths, tile_size,
-                                                                           self.tw, self.th, None)
-
-    def _stage(self, *xs):
-        return _pixel_stage_inputs(dict(zip(self.names, xs)), self.sh_degree, self.cameras, self.settings)
-
-    def jvp(self, tangents: Mapping[str, Tensor]) -> Tensor:
-        """J v for `tangents` (by parameter name, missing ones zero): the images' tangent
-        [C,H,W,3]. Raises ``ValueError`` when a tangent's shape differs from its parameter's."""
-        for k, p in zip(self.names, self.primals):
-            if k in tangents and tangents[k].shape != p.shape:
-                raise ValueError(f"render_jvp: tangent {k!r} is {list(tangents[k].shape)}, the parameter "
-                                 f"{list(p.shape)}")
-        tans = tuple(tangents[k] if k in tangents else torch.zeros_like(p) for k, p in zip(self.names, self.primals))
-        with torch.no_grad():
-            tan = self._linear(*tans)
-        means2d, conics, feats, opac = self._inputs
-        W, H = self.cameras.width, self.cameras.height
-        t_images, _ = self.impl.rasterize_to_pixels_jvp(means2d, conics, feats, opac, *(t.contiguous() for t in tan),
-                                                        W, H, self.tile_size, self.isect_offsets, self.flatten_ids,
-                                                        self.backgrounds)
-        return t_images
-
-
-def render_jvp(splats: Mapping[str, Tensor], tangents: Mapping[str, Tensor], sh_degree: int, cameras: Cameras,
-               settings: RenderSettings = RenderSettings(), backgrounds: Optional[Tensor] = None,
-               tile_size: int = 16) -> Tensor:
-    """J v: the derivative of the rendered images of `cameras` along `tangents` (a direction in
-    the static splats' parameters: means, quats, scales (log), opacities (logit), sh0, shN),
-    as [C,H,W,3]; one product of a `RenderJacobian`. Raises ``ValueError`` when a tangent's
-    shape differs from its parameter's."""
-    return RenderJacobian(splats, sh_degree, cameras, settings, backgrounds, tile_size).jvp(tangents)
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -230,11 +134,9 @@ class LMOptimizer(Optimizer):
         self.log: List[dict] = []
 
     def attach(self, trainer) -> None:
-        from ..models.static import StaticModel
-
-        if not isinstance(trainer.model, StaticModel):
-            raise ValueError(f"--optimizer lm: Levenberg-Marquardt differentiates the static model's renderer; "
-                             f"--model {trainer.model.name} is not supported")
+        if not trainer.model.has_jacobian:
+            raise ValueError(f"--optimizer lm: Levenberg-Marquardt needs the renderer's Jacobian products, which "
+                             f"--model {trainer.model.name} does not provide (--model static does)")
         c = self.config
         if c.lm_steps < 0 or c.pcg_iterations < 1 or c.subset_size < 1 or c.probes < 1 or c.damping <= 0:
             raise ValueError("--lm: lm-steps must be >= 0, pcg-iterations, subset-size and probes >= 1, damping > 0")
@@ -295,33 +197,22 @@ class LMOptimizer(Optimizer):
         return out
 
     def _batch(self, ids):
-        tr = self.trainer
-        cams = Cameras.cat([tr.train_views.camera(i) for i in ids]) if len(ids) > 1 else tr.train_views.camera(ids[0])
-        gt = torch.stack([tr.train_views.image(i) for i in ids])
-        masks = [tr.train_views.mask(i) for i in ids]
+        cams, gt, masks = self.trainer.train_views.batch(ids)
         weight = None
         if any(m is not None for m in masks):
             weight = torch.stack([torch.ones_like(gt[k, ..., :1]) if m is None else m.to(gt.dtype)
                                   for k, m in enumerate(masks)])
         return cams, gt, weight
 
-    def _render(self, cams, splats=None):
+    def _render(self, cams, step: int):
         tr = self.trainer
-        from ..models.static import render_splats
-
-        splats = self.params if splats is None else splats
-        bg = tr.background[None].expand(len(cams), -1)
-        colors, _, _ = render_splats(splats, cams.viewmats, cams.Ks, cams.width, cams.height,
-                                     sh_degree=self.sh_degree, backgrounds=bg, backend=tr.settings.backend,
-                                     rasterize_mode=tr.settings.rasterize_mode, near_plane=tr.settings.near_plane,
-                                     far_plane=tr.settings.far_plane)
-        return colors
+        return tr.model.render(cams, tr.settings, step=step, backgrounds=tr.background[None].expand(len(cams), -1)).colors
 
     @torch.no_grad()
-    def _sse(self, subsets_data, splats=None) -> float:
+    def _sse(self, subsets_data, step: int) -> float:
         total = 0.0
         for cams, gt, weight in subsets_data:
-            r = self._render(cams, splats) - gt
+            r = self._render(cams, step) - gt
             if weight is not None:
                 r = r * weight
             total += float((r.double() ** 2).sum())
@@ -330,7 +221,6 @@ class LMOptimizer(Optimizer):
     def lm_step(self, step: int) -> dict:
         tr = self.trainer
         c = self.config
-        self.sh_degree = tr.model.gaussians(tr.train_views.camera(0), tr.settings, step).sh_degree
         names = list(self.params.keys())
         params = [self.params[k] for k in names]
         subsets = [self._batch(ids) for ids in self._subsets(step)]
@@ -339,7 +229,7 @@ class LMOptimizer(Optimizer):
         deltas, weights = [], []
         for cams, gt, weight in subsets:
             with torch.enable_grad():
-                imgs = self._render(cams)
+                imgs = self._render(cams, step)
                 r = (imgs - gt).detach()  # the residuals (masked pixels: J and r are both zero there)
 
                 def jt(w):  # J^T w, w like the images
@@ -355,8 +245,8 @@ class LMOptimizer(Optimizer):
                     diag += jt(z) ** 2
                 diag = _floor_per_parameter(diag / c.probes, params, c.diag_floor)
                 lam = self.damping
-                jac = RenderJacobian({k: p for k, p in zip(names, params)}, self.sh_degree, cams, tr.settings,
-                                     tr.background[None].expand(len(cams), -1))
+                jac = tr.model.jacobian(cams, tr.settings, step=step,
+                                        backgrounds=tr.background[None].expand(len(cams), -1))
 
                 def apply_A(v):
                     tangents = {k: t.reshape(p.shape) for k, p, t in zip(names, params, _split(v, params))}
@@ -368,24 +258,27 @@ class LMOptimizer(Optimizer):
         wsum = torch.stack(weights).sum(0).clamp_min(1e-30)
         delta = sum(w * d for w, d in zip(weights, deltas)) / wsum
 
-        before = self._sse(subsets)
-        accepted, factor = False, 1.0
+        before = self._sse(subsets, step)
+        start = [p.detach().clone() for p in params]
+        steps = _split(delta, params)
+        accepted, factor, after = False, 1.0, before
         for _ in range(c.max_backtracks + 1):
-            trial = {k: (p.detach() + factor * d.reshape(p.shape)) for k, p, d in zip(names, params, _split(delta, params))}
-            if not all(bool(torch.isfinite(t).all()) for t in trial.values()):
-                factor *= 0.5
-                continue
-            after = self._sse(subsets, trial)
-            if after < before:
-                accepted = True
-                break
+            trial = [p0 + factor * d.reshape(p0.shape) for p0, d in zip(start, steps)]
+            if all(bool(torch.isfinite(t).all()) for t in trial):
+                with torch.no_grad():
+                    for p, t in zip(params, trial):
+                        p.copy_(t)
+                after = self._sse(subsets, step)
+                if after < before:
+                    accepted = True
+                    break
             factor *= 0.5
         if accepted:
-            with torch.no_grad():
-                for k, p in zip(names, params):
-                    p.copy_(trial[k])
             self.damping = max(self.damping / c.damping_down, c.min_damping)
         else:
+            with torch.no_grad():
+                for p, p0 in zip(params, start):
+                    p.copy_(p0)
             self.damping *= c.damping_up
         entry = {"step": step, "accepted": accepted, "factor": factor, "mse_before": before / n_values,
                  "mse_after": (after if accepted else before) / n_values, "damping": self.damping}

@@ -53,6 +53,12 @@ class Views:
         """bool [H,W,1] (True = pixel used by the loss and the metrics), or None."""
         return self.masks[i]
 
+    def batch(self, ids: List[int]):
+        """Views `ids` (of one image size) as one batch: (Cameras, images [B,H,W,3], masks: B
+        entries of `mask`)."""
+        cams = Cameras.cat([self.cameras[i] for i in ids]) if len(ids) > 1 else self.cameras[ids[0]]
+        return cams, torch.stack([self.image(i) for i in ids]), [self.masks[i] for i in ids]
+
 
 def view_for_step(step: int, n_views: int, seed: int) -> int:
     """Each epoch visits every training view once in a fresh random order (a function of the

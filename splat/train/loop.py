@@ -33,7 +33,6 @@ from ..io.common import atomic_write
 from ..io.images import save_png
 from ..metrics import psnr as psnr_fn
 from ..models.base import Model
-from ..cameras import Cameras
 from ..render import RenderSettings, merge_infos
 from .callbacks import Callback, CallbackList, load_callback
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -174,10 +173,7 @@ class Trainer:
         self.current_step = step  # what an optimizer with a schedule of its own (LM) reads
         views = self.step_views(step)
         B = len(views)
-        groups = [(ids, Cameras.cat([self.train_views.camera(i) for i in ids]) if len(ids) > 1
-                   else self.train_views.camera(ids[0]),
-                   torch.stack([self.train_views.image(i) for i in ids]),
-                   [self.train_views.mask(i) for i in ids]) for ids in self.view_groups(views)]
+        groups = [(ids, *self.train_views.batch(ids)) for ids in self.view_groups(views)]
         self.optimizer.set_learning_rates(self.model.learning_rates(step, self.iterations))
         infos: List[dict] = []
 
