@@ -1,8 +1,9 @@
 """Levenberg-Marquardt after an Adam warm-up (3DGS-LM: "Faster Gaussian-Splatting Optimization
 with Levenberg-Marquardt", Hoellein et al. 2024).
 
-The loss of an LM step is a sum of squares, 1/2 |r|^2 with r = (render - image) / sqrt(P)
-over the P values of the step's images (the mean squared error, so PSNR is what it lowers).
+The loss of an LM step is a sum of squares, 1/2 |r|^2 with r = render - image over every value
+of the training views' images (pixels outside a view's mask left out): the squared error,
+so PSNR is what it raises.
 Each LM step solves the damped normal equations
 
     (J^T J + lambda diag(J^T J)) delta = -J^T r
@@ -33,7 +34,6 @@ runs there, as in the paper's warm start); the last ``lm_steps`` are LM steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch

@@ -35,16 +35,17 @@ normalisation: the pair composites to the parent's opacity, and to o/2 each for 
 Gaussians, the paper's equal weights); large ones (max scale above ``grow_scale3d`` x the
 scene scale) also shrink their scales by 1.6, as 3DGS's split does. Pruning and the opacity
 reset are 3DGS's (`prune_step`), plus, with ``prune_weight``, the removal of Gaussians whose
-blend weight (sum over pixels of alpha T, measured by one more render in the ``weight_window``
-steps before a round, from the first opacity reset on) stays below a fraction of a pixel in every view: random initial
-points hidden inside objects, and faint ones (LightGaussian's global significance). It is
-what makes the model compact from random initialisation, where ADC's densification adds
-little and the survivors of the initial points are most of the count.
+blend weight (sum over pixels of alpha T, measured by one more render in the
+``weight_window`` steps before a round, from the first opacity reset on) stays below a
+fraction of a pixel in every view: random initial points hidden inside objects, and faint
+ones (LightGaussian's global significance). It is what makes the model compact from random
+initialisation, where ADC's densification adds little and the survivors of the initial
+points are most of the count.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from torch import Tensor
