@@ -152,3 +152,23 @@ def test_batched_training_densifies_and_resumes_bit_for_bit(blender_dir, tmp_pat
 def test_bad_batch_size_is_refused(blender_dir, tmp_path):
     with pytest.raises(ValueError, match="--batch-size must be at least 1, got 0"):
         Trainer(small_train_config(blender_dir, tmp_path / "x", batch_size=0), log=QUIET)
+
+
+@pytest.mark.parametrize("piece", ["mcmc", "steepgs", "lm"])
+def test_batches_work_with_every_strategy_and_optimizer(blender_dir, tmp_path, piece):
+    from splat.optim.lm import LMConfig
+    from splat.strategies import MCMCStrategy, SteepGSStrategy
+
+    kw = {"mcmc": dict(strategy="mcmc", mcmc=MCMCStrategy(refine_start_iter=5, refine_every=10, cap_max=400)),
+          "steepgs": dict(strategy="steepgs", steepgs=SteepGSStrategy(refine_start_iter=5, refine_every=10,
+                                                                      reset_every=20, grow_grad2d=1e-5)),
+          "lm": dict(optimizer="lm", lm=LMConfig(lm_steps=2, pcg_iterations=2, probes=1))}[piece]
+    tr = Trainer(small_train_config(blender_dir, tmp_path / piece, batch_size=2, iterations=30, save_renders=0, **kw),
+                 log=QUIET)
+    n0 = tr.num_gaussians
+    m = tr.train()
+    assert m["psnr"] > 12
+    if piece != "lm":
+        assert tr.num_gaussians != n0
+    else:
+        assert [e["step"] for e in tr.optimizer.log] == [28, 29]
