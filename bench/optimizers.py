@@ -14,7 +14,7 @@ first reach Adam's final test PSNR (from its eval history) as a fraction of Adam
 time: the issue's check is at most 80%. Results: ``bench/results_optimizers.json``;
 ``--plot`` draws test PSNR over training seconds (``bench/optimizers.png``).
 
-    python bench/optimizers.py                       # default scene and the NeRF-synthetic object
+    python bench/optimizers.py                       # default scene, real-style capture, NeRF-synthetic object
     python bench/optimizers.py --scenes object --warmup 1200 --lm-steps 8
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def time_to(history, final: dict, target: float):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenes", nargs="+", choices=("default", "capture", "capture-heldout", "object"),
-                    default=["default", "object"])
+                    default=["default", "capture", "object"])
     ap.add_argument("--steps", type=int, default=2000, help="Adam's steps")
     ap.add_argument("--warmup", type=int, default=1200, help="LM run: Adam steps before the LM steps")
     ap.add_argument("--lm-steps", type=int, default=8)
@@ -63,6 +63,10 @@ def main(argv=None) -> int:
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                           f"{torch.__version__}, {torch.get_num_threads()} threads", "steps": args.steps,
                "warmup": args.warmup, "lm_steps": args.lm_steps, "scenes": {}}
+    if args.out.is_file():  # keep other scenes' figures from earlier runs of the same settings
+        old = json.loads(args.out.read_text())
+        if (old.get("steps"), old.get("warmup"), old.get("lm_steps")) == (args.steps, args.warmup, args.lm_steps):
+            results["scenes"] = old.get("scenes", {})
     for name in args.scenes:
         data, opts = scene(name)
         print(f"{name} ({data}):")
