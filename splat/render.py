@@ -297,13 +297,15 @@ def merge_infos(infos, num_gaussians: int) -> Dict:
     ``.grad`` (and ``absgrad``) where the backward has run, so a density strategy reads them
     as from one batched render. Gradients of ``means2d`` are rescaled to the first render's
     image size (strategies normalise by ``info["width"]``/``["height"]``, which are that
-    size's). ``viewmats`` and ``Ks`` are concatenated; ``param_ids`` is None.
+    size's). ``viewmats`` and ``Ks`` are concatenated; ``param_ids`` and ``gaussians`` are None;
+    ``parts`` holds the infos merged (for what needs each render's own Gaussians).
 
     Raises ``ValueError`` for no infos."""
     if not infos:
         raise ValueError("merge_infos: no infos")
     W0, H0 = infos[0]["width"], infos[0]["height"]
     out = {"width": W0, "height": H0, "param_ids": None, "camera_ids": None, "gaussian_ids": None, "gaussians": None,
+           "parts": list(infos),
            **{k: infos[0].get(k) for k in ("near_plane", "far_plane", "eps2d", "rasterize_mode")},
            "n_cameras": sum(i["n_cameras"] for i in infos), "backend": infos[0]["backend"],
            "viewmats": torch.cat([i["viewmats"] for i in infos]), "Ks": torch.cat([i["Ks"] for i in infos])}

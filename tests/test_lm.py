@@ -155,9 +155,9 @@ def blender_dir(tmp_path_factory):
 
 
 def _cfg(d, out, **kw):
-    lm = kw.pop("lm", LMConfig(lm_steps=4, pcg_iterations=4, probes=2))
-    return small_train_config(d, out, optimizer="lm", lm=lm, iterations=64, save_every=62, keep_checkpoints=5,
-                              save_renders=0, **kw)
+    kw.setdefault("lm", LMConfig(lm_steps=4, pcg_iterations=4, probes=2))
+    kw.setdefault("iterations", 64)
+    return small_train_config(d, out, optimizer="lm", save_every=62, keep_checkpoints=5, save_renders=0, **kw)
 
 
 def test_lm_steps_lower_the_training_error(blender_dir, tmp_path):
@@ -192,3 +192,35 @@ def test_lm_refuses_other_model_kinds_and_bad_options(blender_dir, tmp_path):
                 log=QUIET)
     with pytest.raises(ValueError, match="pcg-iterations"):
         Trainer(_cfg(blender_dir, tmp_path / "b", lm=LMConfig(pcg_iterations=0)), log=QUIET)
+
+
+def test_lm_uses_the_runs_adam_options_and_stops_density_control(blender_dir, tmp_path):
+    """The warm-up is the run's Adam (--adam.*, batch scaling included); LM steps run no density
+    control even where the strategy's window reaches into them."""
+    from splat.optim.adam import AdamConfig
+    from splat.strategies import ADCStrategy
+
+    adc = ADCStrategy(refine_start_iter=2, refine_every=5, refine_stop_iter=1000, reset_every=0, grow_grad2d=1e-6)
+    counts = {}
+    cb = type("C", (), {"on_step": lambda self, tr, s, r: counts.__setitem__(s, tr.num_gaussians),
+                        "__getattr__": lambda self, name: (lambda *a, **k: None)})()
+    tr = Trainer(_cfg(blender_dir, tmp_path / "a", iterations=30, batch_size=2, adc=adc,
+                      adam=AdamConfig(eps=1e-8, batch_scaling="none"), lm=LMConfig(lm_steps=10, pcg_iterations=2,
+                                                                                  probes=1)),
+                 log=QUIET, callbacks=[cb])
+    g = tr.optimizer.optimizers["means"].param_groups[0]
+    assert g["eps"] == 1e-8 and tuple(g["betas"]) == (0.9, 0.999) and tr.optimizer.adam.lr_scale == 1.0
+    tr.train()
+    assert counts[20] != counts[5]  # ADC acted in the Adam steps ...
+    assert len({counts[s] for s in range(20, 31)}) == 1  # ... and not in the LM steps (20..29)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(lm=LMConfig(max_backtracks=-1)), "max-backtracks must be >= 0"),
+    (dict(lm=LMConfig(damping_up=0.5)), "damping-up must be > 1"),
+])
+def test_lm_refuses_bad_options_before_loading_data(tmp_path, kw, message):
+    from splat.train import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        Trainer(TrainConfig(data=tmp_path / "missing", out=tmp_path / "o", optimizer="lm", **kw), log=QUIET)

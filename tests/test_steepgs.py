@@ -292,3 +292,39 @@ def test_weight_pruning_removes_hidden_gaussians_only():
     open_steps = [s for s in range(0, 1001) if weight_window_open(s, 100, 200, 20)]
     assert open_steps[:21] == list(range(0, 1)) + list(range(81, 101))
     assert 300 not in open_steps and 400 in open_steps and 381 in open_steps and 380 not in open_steps
+
+
+@pytest.mark.parametrize("strategy, options, message", [
+    ("steepgs", dict(refine_every=0), "--steepgs: refine-every must be >= 1"),
+    ("mcmc", dict(cap_max=0), "--mcmc: refine-every and cap-max must be >= 1"),
+    ("mcmc", dict(grow_rate=-1.0), "grow-rate and noise-lr >= 0"),
+    ("adc", dict(refine_every=0), "--adc: refine-every must be >= 1"),
+])
+def test_strategies_refuse_bad_options_before_loading_data(tmp_path, strategy, options, message):
+    from splat.strategies import ADCStrategy, MCMCStrategy
+    from splat.train import TrainConfig
+
+    cls = {"steepgs": SteepGSStrategy, "mcmc": MCMCStrategy, "adc": ADCStrategy}[strategy]
+    with pytest.raises(ValueError, match=message):
+        Trainer(TrainConfig(data=tmp_path / "missing", out=tmp_path / "o", strategy=strategy,
+                            **{strategy: cls(**options)}), log=QUIET)
+
+
+def test_blend_weights_of_views_rendered_one_per_call_are_tracked():
+    """A merged info (a batch rendered one view per call) is measured render by render."""
+    from splat.cameras import Cameras
+    from splat.render import Gaussians, RenderSettings, merge_infos, render_gaussians
+    from splat.strategies.ops import track_blend_weights
+
+    means, quats, scales, opac, colors, V, K, _ = _scene(torch.float32)
+    infos = []
+    for ids in (torch.tensor([0, 1]), torch.tensor([1, 2])):
+        g = Gaussians(means[ids], quats[ids], scales[ids], opac[ids], colors[ids], ids=ids)
+        infos.append(render_gaussians(g, Cameras(V, K, W, H), RenderSettings("cpu"))[2])
+    params = {"means": means}
+    merged, single = {}, {}
+    track_blend_weights(params, merged, merge_infos(infos, 3))
+    for info in infos:
+        track_blend_weights(params, single, info)
+    assert merged["weight_views"].tolist() == [1, 2, 1]
+    assert torch.equal(merged["max_weight"], single["max_weight"]) and merged["max_weight"].min() > 0

@@ -49,6 +49,11 @@ class Optimizer:
         the update was made from (the loop hands ``out.info`` to the density strategy)."""
         raise NotImplementedError
 
+    def density_control(self, step: int) -> bool:
+        """Whether the density strategy acts after step `step` (an optimizer whose step is not a
+        gradient step, such as Levenberg-Marquardt's, says no). True by default."""
+        return True
+
     def set_learning_rates(self, learning_rates: Mapping[str, float]) -> None:
         """Set each named parameter's learning rate (names without an optimizer are an error)."""
         for name, lr in learning_rates.items():

@@ -28,8 +28,9 @@ constrains it). The step is accepted when the loss over the subsets' images fall
 (lambda /= ``damping_down``); otherwise it is halved up to ``max_backtracks`` times and,
 failing that, rejected (lambda *= ``damping_up``).
 
-The trainer's schedule: steps before ``iterations - lm_steps`` are Adam's (density control
-runs there, as in the paper's warm start); the last ``lm_steps`` are LM steps.
+The trainer's schedule: steps before ``iterations - lm_steps`` are Adam's (with the run's
+``--adam.*``; density control runs there, as in the paper's warm start); the last
+``lm_steps`` are LM steps, without density control.
 """
 from __future__ import annotations
 
@@ -106,12 +107,31 @@ class LMConfig:
     probes: int = 4
     """Rademacher probes of the Hutchinson estimate of diag(J^T J)."""
     max_backtracks: int = 2
-    """Halvings of a step that raised the loss before it is rejected."""
+    """Halvings of a step that raised the loss before it is rejected (0: none)."""
     diag_floor: float = 1e-2
     """diag(J^T J) is raised to at least this times its mean over each parameter (a parameter that
     barely touches a pixel would otherwise take a huge Gauss-Newton step)."""
-    adam: AdamConfig = dataclasses.field(default_factory=AdamConfig)
-    """The warm-up's Adam."""
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for options LM cannot run with."""
+        bad = []
+        if self.lm_steps < 0:
+            bad.append(f"lm-steps must be >= 0, got {self.lm_steps}")
+        for name in ("pcg_iterations", "subset_size", "probes"):
+            if getattr(self, name) < 1:
+                bad.append(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_subsets < 0:
+            bad.append(f"max-subsets must be >= 0, got {self.max_subsets}")
+        if self.max_backtracks < 0:
+            bad.append(f"max-backtracks must be >= 0, got {self.max_backtracks}")
+        if not self.damping > 0 or not self.min_damping > 0:
+            bad.append(f"damping and min-damping must be > 0, got {self.damping}, {self.min_damping}")
+        if not self.damping_up > 1 or not self.damping_down >= 1:
+            bad.append(f"damping-up must be > 1 and damping-down >= 1, got {self.damping_up}, {self.damping_down}")
+        if self.diag_floor < 0:
+            bad.append(f"diag-floor must be >= 0, got {self.diag_floor}")
+        if bad:
+            raise ValueError("--lm: " + "; ".join(bad))
 
 
 class LMOptimizer(Optimizer):
@@ -125,7 +145,7 @@ class LMOptimizer(Optimizer):
     def __init__(self, params: Mapping[str, torch.nn.Parameter], learning_rates: Mapping[str, float],
                  config: LMConfig = LMConfig()):
         self.config = config
-        self.adam = AdamOptimizer(params, learning_rates, config.adam)
+        self.adam = AdamOptimizer(params, learning_rates, AdamConfig())  # --adam.* arrive in attach
         self.optimizers = self.adam.optimizers
         self.params = params
         self.damping = float(config.damping)
@@ -137,10 +157,14 @@ class LMOptimizer(Optimizer):
         if not trainer.model.has_jacobian:
             raise ValueError(f"--optimizer lm: Levenberg-Marquardt needs the renderer's Jacobian products, which "
                              f"--model {trainer.model.name} does not provide (--model static does)")
-        c = self.config
-        if c.lm_steps < 0 or c.pcg_iterations < 1 or c.subset_size < 1 or c.probes < 1 or c.damping <= 0:
-            raise ValueError("--lm: lm-steps must be >= 0, pcg-iterations, subset-size and probes >= 1, damping > 0")
+        self.config.check()
         self.trainer = trainer
+        adam = getattr(trainer.cfg, "adam", None)  # the warm-up is the run's Adam: --adam.* apply
+        if adam is not None:
+            self.adam.config = adam
+            for opt in self.adam.optimizers.values():
+                for group in opt.param_groups:
+                    group["eps"], group["betas"] = adam.eps, tuple(adam.betas)
         self.adam.attach(trainer)
         self.params = trainer.model.params
 
@@ -160,6 +184,11 @@ class LMOptimizer(Optimizer):
 
     def is_lm_step(self, step: int) -> bool:
         return self.trainer is not None and step >= self.trainer.iterations - self.config.lm_steps
+
+    def density_control(self, step: int) -> bool:
+        """No density control on LM steps: the strategy would act on gradients taken before the LM
+        update moved the parameters (and MCMC's noise would undo it)."""
+        return not self.is_lm_step(step)
 
     def step(self, forward: Callable[[], Tuple[Tensor, Any]]) -> Tuple[Tensor, Any]:
         tr = self.trainer

@@ -95,6 +95,12 @@ class ADCStrategy(Strategy):
     max_gaussians: Annotated[int, arg(aliases=("--strategy.max-gaussians",))] = 0
     """Stop growing beyond this many Gaussians (0: no limit)."""
 
+    def check(self) -> None:
+        """Raise ``ValueError`` for options ADC cannot run with."""
+        if self.refine_every < 1 or self.reset_every < 0:
+            raise ValueError(f"--adc: refine-every must be >= 1 and reset-every >= 0, got {self.refine_every}, "
+                             f"{self.reset_every}")
+
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
         return {"scene_scale": float(scene_scale), "grad2d": None, "count": None}
 

@@ -105,6 +105,12 @@ class MCMCStrategy(Strategy):
                                    refine_every=max(1, int(self.refine_every * factor)),
                                    cap_max=max(1, int(self.cap_max * factor)))
 
+    def check(self) -> None:
+        """Raise ``ValueError`` for options MCMC cannot run with."""
+        if self.refine_every < 1 or self.cap_max < 1 or self.grow_rate < 0 or self.noise_lr < 0:
+            raise ValueError(f"--mcmc: refine-every and cap-max must be >= 1, grow-rate and noise-lr >= 0, got "
+                             f"{self.refine_every}, {self.cap_max}, {self.grow_rate}, {self.noise_lr}")
+
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
         return {"scene_scale": float(scene_scale)}
 

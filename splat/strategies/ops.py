@@ -197,8 +197,10 @@ def track_blend_weights(params, state: Dict, info) -> None:
     """Raise ``state["max_weight"]`` [N] to each rendered Gaussian's `blend_weights` in this
     step's cameras and count the views that rendered it in ``state["weight_views"]`` [N]
     (both made at the parameters' size when missing or stale). A merged info (views rendered
-    one per call, `splat.render.merge_infos`) carries no Gaussians to render again: skipped."""
-    if info.get("gaussians") is None:
+    one per call, `splat.render.merge_infos`) is measured render by render."""
+    if info.get("parts"):
+        for part in info["parts"]:
+            track_blend_weights(params, state, part)
         return
     n = params["means"].shape[0]
     dev = params["means"].device

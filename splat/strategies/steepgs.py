@@ -122,6 +122,14 @@ class SteepGSStrategy(Strategy):
     """Steps before a round whose views measure blend weights (one more render each; skipped while opacities
     recover from a reset)."""
 
+    def check(self) -> None:
+        """Raise ``ValueError`` for options SteepGS cannot run with."""
+        if self.refine_every < 1 or self.weight_window < 0 or self.reset_every < 0 or self.prune_weight < 0 \
+                or self.split_distance < 0:
+            raise ValueError(f"--steepgs: refine-every must be >= 1 and weight-window, reset-every, prune-weight, "
+                             f"split-distance >= 0, got {self.refine_every}, {self.weight_window}, "
+                             f"{self.reset_every}, {self.prune_weight}, {self.split_distance}")
+
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
         return {"scene_scale": float(scene_scale), "grad2d": None, "count": None, "split_matrix": None,
                 "max_weight": None, "weight_views": None}

@@ -8,7 +8,7 @@ The data format (COLMAP, NeRF-synthetic, nerfstudio) is detected from the folder
 without --data the embedded default scene is trained. The run directory gets
 config.json, metrics.json, checkpoints (ckpts/), test renders (renders/) and the
 model as a standard 3DGS .ply (model.ply). Each piece's options are under its
-name: --static.*, --adc.*, --adam.*.
+name: --static.*, --adc.*, --mcmc.*, --steepgs.*, --adam.*, --lm.*.
 """
 from __future__ import annotations
 

@@ -95,8 +95,9 @@ class Trainer:
         model_cls = MODELS[cfg.model].cls
         optimizer_cls = OPTIMIZERS[cfg.optimizer].cls
         model_options, strategy = cfg.options("model"), cfg.options("strategy")
-        if hasattr(model_options, "check"):
-            model_options.check()
+        for options in (model_options, strategy, cfg.options("optimizer")):
+            if hasattr(options, "check"):
+                options.check()
         self.callbacks = CallbackList(callbacks)
         if cfg.viewer:  # the plugin checks its port now, before the data is loaded
             self.callbacks.append(load_callback("viewer", cfg))
@@ -199,8 +200,10 @@ class Trainer:
         loss, outs = self.optimizer.step(forward)
         # after the backward: the gradients the strategy reads, of every render of the step
         info = outs[0].info if len(outs) == 1 else merge_infos([o.info for o in outs], self.num_gaussians)
-        events = self.strategy.step_post_backward(self.model.params, self.optimizer.optimizers, self.state, step,
-                                                  info, generator=step_generator(cfg.seed, step))
+        events = {}
+        if self.optimizer.density_control(step):
+            events = self.strategy.step_post_backward(self.model.params, self.optimizer.optimizers, self.state, step,
+                                                      info, generator=step_generator(cfg.seed, step))
         events.update(self.model.update(step))
         with torch.no_grad():
             p = float(np.mean([psnr_fn(out.colors[k].detach().clamp(0, 1), gt[k], mask=masks[k]).item()
