@@ -839,19 +839,10 @@ def capture_scene_path(variant: str = "default", generate: bool = True) -> Path:
     (needs Mitsuba; a few minutes), else a FileNotFoundError says how to render it."""
     if variant not in SETTINGS:
         raise ValueError(f"unknown capture scene variant {variant!r} (one of {', '.join(VARIANTS)})")
-    cache = base._cache_dir(f"capture_{variant}")
-    if _complete(cache):
-        return cache
-    cmd = f"python -m scenes.capture_scene --variant {variant}"
-    if not generate:
-        raise FileNotFoundError(f"the {variant} capture scene is missing from {cache}: render it with {cmd}")
-    try:
-        import mitsuba  # noqa: F401
-    except ImportError:
-        raise FileNotFoundError(f"the {variant} capture scene is missing from {cache}: "
-                                f"pip install mitsuba && {cmd}") from None
-    print(f"rendering the {variant} capture scene into {cache} (a few minutes) ...", flush=True)
-    return _generate(cache, variant, threads=max(1, min(2, os.cpu_count() or 1)))
+    return base.cached_or_rendered(
+        base._cache_dir(f"capture_{variant}"), f"the {variant} capture scene",
+        f"python -m scenes.capture_scene --variant {variant}",
+        lambda cache: _generate(cache, variant, threads=max(1, min(2, os.cpu_count() or 1))), generate, _complete)
 
 
 _generate = generate  # capture_scene_path's `generate` argument hides the function

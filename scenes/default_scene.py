@@ -642,6 +642,22 @@ def _complete(p: Path) -> bool:
     return (p / "transforms_train.json").is_file() and (p / "transforms_test.json").is_file()
 
 
+def cached_or_rendered(cache: Path, what: str, cmd: str, render, generate: bool = True, complete=None) -> Path:
+    """`cache` when it holds a complete scene (`complete(cache)`, default `_complete`); else, with
+    `generate`, the scene rendered into it now by `render(cache)` (needs Mitsuba), or a
+    FileNotFoundError naming `what` is missing and the command `cmd` that renders it."""
+    if (complete or _complete)(cache):
+        return cache
+    if not generate:
+        raise FileNotFoundError(f"{what} is missing from {cache}: render it with {cmd}")
+    try:
+        import mitsuba  # noqa: F401
+    except ImportError:
+        raise FileNotFoundError(f"{what} is missing from {cache}: pip install mitsuba && {cmd}") from None
+    print(f"rendering {what} into {cache} (a few minutes) ...", flush=True)
+    return render(cache)
+
+
 def default_scene_path() -> Path:
     """The folder of the default scene (NeRF-synthetic layout): the committed ``scenes/data/default``,
     else a cached copy, else one rendered now into the cache (needs ``pip install mitsuba``)."""

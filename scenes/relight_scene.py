@@ -467,18 +467,9 @@ def heldout_scene_path(generate: bool = True) -> Path:
     (default ``~/.cache/splat``): rendered there now if missing and ``generate`` (needs Mitsuba; 1.5-3
     minutes on 2 cores), else a FileNotFoundError says how to render it."""
     cache = base._cache_dir("relight_heldout")
-    if base._complete(cache):
-        return cache
-    cmd = f"python scenes/relight_scene.py --variant heldout {cache}"
-    if not generate:
-        raise FileNotFoundError(f"the held-out relightable scene is missing from {cache}: render it with {cmd}")
-    try:
-        import mitsuba  # noqa: F401
-    except ImportError:
-        raise FileNotFoundError(f"the held-out relightable scene is missing from {cache}: "
-                                f"pip install mitsuba && {cmd}") from None
-    print(f"rendering the held-out relightable scene into {cache} (a few minutes) ...", flush=True)
-    return _generate(cache, "heldout", threads=max(1, os.cpu_count() or 1))
+    return base.cached_or_rendered(cache, "the held-out relightable scene",
+                                   f"python scenes/relight_scene.py --variant heldout {cache}",
+                                   lambda c: _generate(c, "heldout", threads=max(1, os.cpu_count() or 1)), generate)
 
 
 def main(argv=None) -> int:
