@@ -172,3 +172,14 @@ def test_batches_work_with_every_strategy_and_optimizer(blender_dir, tmp_path, p
         assert tr.num_gaussians != n0
     else:
         assert [e["step"] for e in tr.optimizer.log] == [28, 29]
+
+
+def test_resume_says_which_given_options_it_ignores(blender_dir, tmp_path):
+    cfg = small_train_config(blender_dir, tmp_path / "r", batch_size=2, iterations=30, save_renders=0)
+    Trainer(cfg, log=QUIET).train()
+    logs = []
+    tr = Trainer(small_train_config(blender_dir, tmp_path / "r", resume=True, batch_size=5, iterations=80),
+                 log=logs.append)
+    assert tr.cfg.batch_size == 2 and tr.iterations == 30
+    line = [m for m in logs if "ignored" in m]
+    assert line and "--batch-size (5 -> the run's 2)" in line[0] and "--iterations (80 -> the run's 30)" in line[0]

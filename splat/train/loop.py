@@ -17,6 +17,7 @@ The model, strategy and optimizer come from `splat.train.registry` by the names 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -47,6 +48,21 @@ __all__ = ["Trainer", "EXPORT_SUFFIXES"]
 EXPORT_SUFFIXES = {"ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply"}
 # options of this command, not of the run, when resuming
 _SESSION_FIELDS = ("viewer", "viewer_port", "viewer_host", "viewer_wait")
+
+
+def _ignored_on_resume(given: TrainConfig, saved: TrainConfig) -> List[str]:
+    """The options set in `given` (away from their defaults) that differ from the resumed run's
+    `saved` ones, as ``--name (given -> saved)``: what a resume leaves out."""
+    default = TrainConfig()
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _SESSION_FIELDS or f.name in ("resume", "out", "progress"):
+            continue
+        g, d, s = getattr(given, f.name), getattr(default, f.name), getattr(saved, f.name)
+        if g != d and g != s:
+            name = f.name.replace("_", "-")
+            out.append(f"--{name} ({g!r} -> the run's {s!r})" if not dataclasses.is_dataclass(g) else f"--{name}.*")
+    return out
 
 
 class Trainer:
@@ -85,6 +101,9 @@ class Trainer:
             saved.out = cfg.out
             for f in _SESSION_FIELDS:
                 setattr(saved, f, getattr(cfg, f))
+            ignored = _ignored_on_resume(cfg, saved)
+            if ignored:
+                log(f"--resume continues the run as it was configured; ignored: {', '.join(ignored)}")
             self.cfg = cfg = saved
             log(f"resuming {path} at step {ck['step']}")
         self.iterations = cfg.total_iterations()
