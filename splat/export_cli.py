@@ -28,6 +28,7 @@ from typing import Optional, Sequence, Tuple
 import tyro
 
 from .io.export import ExportArgs, convert
+from .cli_help import reflow_help
 
 __all__ = ["main", "export", "ExportCommand"]
 
@@ -119,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (``splat-export``); returns the exit status."""
     from .io import FormatError
 
+    reflow_help()
     args = tyro.cli(ExportCommand, args=list(argv) if argv is not None else None, prog="splat-export",
                     description=__doc__, config=(tyro.conf.PositionalRequiredArgs,))
     try:

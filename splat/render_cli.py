@@ -35,6 +35,7 @@ from .render import RenderSettings
 from .train.data import Views
 from .train.evaluate import evaluate, render_views
 from .train.run import load_model, run_data_path, run_dataset
+from .cli_help import reflow_help
 
 
 @dataclasses.dataclass
@@ -248,6 +249,7 @@ def under_light(cameras: Cameras, position=None, intensity=None) -> Cameras:
 def main(argv: Optional[List[str]] = None) -> None:
     import tyro
 
+    reflow_help()
     cfg = tyro.cli(RenderConfig, args=argv, description=__doc__)
     try:
         render(cfg)

@@ -615,3 +615,16 @@ def test_splat_trainer_is_still_a_program():
 
     r = subprocess.run([sys.executable, "-m", "splat.trainer", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--model" in r.stdout and "--strategy.grow-grad2d" in r.stdout, r.stderr
+
+
+def test_help_reflows_option_descriptions():
+    """An option's description wrapped in the source reads as one paragraph in --help."""
+    from tyro import _docstrings
+
+    from splat.cli_help import reflow_help
+
+    reflow_help()
+    text = _docstrings.get_field_docstring(TrainConfig, "data", ())
+    assert text == ("Dataset folder (format detected); omit to train the embedded default scene (the dynamic one "
+                    "for dynamic models).")
+    assert "\n" not in _docstrings.get_field_docstring(TrainConfig, "batch_size", ()).split("(losses")[0]

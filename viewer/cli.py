@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from tyro.conf import Positional
+from splat.cli_help import reflow_help
 
 
 @dataclasses.dataclass
@@ -57,6 +58,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     from .app import ViewerError
 
+    reflow_help()
     cfg = tyro.cli(ViewConfig, args=argv, description=__doc__)
     try:
         v = serve(cfg)

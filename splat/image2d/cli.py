@@ -22,6 +22,7 @@ from splat.io.images import save_png
 
 from . import codec
 from .fit import FitConfig, evaluate, fit, load_image
+from ..cli_help import reflow_help
 
 PROG = "splat-image"
 
@@ -151,6 +152,7 @@ def run_decode(a: Decode) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    reflow_help()
     cmd = tyro.extras.subcommand_cli_from_dict(
         {"fit": Fit, "render": Render, "encode": Encode, "decode": Decode},
         args=list(argv) if argv is not None else None, prog=PROG, description=__doc__)

@@ -19,6 +19,7 @@ import torch
 
 from .config import TrainConfig
 from .loop import Trainer
+from ..cli_help import reflow_help
 
 __all__ = ["train", "main"]
 
@@ -40,6 +41,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 def main(argv: Optional[List[str]] = None) -> None:
     import tyro
 
+    reflow_help()
     cfg = tyro.cli(TrainConfig, args=argv, description=__doc__)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
