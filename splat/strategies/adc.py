@@ -19,7 +19,7 @@ from typing import Annotated, Any, Dict
 import torch
 from tyro.conf import arg
 
-from .ops import duplicate, remove, reset_opacity, split
+from .ops import duplicate, remove, rendered_pairs, reset_opacity, split
 from .base import Strategy
 
 
@@ -44,10 +44,7 @@ def accumulate_grad2d(params, state, info, absgrad: bool = False) -> None:
     if state["grad2d"] is None or state["grad2d"].shape[0] != n:
         state["grad2d"] = torch.zeros(n, device=g.device)
         state["count"] = torch.zeros(n, device=g.device)
-    sel = (info["radii"] > 0).all(-1)  # [C, M]: the rendered Gaussians
-    cam, rid = sel.nonzero(as_tuple=True)
-    ids = info.get("param_ids")  # a model that renders a subset says which rows it rendered
-    gid = rid if ids is None else ids[rid]
+    cam, rid, gid = rendered_pairs(info)
     state["grad2d"].index_add_(0, gid, g[cam, rid].norm(dim=-1).float())
     state["count"].index_add_(0, gid, torch.ones_like(gid, dtype=torch.float32))
 

@@ -150,6 +150,15 @@ def reset_opacity(params, optimizers, state: Dict, value: float) -> None:
                   names=["opacities"])
 
 
+def rendered_pairs(info):
+    """The (camera, Gaussian) pairs a render drew, from its `info`: (cam [P], rid [P] index into
+    the render's Gaussians, gid [P] the parameter rows they are: ``info["param_ids"][rid]`` for
+    a model that rendered a subset, else rid)."""
+    cam, rid = (info["radii"] > 0).all(-1).nonzero(as_tuple=True)
+    ids = info.get("param_ids")
+    return cam, rid, (rid if ids is None else ids[rid])
+
+
 @torch.no_grad()
 def blend_weights(info) -> Tensor:
     """Each rendered Gaussian's total blend weight in each camera of a render, sum over pixels of
@@ -208,10 +217,7 @@ def track_blend_weights(params, state: Dict, info) -> None:
         state["max_weight"] = torch.zeros(n, device=dev)
         state["weight_views"] = torch.zeros(n, device=dev)
     w = blend_weights(info)  # [C, M]
-    sel = (info["radii"] > 0).all(-1)
-    cam, rid = sel.nonzero(as_tuple=True)
-    ids = info.get("param_ids")
-    gid = rid if ids is None else ids[rid]
+    cam, rid, gid = rendered_pairs(info)
     state["max_weight"].scatter_reduce_(0, gid, w[cam, rid].float(), reduce="amax")
     state["weight_views"].index_add_(0, gid, torch.ones_like(gid, dtype=torch.float32))
 

@@ -53,7 +53,7 @@ from torch import Tensor
 from ..backends.torch_ref import quat_scale_to_covar
 from .adc import accumulate_grad2d, prune_step
 from .base import Strategy
-from .ops import prune_by_weight, reset_opacity, split, track_blend_weights, weight_window_open
+from .ops import prune_by_weight, rendered_pairs, reset_opacity, split, track_blend_weights, weight_window_open
 
 __all__ = ["SteepGSStrategy", "splitting_matrices_2d", "projection_jacobians", "unpack_symmetric"]
 
@@ -174,8 +174,7 @@ class SteepGSStrategy(Strategy):
         n = params["means"].shape[0]
         if state["split_matrix"] is None or state["split_matrix"].shape[0] != n:
             state["split_matrix"] = torch.zeros(n, 6, device=params["means"].device)
-        sel = (info["radii"] > 0).all(-1)  # [C, M]
-        cam, rid = sel.nonzero(as_tuple=True)
+        cam, rid, gid = rendered_pairs(info)
         if cam.numel() == 0:
             return
         C = info["radii"].shape[0]
@@ -185,8 +184,6 @@ class SteepGSStrategy(Strategy):
                                  info["viewmats"][cam], info["Ks"][cam])
         S3 = J.transpose(-1, -2) @ S2 @ J  # [P,3,3]
         packed = torch.stack([S3[:, 0, 0], S3[:, 1, 1], S3[:, 2, 2], S3[:, 0, 1], S3[:, 0, 2], S3[:, 1, 2]], -1)
-        ids = info.get("param_ids")
-        gid = rid if ids is None else ids[rid]
         state["split_matrix"].index_add_(0, gid, packed.float())
 
     @torch.no_grad()
