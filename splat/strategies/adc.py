@@ -64,6 +64,19 @@ def prune_step(params, optimizers, state, step: int, prune_opa: float, prune_sca
     return {"prune": n}
 
 
+def scaled_schedule(strategy, factor: float):
+    """A refinement schedule (``refine_start_iter``, ``refine_stop_iter``, ``refine_every``,
+    ``reset_every``: ADC's, SteepGS's) for a run `factor` times as long as 30k steps: start,
+    stop and reset steps are multiplied by `factor`. `refine_every` shrinks no lower than
+    100 steps, so each decision still averages gradients over many views (scaling it down
+    with short runs makes the count grow geometrically)."""
+    return dataclasses.replace(
+        strategy, refine_start_iter=int(strategy.refine_start_iter * factor),
+        refine_stop_iter=int(strategy.refine_stop_iter * factor),
+        refine_every=max(min(strategy.refine_every, 100), int(strategy.refine_every * factor)),
+        reset_every=int(strategy.reset_every * factor))
+
+
 @dataclasses.dataclass
 class ADCStrategy(Strategy):
     """Adaptive density control (module docstring); each alias is the option's name from
@@ -155,12 +168,4 @@ class ADCStrategy(Strategy):
         return prune_step(params, optimizers, state, step, self.prune_opa, self.prune_scale3d, self.reset_every)
 
     def scaled(self, factor: float) -> "ADCStrategy":
-        """The same schedule for a run `factor` times as long as 30k steps: start, stop and
-        reset steps are multiplied by `factor`. `refine_every` shrinks no lower than 100
-        steps, so each decision still averages gradients over many views (scaling it
-        down with short runs makes the count grow geometrically)."""
-        return dataclasses.replace(
-            self, refine_start_iter=int(self.refine_start_iter * factor),
-            refine_stop_iter=int(self.refine_stop_iter * factor),
-            refine_every=max(min(self.refine_every, 100), int(self.refine_every * factor)),
-            reset_every=int(self.reset_every * factor))
+        return scaled_schedule(self, factor)

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from ..backends.torch_ref import quat_scale_to_covar
-from .adc import accumulate_grad2d, prune_step
+from .adc import accumulate_grad2d, prune_step, scaled_schedule
 from .base import Strategy
 from .ops import prune_by_weight, rendered_pairs, reset_opacity, split, track_blend_weights, weight_window_open
 
@@ -238,11 +238,7 @@ class SteepGSStrategy(Strategy):
 
     def scaled(self, factor: float) -> "SteepGSStrategy":
         """The schedule for a run `factor` times as long as 30k steps, as ADC scales its own."""
-        return dataclasses.replace(
-            self, refine_start_iter=int(self.refine_start_iter * factor),
-            refine_stop_iter=int(self.refine_stop_iter * factor),
-            refine_every=max(min(self.refine_every, 100), int(self.refine_every * factor)),
-            reset_every=int(self.reset_every * factor))
+        return scaled_schedule(self, factor)
 
 
 def unpack_symmetric(packed: Tensor) -> Tensor:
