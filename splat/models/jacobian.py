@@ -47,7 +47,7 @@ def _pixel_stage_inputs(g, cameras: Cameras, settings: RenderSettings, eps2d: fl
 
 
 class RenderJacobian:
-    """The Jacobian of a static model's rendered images with respect to its parameters, at fixed
+    """The Jacobian of a model's rendered images with respect to its parameters, at fixed
     parameters, applied as J v (`jvp`) any number of times: the primal render's per-Gaussian
     stage (activation, projection, spherical harmonics; O(N), the torch reference's) is
     linearised once (`torch.func.linearize`, forward-mode AD) and its tile intersections
@@ -75,10 +75,9 @@ class RenderJacobian:
             _, self._linear = torch.func.linearize(lambda *xs: self._stage(*xs)[0], *self.primals)
         self._inputs = tuple(x.contiguous() for x in (means2d, conics, feats, opac))
         self.impl = _render.get_backend(settings.backend, means2d.device, means2d.dtype)
-        W, H = cameras.width, cameras.height
-        self.tw, self.th = math.ceil(W / tile_size), math.ceil(H / tile_size)
-        _, _, self.flatten_ids, self.isect_offsets = self.impl.isect_tiles(means2d, radii, depths, tile_size,
-                                                                           self.tw, self.th, None)
+        tw, th = math.ceil(cameras.width / tile_size), math.ceil(cameras.height / tile_size)
+        _, _, self.flatten_ids, self.isect_offsets = self.impl.isect_tiles(means2d, radii, depths, tile_size, tw, th,
+                                                                           None)
 
     def _stage(self, *xs):
         return _pixel_stage_inputs(self.to_gaussians(dict(zip(self.names, xs))), self.cameras, self.settings)

@@ -215,15 +215,8 @@ class LMOptimizer(Optimizer):
         subsets = [order[i:i + k] for i in range(0, n, k)]
         if self.config.max_subsets > 0:
             subsets = subsets[:self.config.max_subsets]
-        # one render call per subset needs one image size: split mixed subsets
-        out = []
-        for s in subsets:
-            by_size: Dict[tuple, list] = {}
-            for i in s:
-                c = tr.train_views.camera(i)
-                by_size.setdefault((c.width, c.height), []).append(i)
-            out.extend(by_size.values())
-        return out
+        # one render call per group: the trainer's grouping (one image size per call)
+        return [group for ids in subsets for group in tr.view_groups(ids)]
 
     def _batch(self, ids):
         cams, gt, masks = self.trainer.train_views.batch(ids)

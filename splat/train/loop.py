@@ -195,11 +195,12 @@ class Trainer:
         B = len(views)
         groups = [(ids, *self.train_views.batch(ids)) for ids in self.view_groups(views)]
         self.optimizer.set_learning_rates(self.model.learning_rates(step, self.iterations))
-        infos: List[dict] = []
+
+        def step_info(outs):  # the step's renders as one info (merged when there are several)
+            return outs[0].info if len(outs) == 1 else merge_infos([o.info for o in outs], self.num_gaussians)
 
         def forward():
             outs, loss = [], 0.0
-            infos.clear()
             for ids, cameras, gt, masks in groups:
                 out = self.model.render(cameras, self.settings, step=step, backgrounds=self.background[None].expand(
                     len(ids), -1), absgrad=self.strategy.absgrad)
@@ -210,15 +211,14 @@ class Trainer:
                 for term in self.model.losses(step, out, cameras, gt).values():
                     loss = loss + term * (len(ids) / B)
                 outs.append(out)
-                infos.append(out.info)
-            info = infos[0] if len(infos) == 1 else merge_infos(infos, self.num_gaussians)
+            info = step_info(outs)
             for term in self.strategy.losses(self.model.params, self.state, step, info).values():
                 loss = loss + term
             return loss, outs
 
         loss, outs = self.optimizer.step(forward)
         # after the backward: the gradients the strategy reads, of every render of the step
-        info = outs[0].info if len(outs) == 1 else merge_infos([o.info for o in outs], self.num_gaussians)
+        info = step_info(outs)
         events = {}
         if self.optimizer.density_control(step):
             events = self.strategy.step_post_backward(self.model.params, self.optimizer.optimizers, self.state, step,
