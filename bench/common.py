@@ -112,3 +112,20 @@ def plot_psnr_over_time(panels: dict, path, reference: dict = None) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"-> {path}")
+
+
+def start_results(path, **settings) -> dict:
+    """A benchmark's results: the machine, `settings`, and under ``scenes`` those of the earlier
+    results at `path` when they were measured with the same settings (so that running one scene
+    keeps the others' figures)."""
+    import json
+    import platform
+    from pathlib import Path
+
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+                          f"{torch.__version__}, {torch.get_num_threads()} threads", **settings, "scenes": {}}
+    if Path(path).is_file():
+        old = json.loads(Path(path).read_text())
+        if all(old.get(k) == v for k, v in settings.items()):
+            results["scenes"] = old.get("scenes", {})
+    return results

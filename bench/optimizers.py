@@ -22,17 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import plot_psnr_over_time, train_run  # noqa: E402
+from bench.common import plot_psnr_over_time, start_results, train_run  # noqa: E402
 from bench.strategies import scene  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results_optimizers.json"
+PLOT = Path(__file__).resolve().parent / "optimizers.png"
 
 
 def time_to(history, final: dict, target: float):
@@ -56,17 +55,11 @@ def main(argv=None) -> int:
     ap.add_argument("--plot-only", action="store_true", help="only draw the plot from the results file")
     args = ap.parse_args(argv)
     if args.plot_only:
-        plot(json.loads(args.out.read_text()), Path(__file__).resolve().parent / Path(__file__).with_suffix(".png").name)
+        plot(json.loads(args.out.read_text()), PLOT)
         return 0
     from splat.optim.lm import LMConfig
 
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                          f"{torch.__version__}, {torch.get_num_threads()} threads", "steps": args.steps,
-               "warmup": args.warmup, "lm_steps": args.lm_steps, "scenes": {}}
-    if args.out.is_file():  # keep other scenes' figures from earlier runs of the same settings
-        old = json.loads(args.out.read_text())
-        if (old.get("steps"), old.get("warmup"), old.get("lm_steps")) == (args.steps, args.warmup, args.lm_steps):
-            results["scenes"] = old.get("scenes", {})
+    results = start_results(args.out, steps=args.steps, warmup=args.warmup, lm_steps=args.lm_steps)
     for name in args.scenes:
         data, opts = scene(name)
         print(f"{name} ({data}):")
@@ -85,7 +78,7 @@ def main(argv=None) -> int:
                   f"of adam's {adam['train_seconds']:.0f} s; check (<= 80%) {'met' if t <= 0.8 * adam['train_seconds'] else 'NOT met'}")
     print(f"-> {args.out}")
     if args.plot:
-        plot(results, Path(__file__).resolve().parent / "optimizers.png")
+        plot(results, PLOT)
     return 0
 
 

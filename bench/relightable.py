@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import start_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results_relightable.json"
 
@@ -74,12 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                          f"{torch.__version__}, {torch.get_num_threads()} threads", "steps": args.steps, "scenes": {}}
-    if args.out.is_file():  # keep other scenes' figures from earlier runs
-        old = json.loads(args.out.read_text())
-        if old.get("steps") == args.steps:
-            results["scenes"] = old.get("scenes", {})
+    results = start_results(args.out, steps=args.steps)
     for scene in args.scenes:
         data = scene_path(scene)
         print(f"{scene} ({data}), {args.steps} steps, test views at new cameras and new lights:")

@@ -25,16 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import object_scene_path, plot_psnr_over_time, train_run  # noqa: E402
+from bench.common import object_scene_path, plot_psnr_over_time, start_results, train_run  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results_strategies.json"
+PLOT = Path(__file__).resolve().parent / "strategies.png"
 STRATEGIES = ("adc", "mcmc", "steepgs")
 
 
@@ -66,14 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--plot-only", action="store_true", help="only draw the plot from the results file")
     args = ap.parse_args(argv)
     if args.plot_only:
-        plot(json.loads(args.out.read_text()), Path(__file__).resolve().parent / Path(__file__).with_suffix(".png").name)
+        plot(json.loads(args.out.read_text()), PLOT)
         return 0
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                          f"{torch.__version__}, {torch.get_num_threads()} threads", "steps": args.steps, "scenes": {}}
-    if args.out.is_file():
-        old = json.loads(args.out.read_text())
-        if old.get("steps") == args.steps:
-            results["scenes"] = old.get("scenes", {})
+    results = start_results(args.out, steps=args.steps)
     for name in args.scenes:
         data, opts = scene(name)
         print(f"{name} ({data}), {args.steps} steps:")
@@ -85,7 +79,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(results, indent=1))
     print(f"-> {args.out}")
     if args.plot:
-        plot(results, Path(__file__).resolve().parent / "strategies.png")
+        plot(results, PLOT)
     return 0
 
 
