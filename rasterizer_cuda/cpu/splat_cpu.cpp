@@ -33,6 +33,29 @@ inline TileRect tile_rect_of(const float* means2d, const int32_t* radii, int64_t
     return tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1], tile_size, tw, th);
 }
 
+// Flat tile index t (camera-major): its camera and the image position of its first pixel.
+struct TileOrigin { int c, x0, y0; };
+inline TileOrigin tile_origin(int64_t t, int64_t n_tiles, int tw, int tile_size) {
+    const int c = (int)(t / n_tiles);
+    const int tile = (int)(t - (int64_t)c * n_tiles);
+    return {c, (tile % tw) * tile_size, (tile / tw) * tile_size};
+}
+
+// The centres of the P = tile_size^2 pixels of the tile at `o` (row-major) and whether each lies
+// in the image (1/0; the last tiles of a row or column overhang it); returns whether any does.
+inline int tile_pixel_centres(const TileOrigin& o, int tile_size, int width, int height, float* px, float* py,
+                              int32_t* inside) {
+    int any = 0;
+    for (int p = 0; p < tile_size * tile_size; ++p) {
+        int x = o.x0 + p % tile_size, y = o.y0 + p / tile_size;
+        px[p] = x + 0.5f;
+        py[p] = y + 0.5f;
+        inside[p] = (x < width && y < height) ? 1 : 0;
+        any |= inside[p];
+    }
+    return any;
+}
+
 // One Gaussian over the P pixels of a tile (the pixels are the SIMD lanes):
 // alpha, the transmittance cut-off and the blend weights w. Returns whether any
 // pixel is still active.
@@ -338,9 +361,8 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < T_all; ++t) {
             if (tile_mask && !tile_mask[t]) continue;
-            const int c = (int)(t / n_tiles);
-            const int tile = (int)(t - (int64_t)c * n_tiles);
-            const int tx0 = (tile % tw) * tile_size, ty0 = (tile / tw) * tile_size;
+            const TileOrigin o = tile_origin(t, n_tiles, tw, tile_size);
+            const int c = o.c, tx0 = o.x0, ty0 = o.y0;
             const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
             const int K = (int)(e - s);
             // gather this tile's Gaussians, front to back
@@ -353,16 +375,9 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
                 go[k] = opacities[g];
                 memcpy(&col[(size_t)k * D], colors + g * D, sizeof(float) * D);
             }
-            int any = 0;
-            for (int p = 0; p < P; ++p) {
-                int x = tx0 + p % tile_size, y = ty0 + p / tile_size;
-                px[p] = x + 0.5f;
-                py[p] = y + 0.5f;
-                T[p] = 1.f;
-                last[p] = -1;
-                active[p] = (x < width && y < height) ? 1 : 0;
-                any |= active[p];
-            }
+            int any = tile_pixel_centres(o, tile_size, width, height, px.data(), py.data(), active.data());
+            std::fill(T.begin(), T.end(), 1.f);
+            std::fill(last.begin(), last.end(), -1);
             std::fill(acc.begin(), acc.end(), 0.f);
             int k = 0;
             for (; k < K && any; ++k) {
@@ -413,20 +428,12 @@ void splat_rasterize_jvp(int C, int N, int D, int width, int height, int tile_si
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < T_all; ++t) {
             if (tile_mask && !tile_mask[t]) continue;
-            const int c = (int)(t / n_tiles);
-            const int tile = (int)(t - (int64_t)c * n_tiles);
-            const int tx0 = (tile % tw) * tile_size, ty0 = (tile / tw) * tile_size;
+            const TileOrigin o = tile_origin(t, n_tiles, tw, tile_size);
+            const int c = o.c, tx0 = o.x0, ty0 = o.y0;
             const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
-            int any = 0;
-            for (int p = 0; p < P; ++p) {
-                int x = tx0 + p % tile_size, y = ty0 + p / tile_size;
-                px[p] = x + 0.5f;
-                py[p] = y + 0.5f;
-                T[p] = 1.f;
-                tT[p] = 0.f;
-                active[p] = (x < width && y < height) ? 1 : 0;
-                any |= active[p];
-            }
+            int any = tile_pixel_centres(o, tile_size, width, height, px.data(), py.data(), active.data());
+            std::fill(T.begin(), T.end(), 1.f);
+            std::fill(tT.begin(), tT.end(), 0.f);
             std::fill(acc.begin(), acc.end(), 0.f);
             for (int64_t k = s; k < e && any; ++k) {
                 const int64_t g = flatten_ids[k];
@@ -508,9 +515,8 @@ void splat_rasterize_bwd(int C, int N, int D, int width, int height, int tile_si
             if (tile_mask && !tile_mask[t]) continue;
             const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
             if (e <= s) continue;
-            const int c = (int)(t / n_tiles);
-            const int tile = (int)(t - (int64_t)c * n_tiles);
-            const int tx0 = (tile % tw) * tile_size, ty0 = (tile / tw) * tile_size;
+            const TileOrigin o = tile_origin(t, n_tiles, tw, tile_size);
+            const int c = o.c, tx0 = o.x0, ty0 = o.y0;
             const float* bg = backgrounds ? backgrounds + (int64_t)c * D : nullptr;
             int32_t max_last = -1;
             for (int p = 0; p < P; ++p) {
