@@ -75,7 +75,8 @@ def main(argv=None) -> int:
             print(f"  lm did not reach adam's {adam['psnr']:.2f} dB (best {max_psnr(lm):.2f}); check NOT met")
         else:
             print(f"  lm reached adam's final {adam['psnr']:.2f} dB after {t:.0f} s = {t / adam['train_seconds']:.0%} "
-                  f"of adam's {adam['train_seconds']:.0f} s; check (<= 80%) {'met' if t <= 0.8 * adam['train_seconds'] else 'NOT met'}")
+                  f"of adam's {adam['train_seconds']:.0f} s; check (<= 80%) "
+                  f"{'met' if t <= 0.8 * adam['train_seconds'] else 'NOT met'}")
     print(f"-> {args.out}")
     if args.plot:
         plot(results, PLOT)

@@ -228,7 +228,8 @@ class LMOptimizer(Optimizer):
 
     def _render(self, cams, step: int):
         tr = self.trainer
-        return tr.model.render(cams, tr.settings, step=step, backgrounds=tr.background[None].expand(len(cams), -1)).colors
+        backgrounds = tr.background[None].expand(len(cams), -1)
+        return tr.model.render(cams, tr.settings, step=step, backgrounds=backgrounds).colors
 
     @torch.no_grad()
     def _sse(self, subsets_data, step: int) -> float:
@@ -258,7 +259,8 @@ class LMOptimizer(Optimizer):
                     if weight is not None:
                         w = w * weight
                     gs = torch.autograd.grad(imgs, params, w, retain_graph=True, allow_unused=True)
-                    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gs)])
+                    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                                      for p, g in zip(params, gs)])
 
                 b = -jt(r)
                 diag = torch.zeros_like(b)

@@ -147,7 +147,8 @@ class SteepGSStrategy(Strategy):
             return events
         self._update_state(params, state, info)
         # after the first opacity reset, as ADC's size pruning: the initial points have settled by then
-        after_reset = step - self.weight_window >= (self.reset_every if self.reset_every > 0 else self.refine_start_iter)
+        first = self.reset_every if self.reset_every > 0 else self.refine_start_iter
+        after_reset = step - self.weight_window >= first
         weigh = self.prune_weight > 0 and after_reset and weight_window_open(step, self.refine_every, self.reset_every,
                                                                              self.weight_window)
         if weigh:
