@@ -22,15 +22,15 @@ from torch import Tensor
 
 __all__ = ["Cameras", "CAMERA_MODELS", "look_at", "camera_frame", "orbit_cameras", "path_cameras"]
 
-CAMERA_MODELS = ("pinhole", "ortho", "fisheye")
+from .camera_models import CAMERA_MODELS, RADIAL_COUNT, rolling_shutter_name
 
 # per-camera tensors: name -> trailing shape (None: radial coefficients, counted per camera model)
 _PER_CAMERA = {
     "radial_coeffs": None, "tangential_coeffs": (2,), "thin_prism_coeffs": (4,),
-    "time": (), "light_position": (3,), "light_intensity": (3,),
+    "time": (), "light_position": (3,), "light_intensity": (3,), "viewmats_rs": (4, 4),
 }
 # radial coefficients per camera model (gsplat's convention): OpenCV k1..k6, Kannala-Brandt k1..k4
-_RADIAL = {"pinhole": 6, "fisheye": 4}
+_RADIAL = RADIAL_COUNT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +41,12 @@ class Cameras:
         viewmats: [C,4,4] float world->camera matrices (OpenCV axes).
         Ks: [C,3,3] float intrinsics in pixels.
         width, height: image size in pixels (> 0).
-        camera_model: ``"pinhole"`` (what the renderer supports today), ``"ortho"`` or ``"fisheye"``.
+        camera_model: ``"pinhole"``, ``"ortho"`` or ``"fisheye"`` (`splat.camera_models`).
         radial_coeffs: [C,6] (pinhole: OpenCV k1..k6) or [C,4] (fisheye: Kannala-Brandt k1..k4), or None.
         tangential_coeffs: [C,2] (p1, p2) or None.  thin_prism_coeffs: [C,4] (s1..s4) or None.
+        rolling_shutter: ``"global"`` or the read-out direction (``"top_to_bottom"``,
+            ``"left_to_right"``, ``"bottom_to_top"``, ``"right_to_left"``; gsplat's enum accepted).
+        viewmats_rs: [C,4,4] world->camera at the end of the read-out (needed with a rolling shutter).
         time: [C] time of each camera (dynamic scenes: 0..1 over the sequence), or None.
         light_position: [C,3] world position of a point light per camera (relightable scenes), or None.
         light_intensity: [C,3] its linear RGB radiant intensity, or None.
@@ -69,6 +72,8 @@ class Cameras:
     light_position: Optional[Tensor] = None
     light_intensity: Optional[Tensor] = None
     names: Optional[Sequence[str]] = None
+    rolling_shutter: str = "global"
+    viewmats_rs: Optional[Tensor] = None
 
     def __post_init__(self):
         V, K = self.viewmats, self.Ks
@@ -85,6 +90,16 @@ class Cameras:
             object.__setattr__(self, name, int(v))
         if self.camera_model not in CAMERA_MODELS:
             raise ValueError(f"Cameras: camera_model {self.camera_model!r}; expected one of {', '.join(CAMERA_MODELS)}")
+        try:
+            object.__setattr__(self, "rolling_shutter", rolling_shutter_name(self.rolling_shutter))
+        except ValueError as e:
+            raise ValueError(f"Cameras: {e}") from None
+        if self.rolling_shutter != "global" and self.viewmats_rs is None:
+            raise ValueError(f"Cameras: a {self.rolling_shutter} rolling shutter needs viewmats_rs")
+        if self.camera_model != "pinhole" and (self.tangential_coeffs is not None
+                                               or self.thin_prism_coeffs is not None):
+            raise ValueError(f"Cameras: tangential and thin-prism coefficients apply to pinhole cameras only, "
+                             f"not {self.camera_model}")
         for name in ("viewmats", "Ks") + tuple(_PER_CAMERA):
             t = getattr(self, name)
             if t is None:
@@ -166,9 +181,12 @@ class Cameras:
             raise ValueError("Cameras.cat: no batches")
         first = batches[0]
         for b in batches[1:]:
-            if (b.width, b.height, b.camera_model) != (first.width, first.height, first.camera_model):
-                raise ValueError(f"Cameras.cat: cannot batch {b.width}x{b.height} {b.camera_model} cameras with "
-                                 f"{first.width}x{first.height} {first.camera_model} ones")
+            if (b.width, b.height, b.camera_model, b.rolling_shutter) != (first.width, first.height,
+                                                                          first.camera_model, first.rolling_shutter):
+                def shutter(x):
+                    return "" if x.rolling_shutter == "global" else f" ({x.rolling_shutter} shutter)"
+                raise ValueError(f"Cameras.cat: cannot batch {b.width}x{b.height} {b.camera_model} cameras"
+                                 f"{shutter(b)} with {first.width}x{first.height} {first.camera_model} ones{shutter(first)}")
         kw = {}
         for name in ("viewmats", "Ks") + tuple(_PER_CAMERA):
             vals = [getattr(b, name) for b in batches]
@@ -179,7 +197,8 @@ class Cameras:
         names = None
         if all(b.names is not None for b in batches):
             names = [n for b in batches for n in b.names]
-        return Cameras(width=first.width, height=first.height, camera_model=first.camera_model, names=names, **kw)
+        return Cameras(width=first.width, height=first.height, camera_model=first.camera_model, names=names,
+                       rolling_shutter=first.rolling_shutter, **kw)
 
     @staticmethod
     def from_numpy(viewmats: np.ndarray, Ks: np.ndarray, width: int, height: int, *, device="cpu",
@@ -196,6 +215,7 @@ class Cameras:
               for name in ("viewmats", "Ks") + tuple(_PER_CAMERA)}
         kw.update(changes)
         kw.setdefault("names", self.names)
+        kw.setdefault("rolling_shutter", self.rolling_shutter)
         return Cameras(width=self.width, height=self.height, camera_model=self.camera_model, **kw)
 
 

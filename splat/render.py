@@ -19,7 +19,8 @@ from .cameras import Cameras
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RasterizeMode = Literal["classic", "antialiased"]
-Backend = Literal["auto", "torch", "cpu", "cuda"]
+Backend = Literal["auto", "torch", "cpu", "cuda", "raytrace"]
+CameraModel = Literal["pinhole", "ortho", "fisheye"]
 
 _RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 _RASTERIZE_MODES = ("classic", "antialiased")
@@ -50,8 +51,16 @@ def rasterize(
     backend: Backend = "auto",
     tiles: Optional[Tensor] = None,
     covars: Optional[Tensor] = None,
+    camera_model: CameraModel = "pinhole",
+    radial_coeffs: Optional[Tensor] = None,
+    tangential_coeffs: Optional[Tensor] = None,
+    thin_prism_coeffs: Optional[Tensor] = None,
+    rolling_shutter="global",
+    viewmats_rs: Optional[Tensor] = None,
+    with_ut: Optional[bool] = None,
+    raytrace_options: Optional[Dict] = None,
 ) -> Tuple[Tensor, Tensor, Dict]:
-    """Rasterize N 3D Gaussians into C cameras.
+    """Rasterize (or ray trace) N 3D Gaussians into C cameras.
 
     Arguments and results follow `gsplat.rasterization` (unpacked layout):
 
@@ -78,7 +87,9 @@ def rasterize(
             compensation for the eps2d blur).
         channel_chunk: features are rendered this many channels at a time.
         backend: "auto" (cuda for CUDA tensors, else the native cpu backend,
-            else torch), "torch" (reference), "cpu", "cuda".
+            else torch), "torch" (reference), "cpu", "cuda", or "raytrace" (3DGRT:
+            rays through a BVH of the Gaussians, `splat.backends.raytrace`; the
+            per-Gaussian outputs in info come from the projection as for the others).
         tiles: optional LongTensor of flat tile indices in
             [0, C * tile_height * tile_width) to render; other pixels are 0
             (for pixel-partitioned multi-GPU training).
@@ -87,6 +98,18 @@ def rasterize(
             Gaussian's slice in time is such a covariance (`splat.models.fourdgs`).
             Projection then runs in torch (differentiable in `covars`) on every
             backend; tiling and compositing stay on the chosen backend.
+        camera_model: "pinhole", "ortho" or "fisheye" (`splat.camera_models`), with
+            gsplat's radial_coeffs [C,6] (pinhole: OpenCV k1..k6) or [C,4] (fisheye:
+            Kannala-Brandt k1..k4), tangential_coeffs [C,2], thin_prism_coeffs [C,4].
+        rolling_shutter: "global" (default), "top_to_bottom", "left_to_right",
+            "bottom_to_top", "right_to_left" (or gsplat's RollingShutterType); the pose
+            moves from `viewmats` to `viewmats_rs` [C,4,4] over the read-out.
+        with_ut: project with the unscented transform (3DGUT, `splat.backends.ut`, in
+            torch on every backend) instead of EWA. None (default): only where EWA
+            cannot (any camera but an undistorted global-shutter pinhole); False there
+            raises ValueError.
+        raytrace_options: keyword options of `splat.backends.raytrace.trace_cameras`
+            (e.g. ``{"dilate": False}``) for backend="raytrace".
 
     Returns:
         render_colors [C, H, W, D'], render_alphas [C, H, W, 1], info: a dict
@@ -110,10 +133,31 @@ def rasterize(
     if not isinstance(channel_chunk, int) or channel_chunk < 1:
         _fail(f"channel_chunk must be a positive int, got {channel_chunk!r}")
     C = viewmats.shape[0]
+    from . import camera_models as cm
+
+    rolling_shutter = cm.check_camera_args(C, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
+                                           rolling_shutter, viewmats_rs, viewmats)
+    needs_ut = camera_model != "pinhole" or rolling_shutter != "global" or cm.is_distorted(
+        radial_coeffs, tangential_coeffs, thin_prism_coeffs)
+    if with_ut is False and needs_ut:
+        _fail(f"with_ut=False: EWA projects undistorted global-shutter pinhole cameras only; this is a "
+              f"{camera_model} camera" + (" with distortion" if cm.is_distorted(
+                  radial_coeffs, tangential_coeffs, thin_prism_coeffs) else "")
+              + (f" with a {rolling_shutter} rolling shutter" if rolling_shutter != "global" else ""))
+    use_ut = needs_ut or bool(with_ut)
+    if raytrace_options and backend != "raytrace":
+        _fail("raytrace_options apply to backend='raytrace' only")
     impl = get_backend(backend, means.device, means.dtype)
     antialiased = rasterize_mode == "antialiased"
 
-    if covars is None:
+    if use_ut:
+        from .backends import ut
+
+        radii, means2d, depths, conics, compensations = ut.project_ut(
+            means, None if covars is not None else quats, None if covars is not None else scales,
+            opacities.detach(), viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip, antialiased,
+            camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs, rolling_shutter, viewmats_rs, covars)
+    elif covars is None:
         radii, means2d, depths, conics, compensations = impl.project(
             means, quats, scales, opacities.detach(), viewmats, Ks, width, height,
             eps2d, near_plane, far_plane, radius_clip, antialiased,
@@ -135,7 +179,7 @@ def rasterize(
     else:
         campos = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # -R^T t
         dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
-        feats = impl.spherical_harmonics(sh_degree, dirs, colors, visible)
+        feats = impl.spherical_harmonics(sh_degree, dirs, colors, None if impl.NAME == "raytrace" else visible)
         feats = torch.clamp_min(feats + 0.5, 0.0)
 
     if render_mode in ("RGB+D", "RGB+ED"):
@@ -153,23 +197,31 @@ def rasterize(
     if tiles is not None:
         tile_mask = torch.zeros(C * tile_width * tile_height, dtype=torch.bool, device=means.device)
         tile_mask[tiles.to(means.device).long()] = True
-    tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = impl.isect_tiles(
-        means2d, radii, depths, tile_size, tile_width, tile_height, tile_mask
-    )
-
-    D = feats.shape[-1]
-    chunk = min(channel_chunk, getattr(impl, "MAX_CHANNELS", channel_chunk))
-    chunks = []
-    for lo in range(0, D, chunk):
-        bg = None if backgrounds is None else backgrounds[:, lo : lo + chunk]
-        chunks.append(
-            impl.rasterize_to_pixels(
-                means2d, conics, feats[..., lo : lo + chunk].contiguous(), opac, width, height,
-                tile_size, isect_offsets, flatten_ids, bg, tile_mask, absgrad,
-            )
+    if impl.NAME == "raytrace":
+        tiles_per_gauss = isect_ids = flatten_ids = isect_offsets = None
+        camera = dict(camera_model=camera_model, radial_coeffs=radial_coeffs, tangential_coeffs=tangential_coeffs,
+                      thin_prism_coeffs=thin_prism_coeffs, rolling_shutter=rolling_shutter, viewmats_rs=viewmats_rs)
+        render_colors, render_alphas, means2d = impl.render(
+            means, quats, scales, covars, opac, feats, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+            means2d, depths, backgrounds, camera, tile_size, tile_mask, absgrad, **(raytrace_options or {}))
+    else:
+        tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = impl.isect_tiles(
+            means2d, radii, depths, tile_size, tile_width, tile_height, tile_mask
         )
-    render_colors = torch.cat([c for c, _ in chunks], dim=-1) if len(chunks) > 1 else chunks[0][0]
-    render_alphas = chunks[0][1]
+
+        D = feats.shape[-1]
+        chunk = min(channel_chunk, getattr(impl, "MAX_CHANNELS", channel_chunk))
+        chunks = []
+        for lo in range(0, D, chunk):
+            bg = None if backgrounds is None else backgrounds[:, lo : lo + chunk]
+            chunks.append(
+                impl.rasterize_to_pixels(
+                    means2d, conics, feats[..., lo : lo + chunk].contiguous(), opac, width, height,
+                    tile_size, isect_offsets, flatten_ids, bg, tile_mask, absgrad,
+                )
+            )
+        render_colors = torch.cat([c for c, _ in chunks], dim=-1) if len(chunks) > 1 else chunks[0][0]
+        render_alphas = chunks[0][1]
 
     if render_mode in ("ED", "RGB+ED"):
         render_colors = torch.cat(
@@ -202,6 +254,8 @@ def rasterize(
         "far_plane": far_plane,
         "eps2d": eps2d,
         "rasterize_mode": rasterize_mode,
+        "camera_model": camera_model,
+        "with_ut": use_ut,
     }
     return render_colors, render_alphas, info
 
@@ -265,22 +319,26 @@ def render_gaussians(gaussians: Gaussians, cameras: Cameras, settings: RenderSet
 
     Other keyword arguments go to `rasterize` (backgrounds, render_mode, absgrad, tiles,
     ...). Returns `rasterize`'s (colors [C,H,W,D], alphas [C,H,W,1], info), info with
-    ``param_ids`` (the Gaussians' ``ids``, None for all rows in order). Raises
-    ``ValueError`` for cameras the rasterizer cannot project yet (any model but pinhole,
-    or distortion coefficients)."""
-    if cameras.camera_model != "pinhole" or any(
-            getattr(cameras, k) is not None for k in ("radial_coeffs", "tangential_coeffs", "thin_prism_coeffs")):
-        _fail(f"cameras: the rasterizer projects undistorted pinhole cameras only, got camera_model="
-              f"{cameras.camera_model!r}" + (" with distortion coefficients" if cameras.camera_model == "pinhole" else ""))
+    ``param_ids`` (the Gaussians' ``ids``, None for all rows in order). The cameras' model,
+    distortion and rolling shutter go to `rasterize` (projected by the unscented transform where
+    they are not an undistorted global-shutter pinhole)."""
     g = gaussians
     kwargs.setdefault("near_plane", settings.near_plane)
     kwargs.setdefault("far_plane", settings.far_plane)
     colors, alphas, info = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cameras.viewmats, cameras.Ks,
                                      cameras.width, cameras.height, sh_degree=g.sh_degree, backend=settings.backend,
-                                     rasterize_mode=settings.rasterize_mode, covars=g.covars, **kwargs)
+                                     rasterize_mode=settings.rasterize_mode, covars=g.covars,
+                                     **camera_arguments(cameras), **kwargs)
     info["param_ids"] = g.ids
     info["gaussians"] = g  # what was rendered (density control may render it again, e.g. `blend_weights`)
     return colors, alphas, info
+
+
+def camera_arguments(cameras: Cameras) -> Dict:
+    """`rasterize`'s camera-model keyword arguments for a `Cameras` batch."""
+    return dict(camera_model=cameras.camera_model, radial_coeffs=cameras.radial_coeffs,
+                tangential_coeffs=cameras.tangential_coeffs, thin_prism_coeffs=cameras.thin_prism_coeffs,
+                rolling_shutter=cameras.rolling_shutter, viewmats_rs=cameras.viewmats_rs)
 
 
 # per-camera, per-Gaussian entries of `rasterize`'s info ([C, N, ...]) that `merge_infos` scatters

@@ -22,7 +22,7 @@ from splat.cameras import Cameras
 from splat.data import load_dataset
 from splat.models.base import GaussianParams, Model
 from splat.models.static import StaticConfig, StaticModel, init_splats, render_splats
-from splat.render import Gaussians, RenderSettings, render_gaussians
+from splat.render import Gaussians, RenderSettings, rasterize, render_gaussians
 from splat.strategies import ADCStrategy, ops
 from splat.optim import AdamOptimizer
 from splat.train import MODELS, OPTIMIZERS, STRATEGIES, Callback, TrainConfig, Trainer, train
@@ -122,13 +122,18 @@ def test_datasets_hand_out_cameras(blender_dir):
     assert ds.train.cameras([1, 2]).time.tolist() == pytest.approx(ds.train.times[[1, 2]].tolist())
 
 
-def test_renderer_refuses_cameras_it_cannot_project_yet():
-    g = Gaussians(torch.zeros(1, 3), torch.tensor([[1.0, 0, 0, 0]]), torch.ones(1, 3) * 0.1, torch.ones(1),
-                  torch.ones(1, 3))
-    with pytest.raises(ValueError, match="pinhole cameras only, got camera_model='fisheye'"):
-        render_gaussians(g, _cams(1, camera_model="fisheye"))
-    with pytest.raises(ValueError, match="with distortion coefficients"):
-        render_gaussians(g, _cams(1, radial_coeffs=torch.zeros(1, 6)))
+def test_render_gaussians_passes_the_camera_model_on():
+    g = Gaussians(torch.tensor([[0.1, 0.0, 2.0]]), torch.tensor([[1.0, 0, 0, 0]]), torch.ones(1, 3) * 0.1,
+                  torch.ones(1) * 0.9, torch.ones(1, 3))
+    cams = _cams(1, camera_model="fisheye", radial_coeffs=torch.tensor([[0.05, 0.0, 0.0, 0.0]]))
+    got, _, info = render_gaussians(g, cams)
+    want, _, _ = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.viewmats, cams.Ks, cams.width,
+                           cams.height, camera_model="fisheye", radial_coeffs=cams.radial_coeffs,
+                           near_plane=0.01)
+    assert info["with_ut"] and info["camera_model"] == "fisheye"
+    assert torch.equal(got, want) and got.sum() > 0
+    pinhole, _, _ = render_gaussians(g, _cams(1))
+    assert not torch.equal(pinhole, got)
 
 
 # ----------------------------------------------------------------------------- the static model

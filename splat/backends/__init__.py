@@ -11,12 +11,12 @@ from . import torch_ref
 
 torch_ref.NAME = "torch"
 
-_BACKENDS = ("auto", "torch", "cpu", "cuda")
+_BACKENDS = ("auto", "torch", "cpu", "cuda", "raytrace")
 _warned_fallback = False
 
 
 def get(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
-    """The backend module for `name` ("auto", "torch", "cpu" or "cuda") on `device`.
+    """The backend module for `name` ("auto", "torch", "cpu", "cuda" or "raytrace") on `device`.
 
     "auto" takes the native backend of the device when it builds and the dtype
     is float32, and the torch reference otherwise (with one warning when a
@@ -26,6 +26,11 @@ def get(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
         raise ValueError(f"splat.rasterize: backend must be one of {_BACKENDS}, got {name!r}")
     if name == "torch":
         return torch_ref
+    if name == "raytrace":
+        from . import cpu, raytrace
+
+        cpu.load()  # the tracer's native code (raises NativeBuildError with the compiler output)
+        return raytrace
     if name == "cuda":
         if device.type != "cuda":
             raise ValueError(f"splat.rasterize: backend='cuda' needs CUDA tensors, got tensors on {device}")

@@ -37,6 +37,12 @@ _SIGNATURES = {
     # 2D image Gaussians (cpu/image2d_cpu.cpp)
     "splat_img_fwd": ([_I] * 8 + [_P] * 9, None),
     "splat_img_bwd": ([_I] * 8 + [_P] * 10, None),
+    # ray tracing (cpu/raytrace_cpu.cpp)
+    "splat_rt_node_floats": ([], _I),
+    "splat_rt_build": ([_I, _P, _P, _P, _P, _P], _I),
+    "splat_rt_fwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P], None),
+    "splat_rt_bwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P],
+                     None),
 }
 
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno",
@@ -50,7 +56,7 @@ def load():
         return _lib
     with _lock:
         if _lib is None:
-            path = build_library("splat_cpu", ["cpu/splat_cpu.cpp", "cpu/image2d_cpu.cpp"],
+            path = build_library("splat_cpu", ["cpu/splat_cpu.cpp", "cpu/image2d_cpu.cpp", "cpu/raytrace_cpu.cpp"],
                                  os.environ.get("CXX", "g++"), CXX_FLAGS)
             lib = bind_signatures(load_library(path), _SIGNATURES)
             lib.splat_set_num_threads(torch.get_num_threads())

@@ -155,12 +155,20 @@ def project_covars(
     ).reshape(z.shape + (2, 3))
     cov2d = J @ cov_c @ J.transpose(-1, -2)  # [C, N, 2, 2]
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
+    return footprint_2d(means2d, cov2d, p[..., 2], in_depth, opacities, width, height, eps2d, radius_clip, antialiased)
 
+
+def footprint_2d(means2d: Tensor, cov2d: Tensor, depths: Tensor, ok: Tensor, opacities: Optional[Tensor], width: int,
+                 height: int, eps2d: float, radius_clip: float, antialiased: bool):
+    """The 2D Gaussians' blur, conics, compensations and opacity-aware radii from their means [C, N, 2] and
+    covariances [C, N, 2, 2] in pixels (EWA's or the unscented transform's): `project`'s outputs, culling
+    where `ok` [C, N] is False, the blurred covariance is not positive definite, the radius is at most
+    `radius_clip` or the footprint misses the image."""
     a, b, c = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
     det_orig = a * c - b * b
     a, c = a + eps2d, c + eps2d
     det = a * c - b * b
-    ok = in_depth & (det > 0)
+    ok = ok & (det > 0)
     det = torch.where(ok, det, torch.ones_like(det))
     ratio = det_orig / det
     pos = ratio > 0  # a zero-area footprint (a flat Gaussian seen edge-on) compensates to 0, with zero gradient
@@ -168,9 +176,9 @@ def project_covars(
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)
 
     with torch.no_grad():
-        extend = torch.full_like(z, MAX_EXTEND)
+        extend = torch.full_like(depths, MAX_EXTEND)
         if opacities is not None:
-            op = opacities[None, :].expand_as(z)
+            op = opacities[None, :].expand_as(depths)
             if antialiased:
                 op = op * compensations
             ok = ok & (op >= ALPHA_THRESHOLD)
@@ -187,7 +195,7 @@ def project_covars(
     keep = ok[..., None]
     means2d = torch.where(keep, means2d, 0.0)
     conics = torch.where(keep, conics, 0.0)
-    depths = torch.where(ok, p[..., 2], 0.0)
+    depths = torch.where(ok, depths, 0.0)
     compensations = torch.where(ok, compensations, 0.0)
     return radii, means2d, depths, conics, compensations
 

@@ -1,0 +1,387 @@
+"""Camera models in torch: projection of camera-space points to pixels, pixels to rays, lens
+distortion and rolling shutter. The one place for this math: the rasterizer's unscented
+projection (`splat.ut`), the ray tracer's ray generation (`splat.backends.raytrace`) and the
+image undistortion of the loaders (`splat.data.distortion`, through `distort_normalized`) all
+call it.
+
+Models and coefficients follow gsplat's ``rasterization`` (and so 3DGUT's):
+
+``pinhole`` with OpenCV distortion (``radial_coeffs`` [C,6] = k1..k6, ``tangential_coeffs`` [C,2]
+= p1, p2, ``thin_prism_coeffs`` [C,4] = s1..s4), on normalised coordinates x = X/Z, y = Y/Z::
+
+    r2 = x^2 + y^2
+    radial = (1 + k1 r2 + k2 r2^2 + k3 r2^3) / (1 + k4 r2 + k5 r2^2 + k6 r2^3)
+    xd = x radial + 2 p1 x y + p2 (r2 + 2 x^2) + s1 r2 + s2 r2^2
+    yd = y radial + 2 p2 x y + p1 (r2 + 2 y^2) + s3 r2 + s4 r2^2
+    u = fx xd + cx,  v = fy yd + cy
+
+``fisheye``: Kannala-Brandt (OpenCV fisheye, COLMAP OPENCV_FISHEYE; ``radial_coeffs`` [C,4])::
+
+    theta = atan2(sqrt(X^2 + Y^2), Z)
+    theta_d = theta (1 + k1 theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8)
+    u = fx theta_d X / sqrt(X^2 + Y^2) + cx   (equidistant when every k is 0)
+
+so a fisheye sees points behind the image plane (theta up to the model's monotonic limit).
+
+``ortho``: u = fx X + cx, v = fy Y + cy (fx in pixels per world unit), rays all along +Z.
+
+Pixels use the corner convention: the centre of pixel (i, j) is (j + 0.5, i + 0.5).
+
+A projection is *valid* where the model is one-to-one: in front of the camera (pinhole Z > 0),
+and inside the radius where the distortion stays monotonic (d r_d / d r > 0, found per camera
+numerically), so a strong radial term cannot fold far-away points back into the image.
+
+Rolling shutter (gsplat's ``RollingShutterType``): the camera moves from ``viewmats`` (the first
+row or column exposed) to ``viewmats_rs`` (the last) while the sensor is read; a pixel's pose is the
+interpolation (centres linearly, rotations by slerp) at its read-out time in [0, 1].
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["CAMERA_MODELS", "ROLLING_SHUTTER", "distort_normalized", "project_points", "camera_rays",
+           "pixel_rays", "rolling_shutter_time", "interpolate_viewmats", "check_camera_args"]
+
+CAMERA_MODELS = ("pinhole", "ortho", "fisheye")
+# gsplat's RollingShutterType values, by name
+ROLLING_SHUTTER = {"top_to_bottom": 0, "left_to_right": 1, "bottom_to_top": 2, "right_to_left": 3, "global": 4}
+RADIAL_COUNT = {"pinhole": 6, "fisheye": 4}
+
+
+def rolling_shutter_name(value) -> str:
+    """A rolling-shutter type given by name (any case) or by gsplat's enum / int value -> its name.
+    Raises ``ValueError`` for anything else."""
+    v = getattr(value, "value", value)
+    if isinstance(v, str) and v.lower() in ROLLING_SHUTTER:
+        return v.lower()
+    if isinstance(v, int) and not isinstance(v, bool):
+        for k, i in ROLLING_SHUTTER.items():
+            if i == v:
+                return k
+    raise ValueError(f"rolling_shutter must be one of {', '.join(ROLLING_SHUTTER)} (or gsplat's RollingShutterType),"
+                     f" got {value!r}")
+
+
+def check_camera_args(C: int, camera_model: str, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
+                      rolling_shutter, viewmats_rs, like: Tensor, where: str = "splat.rasterize") -> str:
+    """Check the camera-model arguments of C cameras (shapes, dtype and device of `like`,
+    finiteness); returns the rolling-shutter name. Raises ``ValueError`` naming the argument."""
+    if camera_model not in CAMERA_MODELS:
+        raise ValueError(f"{where}: camera_model must be one of {CAMERA_MODELS}, got {camera_model!r}")
+    rs = rolling_shutter_name(rolling_shutter)
+    shapes = {"radial_coeffs": (C, RADIAL_COUNT.get(camera_model, 0)), "tangential_coeffs": (C, 2),
+              "thin_prism_coeffs": (C, 4), "viewmats_rs": (C, 4, 4)}
+    for name, t in (("radial_coeffs", radial_coeffs), ("tangential_coeffs", tangential_coeffs),
+                    ("thin_prism_coeffs", thin_prism_coeffs), ("viewmats_rs", viewmats_rs)):
+        if t is None:
+            continue
+        if camera_model != "pinhole" and name in ("tangential_coeffs", "thin_prism_coeffs"):
+            raise ValueError(f"{where}: {name} applies to pinhole cameras only (camera_model={camera_model!r})")
+        if camera_model == "ortho" and name == "radial_coeffs":
+            raise ValueError(f"{where}: an ortho camera takes no radial_coeffs")
+        if not isinstance(t, Tensor) or tuple(t.shape) != shapes[name]:
+            got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{where}: {name} must be {list(shapes[name])} for {C} {camera_model} camera(s), got {got}")
+        if t.dtype != like.dtype or t.device != like.device:
+            raise ValueError(f"{where}: {name} is {t.dtype} on {t.device}, expected {like.dtype} on {like.device}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where}: {name} contains NaN or Inf values")
+    if rs != "global" and viewmats_rs is None:
+        raise ValueError(f"{where}: rolling_shutter={rs!r} needs viewmats_rs (the pose at the end of the read-out)")
+    return rs
+
+
+def is_distorted(radial_coeffs, tangential_coeffs, thin_prism_coeffs) -> bool:
+    """True when any distortion coefficient is given and non-zero."""
+    return any(t is not None and bool((t != 0).any()) for t in (radial_coeffs, tangential_coeffs, thin_prism_coeffs))
+
+
+# ------------------------------------------------------------------ distortion on normalised coordinates
+def _poly(coeffs: Optional[Tensor], t: Tensor) -> Tensor:
+    """1 + c1 t + c2 t^2 + ... for coeffs [..., n] (broadcast against t [...]); 1 for None."""
+    out = torch.zeros_like(t)
+    if coeffs is None or coeffs.shape[-1] == 0:
+        return out + 1.0
+    for i in range(coeffs.shape[-1] - 1, -1, -1):
+        out = (out + coeffs[..., i]) * t
+    return out + 1.0
+
+
+def distort_normalized(x: Tensor, y: Tensor, kind: str, radial: Optional[Tensor] = None,
+                       radial_den: Optional[Tensor] = None, tangential: Optional[Tensor] = None,
+                       thin_prism: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Distort normalised coordinates (x = X/Z, y = Y/Z, in front of the camera).
+
+    kind ``"radtan"``: OpenCV radial-tangential-thin-prism (module docstring) with a numerator
+    polynomial in r2 of any length ``radial`` [..., n] and a denominator ``radial_den`` [..., m];
+    ``"fisheye"``: Kannala-Brandt with ``radial`` [..., n] in theta^2 (theta = atan(r)).
+    Coefficient tensors broadcast against x, y over their leading axes. Differentiable."""
+    if kind == "fisheye":
+        r2 = x * x + y * y
+        small = r2 < 1e-20
+        r = torch.sqrt(torch.where(small, torch.ones_like(r2), r2))
+        theta = torch.atan(r)
+        scale = torch.where(small, torch.ones_like(r), theta * _poly(radial, theta * theta) / r)
+        return x * scale, y * scale
+    if kind != "radtan":
+        raise ValueError(f"unknown distortion kind {kind!r}")
+    r2 = x * x + y * y
+    radial_f = _poly(radial, r2)
+    if radial_den is not None:
+        radial_f = radial_f / _poly(radial_den, r2)
+    xd, yd = x * radial_f, y * radial_f
+    if tangential is not None:
+        p1, p2 = tangential[..., 0], tangential[..., 1]
+        xd = xd + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
+        yd = yd + 2.0 * p2 * x * y + p1 * (r2 + 2.0 * y * y)
+    if thin_prism is not None:
+        xd = xd + thin_prism[..., 0] * r2 + thin_prism[..., 1] * r2 * r2
+        yd = yd + thin_prism[..., 2] * r2 + thin_prism[..., 3] * r2 * r2
+    return xd, yd
+
+
+def _split_radial(radial_coeffs: Optional[Tensor]):
+    """gsplat's pinhole radial_coeffs [..., 6] -> (numerator k1..k3, denominator k4..k6)."""
+    if radial_coeffs is None:
+        return None, None
+    return radial_coeffs[..., :3], radial_coeffs[..., 3:]
+
+
+@torch.no_grad()
+def monotonic_limit(camera_model: str, radial_coeffs: Optional[Tensor], tangential_coeffs: Optional[Tensor] = None,
+                    thin_prism_coeffs: Optional[Tensor] = None) -> Tensor:
+    """Per camera [C], the largest undistorted radius (pinhole: r = |(x, y)|; fisheye: the angle
+    theta from the axis) up to which the model's radial mapping r -> r_d keeps increasing
+    (pinhole: also up to the radius where tangential/prism terms would dominate, r <= 10).
+    Infinity where nothing limits it (no radial coefficients; fisheye: pi)."""
+    if radial_coeffs is None:
+        C = 1 if tangential_coeffs is None else tangential_coeffs.shape[0]
+        dev = (tangential_coeffs if tangential_coeffs is not None else torch.zeros(1)).device
+        return torch.full((C,), math.pi if camera_model == "fisheye" else math.inf, dtype=torch.float64, device=dev)
+    k = radial_coeffs.double()
+    hi = math.pi if camera_model == "fisheye" else 10.0
+    r = torch.linspace(0.0, hi, 4097, dtype=torch.float64, device=k.device)[None, :]  # [1, S]
+    if camera_model == "fisheye":
+        rd = r * _poly(k[:, None, :], r * r)
+    else:
+        num, den = _split_radial(k[:, None, :])
+        rd = r * _poly(num, r * r) / _poly(den, r * r)
+        rd = torch.where(_poly(den, r * r) > 0, rd, torch.full_like(rd, -math.inf))
+    bad = (rd[:, 1:] - rd[:, :-1]) <= 0  # [C, S-1]
+    first = torch.where(bad.any(1), bad.float().argmax(1), torch.full_like(bad[:, 0], bad.shape[1], dtype=torch.long))
+    lim = r[0, first.clamp(max=r.shape[1] - 1)]
+    return torch.where(bad.any(1), lim, torch.full_like(lim, math.pi if camera_model == "fisheye" else math.inf))
+
+
+# ------------------------------------------------------------------ projection
+def project_points(p: Tensor, Ks: Tensor, camera_model: str = "pinhole", radial_coeffs: Optional[Tensor] = None,
+                   tangential_coeffs: Optional[Tensor] = None, thin_prism_coeffs: Optional[Tensor] = None,
+                   near_plane: float = 0.0, limits: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Camera-space points p [C, ..., 3] -> pixels [C, ..., 2] and validity [C, ...] (bool).
+
+    Ks [C,3,3]; coefficients [C, k] (see the module docstring). ``near_plane``: pinhole and ortho
+    points need Z >= near_plane, fisheye points a distance >= near_plane. ``limits``: the models'
+    `monotonic_limit` [C] (computed when None). Invalid points get finite stand-in pixels.
+    Differentiable (autograd) in p, Ks and the coefficients."""
+    C = p.shape[0]
+    view = (C,) + (1,) * (p.dim() - 2)
+
+    def per_cam(t):  # [C, k] -> [C, 1.., k]
+        return None if t is None else t.reshape(view + t.shape[-1:])
+
+    fx, fy = Ks[:, 0, 0].reshape(view), Ks[:, 1, 1].reshape(view)
+    cx, cy = Ks[:, 0, 2].reshape(view), Ks[:, 1, 2].reshape(view)
+    X, Y, Z = p.unbind(-1)
+    if camera_model == "ortho":
+        return torch.stack([fx * X + cx, fy * Y + cy], -1), Z >= near_plane
+    if limits is None:
+        limits = monotonic_limit(camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs)
+    lim = limits.to(p.dtype).reshape(view) if limits.numel() == C else limits.to(p.dtype).reshape(-1)[0]
+    if camera_model == "fisheye":
+        r2 = X * X + Y * Y
+        small = r2 < 1e-20
+        r = torch.sqrt(torch.where(small, torch.ones_like(r2), r2))
+        theta = torch.atan2(r, Z)
+        td = theta * _poly(per_cam(radial_coeffs), theta * theta)
+        dist = torch.sqrt(r2 + Z * Z)
+        zs = torch.where(Z.abs() > 1e-20, Z, torch.full_like(Z, 1e-20))
+        scale = torch.where(small, _poly(per_cam(radial_coeffs), theta * theta) / zs, td / r)
+        valid = (dist >= near_plane) & (theta < lim) & ~(small & (Z <= 0))
+        return torch.stack([fx * X * scale + cx, fy * Y * scale + cy], -1), valid
+    if camera_model != "pinhole":
+        raise ValueError(f"unknown camera_model {camera_model!r}")
+    front = Z >= max(near_plane, 1e-12)
+    zs = torch.where(front, Z, torch.ones_like(Z))
+    x, y = X / zs, Y / zs
+    valid = front & (torch.sqrt(x * x + y * y) < lim)
+    num, den = _split_radial(per_cam(radial_coeffs))
+    xd, yd = distort_normalized(x, y, "radtan", num, den, per_cam(tangential_coeffs), per_cam(thin_prism_coeffs))
+    return torch.stack([fx * xd + cx, fy * yd + cy], -1), valid
+
+
+# ------------------------------------------------------------------ rays
+def _undistort_pinhole(xd: Tensor, yd: Tensor, radial, tangential, thin_prism, limit, iters: int = 20):
+    """Invert the OpenCV model by Newton's method (analytic 2x2 Jacobian by autograd-free finite
+    steps in float64); returns x, y and the points that converged inside the monotonic radius."""
+    num, den = _split_radial(radial)
+    x, y = xd.clone(), yd.clone()
+    h = 1e-7
+    for _ in range(iters):
+        fx_, fy_ = distort_normalized(x, y, "radtan", num, den, tangential, thin_prism)
+        ex, ey = fx_ - xd, fy_ - yd
+        ax, ay = distort_normalized(x + h, y, "radtan", num, den, tangential, thin_prism)
+        bx, by = distort_normalized(x, y + h, "radtan", num, den, tangential, thin_prism)
+        j11, j21, j12, j22 = (ax - fx_) / h, (ay - fy_) / h, (bx - fx_) / h, (by - fy_) / h
+        det = j11 * j22 - j12 * j21
+        det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
+        dx, dy = (j22 * ex - j12 * ey) / det, (-j21 * ex + j11 * ey) / det
+        step = torch.sqrt(dx * dx + dy * dy)
+        lim = 0.5 * (1.0 + torch.sqrt(x * x + y * y))
+        damp = torch.where(step > lim, lim / step.clamp_min(1e-300), torch.ones_like(step))
+        x, y = x - dx * damp, y - dy * damp
+    fx_, fy_ = distort_normalized(x, y, "radtan", num, den, tangential, thin_prism)
+    ok = ((fx_ - xd).abs() + (fy_ - yd).abs() < 1e-7) & (torch.sqrt(x * x + y * y) < limit)
+    return x, y, ok
+
+
+def _fisheye_theta(rd: Tensor, radial: Optional[Tensor], limit: Tensor, iters: int = 20):
+    """Solve theta_d(theta) = rd for theta (Newton, float64); returns theta and convergence."""
+    theta = rd.clone()
+    if radial is not None:
+        k = radial
+        for _ in range(iters):
+            t2 = theta * theta
+            f = theta * _poly(k, t2) - rd
+            df = 1 + 3 * k[..., 0] * t2 + 5 * k[..., 1] * t2 ** 2 + 7 * k[..., 2] * t2 ** 3 + 9 * k[..., 3] * t2 ** 4
+            theta = (theta - f / torch.where(df.abs() < 1e-12, torch.full_like(df, 1e-12), df)).clamp(0.0, math.pi)
+        ok = (theta * _poly(k, theta * theta) - rd).abs() < 1e-7
+    else:
+        ok = torch.ones_like(rd, dtype=torch.bool)
+    return theta, ok & (theta < limit)
+
+
+def pixel_rays(pixels: Tensor, Ks: Tensor, camera_model: str = "pinhole", radial_coeffs: Optional[Tensor] = None,
+               tangential_coeffs: Optional[Tensor] = None, thin_prism_coeffs: Optional[Tensor] = None
+               ) -> Tuple[Tensor, Tensor, Tensor]:
+    """Camera-space rays through pixels [C, P, 2] (pixel coordinates, centres at +0.5).
+
+    Returns origins [C, P, 3] (zero but for ortho), unit directions [C, P, 3] and validity
+    [C, P] (the pixel is the image of some point: the distortion inverts there). Computed in
+    float64, returned in the dtype of `pixels`. Not differentiable (rays are data)."""
+    dt = pixels.dtype
+    pix = pixels.double()
+    K = Ks.double()
+    fx, fy, cx, cy = (K[:, 0, 0, None], K[:, 1, 1, None], K[:, 0, 2, None], K[:, 1, 2, None])
+    xd = (pix[..., 0] - cx) / fx
+    yd = (pix[..., 1] - cy) / fy
+    ones = torch.ones_like(xd)
+    if camera_model == "ortho":
+        o = torch.stack([xd, yd, torch.zeros_like(xd)], -1)
+        d = torch.stack([torch.zeros_like(xd), torch.zeros_like(xd), ones], -1)
+        return o.to(dt), d.to(dt), torch.ones_like(xd, dtype=torch.bool)
+
+    def per_cam(t):
+        return None if t is None else t.double()[:, None, :]
+
+    limits = monotonic_limit(camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs)
+    limits = limits.to(pix.device)[:, None] if limits.numel() == pix.shape[0] else limits.to(pix.device).reshape(1, 1)
+    if camera_model == "fisheye":
+        rd = torch.sqrt(xd * xd + yd * yd)
+        theta, ok = _fisheye_theta(rd, per_cam(radial_coeffs), limits)
+        s = torch.where(rd > 1e-15, torch.sin(theta) / rd.clamp_min(1e-15), ones)
+        d = torch.stack([xd * s, yd * s, torch.cos(theta)], -1)
+    elif camera_model == "pinhole":
+        if is_distorted(radial_coeffs, tangential_coeffs, thin_prism_coeffs):
+            x, y, ok = _undistort_pinhole(xd, yd, per_cam(radial_coeffs), per_cam(tangential_coeffs),
+                                          per_cam(thin_prism_coeffs), limits)
+        else:
+            x, y, ok = xd, yd, torch.ones_like(xd, dtype=torch.bool)
+        d = torch.stack([x, y, ones], -1)
+    else:
+        raise ValueError(f"unknown camera_model {camera_model!r}")
+    d = d / d.norm(dim=-1, keepdim=True)
+    return torch.zeros_like(d).to(dt), d.to(dt), ok
+
+
+def rolling_shutter_time(pixels: Tensor, width: int, height: int, rolling_shutter: str) -> Tensor:
+    """Read-out time in [0, 1] of pixel positions [..., 2] under a rolling shutter (row or column
+    index over the last one; 0 everywhere for ``"global"``)."""
+    u, v = pixels[..., 0] - 0.5, pixels[..., 1] - 0.5
+    if rolling_shutter == "global":
+        return torch.zeros_like(u)
+    if rolling_shutter in ("top_to_bottom", "bottom_to_top"):
+        t = v / max(height - 1, 1)
+    else:
+        t = u / max(width - 1, 1)
+    t = t.clamp(0.0, 1.0)
+    return 1.0 - t if rolling_shutter in ("bottom_to_top", "right_to_left") else t
+
+
+def _rotmat_to_quat(R: Tensor) -> Tensor:
+    from .backends.torch_ref import rotmat_to_quat
+
+    return rotmat_to_quat(R)
+
+
+def interpolate_viewmats(viewmats: Tensor, viewmats_rs: Tensor, t: Tensor) -> Tensor:
+    """World-to-camera poses at times t [C, ...] between viewmats [C,4,4] (t = 0) and viewmats_rs
+    (t = 1): camera centres linearly, rotations by slerp. Returns [C, ..., 4, 4]."""
+    from .backends.torch_ref import quat_to_rotmat
+
+    C = viewmats.shape[0]
+    view = (C,) + (1,) * (t.dim() - 1)
+    R0, R1 = viewmats[:, :3, :3], viewmats_rs[:, :3, :3]
+    c0 = -(R0.transpose(1, 2) @ viewmats[:, :3, 3:])[..., 0]
+    c1 = -(R1.transpose(1, 2) @ viewmats_rs[:, :3, 3:])[..., 0]
+    q0, q1 = _rotmat_to_quat(R0), _rotmat_to_quat(R1)
+    dot = (q0 * q1).sum(-1)
+    q1 = torch.where(dot[:, None] < 0, -q1, q1)
+    dot = dot.abs().clamp(max=1.0)
+    omega = torch.acos(dot).reshape(view)
+    so = torch.sin(omega)
+    tt = t[..., None]
+    lin = so.abs() < 1e-6
+    w0 = torch.where(lin, 1 - t, torch.sin((1 - t) * omega) / torch.where(lin, torch.ones_like(so), so))
+    w1 = torch.where(lin, t, torch.sin(t * omega) / torch.where(lin, torch.ones_like(so), so))
+    q = w0[..., None] * q0.reshape(view + (4,)) + w1[..., None] * q1.reshape(view + (4,))
+    R = quat_to_rotmat(q)  # [C, ..., 3, 3]
+    c = (1 - tt) * c0.reshape(view + (3,)) + tt * c1.reshape(view + (3,))
+    out = torch.zeros(R.shape[:-2] + (4, 4), dtype=viewmats.dtype, device=viewmats.device)
+    out[..., :3, :3] = R
+    out[..., :3, 3] = -(R @ c[..., None])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def camera_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int, camera_model: str = "pinhole",
+                radial_coeffs: Optional[Tensor] = None, tangential_coeffs: Optional[Tensor] = None,
+                thin_prism_coeffs: Optional[Tensor] = None, rolling_shutter="global",
+                viewmats_rs: Optional[Tensor] = None, pixels: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor, Tensor]:
+    """World-space rays of C cameras: origins [C, P, 3], unit directions [C, P, 3], validity [C, P].
+
+    ``pixels`` [C, P, 2] (pixel coordinates) or None for every pixel centre in row-major order
+    (P = height * width). With a rolling shutter each pixel's ray leaves from its own
+    interpolated pose (`interpolate_viewmats` at `rolling_shutter_time`)."""
+    C = viewmats.shape[0]
+    dev, dt = viewmats.device, viewmats.dtype
+    if pixels is None:
+        jj, ii = torch.meshgrid(torch.arange(width, device=dev, dtype=torch.float64),
+                                torch.arange(height, device=dev, dtype=torch.float64), indexing="xy")
+        pixels = torch.stack([jj + 0.5, ii + 0.5], -1).reshape(1, -1, 2).expand(C, -1, -1)
+    o_c, d_c, ok = pixel_rays(pixels.double(), Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs)
+    rs = rolling_shutter_name(rolling_shutter)
+    if rs == "global":
+        V = viewmats.double()[:, None]  # [C, 1, 4, 4]
+    else:
+        V = interpolate_viewmats(viewmats.double(), viewmats_rs.double(),
+                                 rolling_shutter_time(pixels.double(), width, height, rs))  # [C, P, 4, 4]
+    R, t = V[..., :3, :3], V[..., :3, 3]
+    Rt = R.transpose(-1, -2)
+    origins = (Rt @ (o_c - t)[..., None])[..., 0]
+    dirs = (Rt @ d_c[..., None])[..., 0]
+    return origins.to(dt), dirs.to(dt), ok
