@@ -740,3 +740,6 @@ SPLAT_API int splatcu_rasterize_bwd(int C, int N, int D, int width, int height, 
                             v_colors_out, v_alphas_out, v_means2d, v_conics, v_colors, v_opacities, v_means2d_abs);
     RETURN_LAUNCH_ERROR();
 }
+
+// ------------------------------------------------------------------ ray tracing
+#include "raytrace_kernels.cuh"

@@ -17,7 +17,9 @@
 // The backward pass traces the same rounds again and un-composites (3DGRT's scheme): with the
 // forward colour C and transmittance T_final, the colour behind hit i is C - (accumulated up to i).
 //
-// The BVH build (host only) is a median split on the longest centroid axis, leaves of <= 4.
+// The BVH build (host only) is a median split on the longest centroid axis, leaves of <= 4. It also
+// packs each Gaussian's mean, precision, opacity and hit bound into one 48-byte record in leaf order
+// (`Prim`), so that a leaf's tests read contiguous memory; prims[j] maps record j to the Gaussian's id.
 #pragma once
 
 #include <math.h>
@@ -33,7 +35,10 @@
 namespace splat {
 namespace rt {
 
-constexpr int kBufferSize = 16;   // hits per traversal round (the k-buffer)
+#ifndef SPLAT_RT_KBUFFER
+#define SPLAT_RT_KBUFFER 16
+#endif
+constexpr int kBufferSize = SPLAT_RT_KBUFFER;  // hits per traversal round (the k-buffer; a compile-time size)
 constexpr int kLeafSize = 4;      // Gaussians per BVH leaf (at most)
 constexpr int kStackSize = 64;    // traversal stack (the median-split tree is ~log2(N/4) deep)
 constexpr int kMaxChannels = 64;  // feature channels per ray in one pass
@@ -85,25 +90,35 @@ SPLAT_HD bool gaussian_box(const float* mu, const float* P, float opacity, float
     return true;
 }
 
+// One Gaussian as the traversal reads it (leaf order).
+struct Prim {
+    float mu[3];
+    float P[6];
+    float opacity;
+    float qmax;  // 2 ln(255 opacity): the hit ellipsoid is y.P y <= qmax
+    float pad;
+};
+
 // The ray's hit on one Gaussian: depth t (of the peak response), the unclamped alpha o G and y.
 struct Hit {
     float t, raw_alpha, G;
     float y[3];
 };
 
-SPLAT_HD bool ray_gaussian(const float* o, const float* d, const float* mu, const float* P, float opacity, Hit& h) {
-    const float x[3] = {mu[0] - o[0], mu[1] - o[1], mu[2] - o[2]};
+SPLAT_HD bool ray_gaussian(const float* o, const float* d, const Prim& g, Hit& h) {
+    const float x[3] = {g.mu[0] - o[0], g.mu[1] - o[1], g.mu[2] - o[2]};
     float Pd[3];
-    sym_mul(P, d, Pd);
+    sym_mul(g.P, d, Pd);
     const float a = d[0] * Pd[0] + d[1] * Pd[1] + d[2] * Pd[2];
     if (!(a > 0.f)) return false;
     const float t = (x[0] * Pd[0] + x[1] * Pd[1] + x[2] * Pd[2]) / a;
-    const float y[3] = {o[0] + t * d[0] - mu[0], o[1] + t * d[1] - mu[1], o[2] + t * d[2] - mu[2]};
+    const float y[3] = {o[0] + t * d[0] - g.mu[0], o[1] + t * d[1] - g.mu[1], o[2] + t * d[2] - g.mu[2]};
     float Py[3];
-    sym_mul(P, y, Py);
+    sym_mul(g.P, y, Py);
     const float q = fmaxf(0.f, y[0] * Py[0] + y[1] * Py[1] + y[2] * Py[2]);
+    if (q > g.qmax * 1.001f + 1e-3f) return false;  // clearly outside: skip the exp (the exact test follows)
     const float G = expf(-0.5f * q);
-    const float raw = opacity * G;
+    const float raw = g.opacity * G;
     if (!(raw >= kAlphaThreshold)) return false;
     h.t = t;
     h.raw_alpha = raw;
@@ -126,65 +141,6 @@ SPLAT_HD void slab(const Node& n, const float* o, const float* inv_d, float& t0,
 
 SPLAT_HD bool key_after(float t, int id, float t_ref, int id_ref) { return t > t_ref || (t == t_ref && id > id_ref); }
 
-// One traversal round: the (up to) kBufferSize hits with (t, id) after (t_last, id_last) and t in
-// [tmin, tmax], nearest first, into kt / kid; returns how many.
-SPLAT_HD int collect_hits(const Node* nodes, const int32_t* prims, const float* means, const float* precs,
-                          const float* opacities, const float* o, const float* d, const float* inv_d, float tmin,
-                          float tmax, float t_last, int id_last, float* kt, int* kid) {
-    int n = 0;
-    int stack[kStackSize];
-    int sp = 0;
-    stack[sp++] = 0;
-    {
-        float t0, t1;
-        slab(nodes[0], o, inv_d, t0, t1);
-        if (t0 > t1 || t1 < tmin || t1 < t_last || t0 > tmax) return 0;
-    }
-    while (sp > 0) {
-        const Node& node = nodes[stack[--sp]];
-        if (node.count == 0) {  // push the children that can still hold a hit, the nearer one on top
-            const int L = node.left_first;
-            const float far_t = n == kBufferSize ? kt[kBufferSize - 1] : tmax;
-            float a0, a1, b0, b1;
-            slab(nodes[L], o, inv_d, a0, a1);
-            slab(nodes[L + 1], o, inv_d, b0, b1);
-            const bool a_ok = !(a0 > a1 || a1 < tmin || a1 < t_last || a0 > far_t);
-            const bool b_ok = !(b0 > b1 || b1 < tmin || b1 < t_last || b0 > far_t);
-            if (a_ok && b_ok && sp + 2 <= kStackSize) {
-                const bool a_first = a0 <= b0;
-                stack[sp++] = a_first ? L + 1 : L;
-                stack[sp++] = a_first ? L : L + 1;
-            } else if (a_ok && sp < kStackSize) {
-                stack[sp++] = L;
-            } else if (b_ok && sp < kStackSize) {
-                stack[sp++] = L + 1;
-            }
-            continue;
-        }
-        if (n == kBufferSize) {  // the k-buffer filled since this leaf was pushed: is it still in reach?
-            float t0, t1;
-            slab(node, o, inv_d, t0, t1);
-            if (t0 > kt[kBufferSize - 1]) continue;
-        }
-        for (int j = 0; j < node.count; ++j) {
-            const int g = prims[node.left_first + j];
-            Hit h = {};
-            if (!ray_gaussian(o, d, means + 3 * g, precs + 6 * g, opacities[g], h)) continue;
-            if (h.t < tmin || h.t > tmax || !key_after(h.t, g, t_last, id_last)) continue;
-            if (n == kBufferSize && !key_after(kt[n - 1], kid[n - 1], h.t, g)) continue;
-            int pos = n < kBufferSize ? n++ : kBufferSize - 1;
-            while (pos > 0 && key_after(kt[pos - 1], kid[pos - 1], h.t, g)) {
-                kt[pos] = kt[pos - 1];
-                kid[pos] = kid[pos - 1];
-                --pos;
-            }
-            kt[pos] = h.t;
-            kid[pos] = g;
-        }
-    }
-    return n;
-}
-
 struct Ray {
     float o[3], d[3], inv_d[3], tmin, tmax;
 };
@@ -202,116 +158,189 @@ SPLAT_HD Ray make_ray(const float* o, const float* d, float tmin, float tmax) {
     return r;
 }
 
-// Composite one ray front to back: colour (D channels, plus T_final * background when given) and
-// the final transmittance; returns the number of Gaussians composited.
-SPLAT_HD int trace_forward(const Ray& r, const Node* nodes, const int32_t* prims, const float* means,
-                           const float* precs, const float* opacities, const float* feats, int D, const float* bg,
-                           float* color, float& T_out) {
-    for (int c = 0; c < D; ++c) color[c] = 0.f;
+SPLAT_HD bool node_in_reach(const Node& node, const Ray& r, float t_last, float far_t) {
+    float t0, t1;
+    slab(node, r.o, r.inv_d, t0, t1);
+    return !(t0 > t1 || t1 < r.tmin || t1 < t_last || t0 > far_t);
+}
+
+// One traversal round: the (up to) kBufferSize hits with (t, Gaussian id) after (t_last, id_last) and t
+// in [tmin, tmax], nearest first, into kt / kid / krec (record indices, leaf order); returns how many.
+// Ties in depth go by Gaussian id, so the order does not depend on the tree.
+SPLAT_HD int collect_hits(const Node* nodes, const Prim* prims, const int32_t* ids, const Ray& r, float t_last,
+                          int id_last, float* kt, int* kid, int* krec) {
+    int n = 0;
+    if (!node_in_reach(nodes[0], r, t_last, r.tmax)) return 0;
+    int stack[kStackSize];
+    int sp = 0;
+    stack[sp++] = 0;
+    while (sp > 0) {
+        const Node& node = nodes[stack[--sp]];
+        const float far_t = n == kBufferSize ? kt[kBufferSize - 1] : r.tmax;
+        if (node.count == 0) {  // push the children that can still hold a hit, the nearer one on top
+            const int L = node.left_first;
+            float a0, a1, b0, b1;
+            slab(nodes[L], r.o, r.inv_d, a0, a1);
+            slab(nodes[L + 1], r.o, r.inv_d, b0, b1);
+            const bool a_ok = !(a0 > a1 || a1 < r.tmin || a1 < t_last || a0 > far_t);
+            const bool b_ok = !(b0 > b1 || b1 < r.tmin || b1 < t_last || b0 > far_t);
+            if (a_ok && b_ok && sp + 2 <= kStackSize) {
+                const bool a_first = a0 <= b0;
+                stack[sp++] = a_first ? L + 1 : L;
+                stack[sp++] = a_first ? L : L + 1;
+            } else if (a_ok && sp < kStackSize) {
+                stack[sp++] = L;
+            } else if (b_ok && sp < kStackSize) {
+                stack[sp++] = L + 1;
+            }
+            continue;
+        }
+        if (n == kBufferSize && !node_in_reach(node, r, t_last, far_t)) continue;  // the buffer filled meanwhile
+        for (int j = node.left_first; j < node.left_first + node.count; ++j) {
+            Hit h;
+            if (!ray_gaussian(r.o, r.d, prims[j], h)) continue;
+            if (h.t < r.tmin || h.t > r.tmax) continue;
+            const int id = ids[j];
+            if (!key_after(h.t, id, t_last, id_last)) continue;
+            if (n == kBufferSize && !key_after(kt[n - 1], kid[n - 1], h.t, id)) continue;
+            int pos = n < kBufferSize ? n++ : kBufferSize - 1;
+            while (pos > 0 && key_after(kt[pos - 1], kid[pos - 1], h.t, id)) {
+                kt[pos] = kt[pos - 1];
+                kid[pos] = kid[pos - 1];
+                krec[pos] = krec[pos - 1];
+                --pos;
+            }
+            kt[pos] = h.t;
+            kid[pos] = id;
+            krec[pos] = j;
+        }
+    }
+    return n;
+}
+
+// Walk a ray's hits front to back, round by round, calling visit(record, hit, alpha, T before it) for
+// each Gaussian composited; stops before the hit that would take T to 1e-4. Returns T after the last.
+template <class Visit>
+SPLAT_HD float walk_hits(const Node* nodes, const Prim* prims, const int32_t* ids, const Ray& r, Visit visit) {
     float T = 1.f, t_last = -INFINITY;
-    int id_last = -1, n_used = 0;
+    int id_last = -1;
     float kt[kBufferSize];
-    int kid[kBufferSize];
-    bool done = false;
-    while (!done) {
-        const int n = collect_hits(nodes, prims, means, precs, opacities, r.o, r.d, r.inv_d, r.tmin, r.tmax, t_last,
-                                   id_last, kt, kid);
+    int kid[kBufferSize], krec[kBufferSize];
+    while (true) {
+        const int n = collect_hits(nodes, prims, ids, r, t_last, id_last, kt, kid, krec);
         for (int j = 0; j < n; ++j) {
-            const int g = kid[j];
             Hit h = {};
-            ray_gaussian(r.o, r.d, means + 3 * g, precs + 6 * g, opacities[g], h);
+            ray_gaussian(r.o, r.d, prims[krec[j]], h);  // true: the same test collect_hits passed
             const float alpha = fminf(kMaxAlpha, h.raw_alpha);
             const float T_next = T * (1.f - alpha);
-            if (T_next <= kTransmittanceEps) {
-                done = true;
-                break;
-            }
-            const float w = alpha * T;
-            for (int c = 0; c < D; ++c) color[c] += w * feats[(int64_t)g * D + c];
+            if (T_next <= kTransmittanceEps) return T;
+            visit(krec[j], h, alpha, T);
             T = T_next;
-            ++n_used;
         }
-        if (n < kBufferSize) break;
+        if (n < kBufferSize) return T;
         t_last = kt[n - 1];
         id_last = kid[n - 1];
     }
+}
+
+// Composite one ray: colour (D channels, plus T_final * background when given) and the final
+// transmittance; record(j, record) is called for the j-th Gaussian composited. Returns their count.
+template <class Record>
+SPLAT_HD int trace_forward(const Ray& r, const Node* nodes, const Prim* prims, const int32_t* ids,
+                           const float* feats, int D, const float* bg, float* color, float& T_out, Record record) {
+    for (int c = 0; c < D; ++c) color[c] = 0.f;
+    int n_used = 0;
+    const float T = walk_hits(nodes, prims, ids, r, [&](int rec, const Hit&, float alpha, float T_before) {
+        const float w = alpha * T_before;
+        const float* f = feats + (int64_t)ids[rec] * D;
+        for (int c = 0; c < D; ++c) color[c] += w * f[c];
+        record(n_used++, rec);
+    });
     if (bg)
         for (int c = 0; c < D; ++c) color[c] += T * bg[c];
     T_out = T;
     return n_used;
 }
 
-// Backward of trace_forward for one ray: given its outputs (color incl. background, T_final) and
-// their gradients (grad_color [D], grad_alpha of 1 - T_final), adds d loss / d (mean, precision,
-// opacity, features) of every Gaussian it composited through add(ptr, value).
+// The gradient of one composited hit, given the colour accumulated through it (acc, updated here),
+// the ray's outputs (color incl. background, T_final) and their gradients. add(ptr, value) accumulates.
 template <class Add>
-SPLAT_HD void trace_backward(const Ray& r, const Node* nodes, const int32_t* prims, const float* means,
-                             const float* precs, const float* opacities, const float* feats, int D,
-                             const float* color, float T_final, const float* grad_color, float grad_alpha,
-                             float* g_means, float* g_precs, float* g_opac, float* g_feats, Add add) {
+SPLAT_HD void hit_backward(const Prim& g, int id, const Hit& h, float alpha, float T, const float* feats, int D,
+                           const float* color, float T_final, const float* grad_color, float grad_alpha, float* acc,
+                           float* g_means, float* g_precs, float* g_opac, float* g_feats, Add add) {
+    const float w = alpha * T;
+    const float inv_one_minus = 1.f / (1.f - alpha);
+    float dL_dalpha = grad_alpha * T_final * inv_one_minus;
+    const float* f = feats + (int64_t)id * D;
+    for (int c = 0; c < D; ++c) {
+        acc[c] += w * f[c];
+        const float rest = color[c] - acc[c];  // what lies behind this hit (and the background)
+        dL_dalpha += grad_color[c] * (T * f[c] - rest * inv_one_minus);
+        add(g_feats + (int64_t)id * D + c, grad_color[c] * w);
+    }
+    if (h.raw_alpha > kMaxAlpha) return;  // clamped: no gradient to opacity or shape
+    add(g_opac + id, dL_dalpha * h.G);
+    const float dL_dq = -0.5f * h.raw_alpha * dL_dalpha;  // q = y.P y at the peak (t* needs no term)
+    float Py[3];
+    sym_mul(g.P, h.y, Py);
+    for (int i = 0; i < 3; ++i) add(g_means + 3 * (int64_t)id + i, -2.f * dL_dq * Py[i]);
+    const float* y = h.y;
+    float* gp = g_precs + 6 * (int64_t)id;
+    add(gp + 0, dL_dq * y[0] * y[0]);
+    add(gp + 1, dL_dq * 2.f * y[0] * y[1]);
+    add(gp + 2, dL_dq * 2.f * y[0] * y[2]);
+    add(gp + 3, dL_dq * y[1] * y[1]);
+    add(gp + 4, dL_dq * 2.f * y[1] * y[2]);
+    add(gp + 5, dL_dq * y[2] * y[2]);
+}
+
+// Backward of trace_forward for one ray by tracing it again (3DGRT's scheme, used by the CUDA kernels).
+template <class Add>
+SPLAT_HD void trace_backward(const Ray& r, const Node* nodes, const Prim* prims, const int32_t* ids,
+                             const float* feats, int D, const float* color, float T_final, const float* grad_color,
+                             float grad_alpha, float* g_means, float* g_precs, float* g_opac, float* g_feats,
+                             Add add) {
     float acc[kMaxChannels];
     for (int c = 0; c < D; ++c) acc[c] = 0.f;
-    float T = 1.f, t_last = -INFINITY;
-    int id_last = -1;
-    float kt[kBufferSize];
-    int kid[kBufferSize];
-    bool done = false;
-    while (!done) {
-        const int n = collect_hits(nodes, prims, means, precs, opacities, r.o, r.d, r.inv_d, r.tmin, r.tmax, t_last,
-                                   id_last, kt, kid);
-        for (int j = 0; j < n; ++j) {
-            const int g = kid[j];
-            Hit h = {};
-            ray_gaussian(r.o, r.d, means + 3 * g, precs + 6 * g, opacities[g], h);
-            const float alpha = fminf(kMaxAlpha, h.raw_alpha);
-            const float T_next = T * (1.f - alpha);
-            if (T_next <= kTransmittanceEps) {
-                done = true;
-                break;
-            }
-            const float w = alpha * T;
-            const float inv_one_minus = 1.f / (1.f - alpha);
-            float dL_dalpha = grad_alpha * T_final * inv_one_minus;
-            const float* f = feats + (int64_t)g * D;
-            for (int c = 0; c < D; ++c) {
-                acc[c] += w * f[c];
-                const float rest = color[c] - acc[c];
-                dL_dalpha += grad_color[c] * (T * f[c] - rest * inv_one_minus);
-                add(g_feats + (int64_t)g * D + c, grad_color[c] * w);
-            }
-            if (h.raw_alpha <= kMaxAlpha) {
-                add(g_opac + g, dL_dalpha * h.G);
-                const float dL_dq = -0.5f * h.raw_alpha * dL_dalpha;  // q = y.P y
-                float Py[3];
-                sym_mul(precs + 6 * g, h.y, Py);
-                for (int i = 0; i < 3; ++i) add(g_means + 3 * g + i, -2.f * dL_dq * Py[i]);
-                const float* y = h.y;
-                add(g_precs + 6 * g + 0, dL_dq * y[0] * y[0]);
-                add(g_precs + 6 * g + 1, dL_dq * 2.f * y[0] * y[1]);
-                add(g_precs + 6 * g + 2, dL_dq * 2.f * y[0] * y[2]);
-                add(g_precs + 6 * g + 3, dL_dq * y[1] * y[1]);
-                add(g_precs + 6 * g + 4, dL_dq * 2.f * y[1] * y[2]);
-                add(g_precs + 6 * g + 5, dL_dq * y[2] * y[2]);
-            }
-            T = T_next;
-        }
-        if (n < kBufferSize) break;
-        t_last = kt[n - 1];
-        id_last = kid[n - 1];
+    walk_hits(nodes, prims, ids, r, [&](int rec, const Hit& h, float alpha, float T) {
+        hit_backward(prims[rec], ids[rec], h, alpha, T, feats, D, color, T_final, grad_color, grad_alpha, acc,
+                     g_means, g_precs, g_opac, g_feats, add);
+    });
+}
+
+// Backward of trace_forward for one ray from the records it composited (in order), without tracing:
+// what the CPU backend does, having kept each ray's list in the forward.
+template <class Add>
+SPLAT_HD void list_backward(const Ray& r, const Prim* prims, const int32_t* ids, const int32_t* list, int n,
+                            const float* feats, int D, const float* color, float T_final, const float* grad_color,
+                            float grad_alpha, float* g_means, float* g_precs, float* g_opac, float* g_feats,
+                            Add add) {
+    float acc[kMaxChannels];
+    for (int c = 0; c < D; ++c) acc[c] = 0.f;
+    float T = 1.f;
+    for (int k = 0; k < n; ++k) {
+        const int rec = list[k];
+        Hit h = {};
+        ray_gaussian(r.o, r.d, prims[rec], h);
+        const float alpha = fminf(kMaxAlpha, h.raw_alpha);
+        hit_backward(prims[rec], ids[rec], h, alpha, T, feats, D, color, T_final, grad_color, grad_alpha, acc, g_means,
+                     g_precs, g_opac, g_feats, add);
+        T *= 1.f - alpha;
     }
 }
 
 #if !defined(__CUDA_ARCH__)
-// Build the BVH over the Gaussians that can be hit. nodes must hold 2 N entries, prims N; returns
-// the node count (0 when no Gaussian can be hit: then there is nothing to trace).
+// Build the BVH over the Gaussians that can be hit (means [N,3], precisions [N,6], opacities [N]):
+// nodes (room for 2 N), their records in leaf order (room for N) and each record's Gaussian id.
+// Returns the node count (0 when no Gaussian can be hit: then there is nothing to trace).
 inline int build_bvh(int N, const float* means, const float* precs, const float* opacities, Node* nodes,
-                     int32_t* prims) {
+                     Prim* out_prims, int32_t* ids) {
     std::vector<float> lo(3 * (size_t)N), hi(3 * (size_t)N), ctr(3 * (size_t)N);
     int M = 0;
     for (int g = 0; g < N; ++g) {
         if (!gaussian_box(means + 3 * g, precs + 6 * g, opacities[g], &lo[3 * g], &hi[3 * g])) continue;
         for (int i = 0; i < 3; ++i) ctr[3 * g + i] = 0.5f * (lo[3 * g + i] + hi[3 * g + i]);
-        prims[M++] = g;
+        ids[M++] = g;
     }
     if (M == 0) return 0;
     int n_nodes = 1;
@@ -327,7 +356,7 @@ inline int build_bvh(int N, const float* means, const float* precs, const float*
             node.hi[i] = -INFINITY;
         }
         for (int k = it.first; k < it.first + it.count; ++k) {
-            const int g = prims[k];
+            const int g = ids[k];
             for (int i = 0; i < 3; ++i) {
                 node.lo[i] = std::min(node.lo[i], lo[3 * g + i]);
                 node.hi[i] = std::max(node.hi[i], hi[3 * g + i]);
@@ -344,7 +373,7 @@ inline int build_bvh(int N, const float* means, const float* precs, const float*
         for (int i = 1; i < 3; ++i)
             if (chi[i] - clo[i] > chi[axis] - clo[axis]) axis = i;
         const int half = it.count / 2;
-        int32_t* b = prims + it.first;
+        int32_t* b = ids + it.first;
         std::nth_element(b, b + half, b + it.count,
                          [&](int32_t u, int32_t v) { return ctr[3 * u + axis] < ctr[3 * v + axis]; });
         const int left = n_nodes;
@@ -353,6 +382,15 @@ inline int build_bvh(int N, const float* means, const float* precs, const float*
         node.count = 0;
         todo.push_back({left, it.first, half, it.depth + 1});
         todo.push_back({left + 1, it.first + half, it.count - half, it.depth + 1});
+    }
+    for (int j = 0; j < M; ++j) {
+        const int g = ids[j];
+        Prim& p = out_prims[j];
+        for (int i = 0; i < 3; ++i) p.mu[i] = means[3 * g + i];
+        for (int i = 0; i < 6; ++i) p.P[i] = precs[6 * g + i];
+        p.opacity = opacities[g];
+        p.qmax = extent2(opacities[g]);
+        p.pad = 0.f;
     }
     return n_nodes;
 }

@@ -39,10 +39,13 @@ _SIGNATURES = {
     "splat_img_bwd": ([_I] * 8 + [_P] * 10, None),
     # ray tracing (cpu/raytrace_cpu.cpp)
     "splat_rt_node_floats": ([], _I),
-    "splat_rt_build": ([_I, _P, _P, _P, _P, _P], _I),
-    "splat_rt_fwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P], None),
-    "splat_rt_bwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P],
-                     None),
+    "splat_rt_prim_floats": ([], _I),
+    "splat_rt_kbuffer": ([], _I),
+    "splat_rt_build": ([_I, _P, _P, _P, _P, _P, _P], _I),
+    "splat_rt_fwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _I], _P),
+    "splat_rt_take_lists": ([_P, _I, _P, _P], None),
+    "splat_rt_free_lists": ([_P], None),
+    "splat_rt_bwd": ([_I, _P, _P, _P, _P, _I, _I] + [_P] * 14, None),
 }
 
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno",

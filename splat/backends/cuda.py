@@ -53,6 +53,9 @@ _SIGNATURES = {
     "splatcu_rasterize_fwd": ([_I] * 8 + [_P] * 13, _I),
     "splatcu_rasterize_jvp": ([_I] * 8 + [_P] * 15, _I),
     "splatcu_rasterize_bwd": ([_I] * 8 + [_P] * 18, _I),
+    "splatcu_rt_max_channels": ([], _I),
+    "splatcu_rt_fwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P], _I),
+    "splatcu_rt_bwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _I] + [_P] * 11, _I),
 }
 
 SOURCES = ["cuda/splat_cuda.cu"]

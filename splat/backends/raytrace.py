@@ -36,7 +36,8 @@ from ._native import ptr
 from .torch_ref import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS, quat_to_rotmat
 
 NAME = "raytrace"
-K_BUFFER = 16  # splat_raytrace.h kBufferSize
+MAX_CHANNELS = 64  # feature channels per trace (splat_raytrace.h kMaxChannels)
+RAY_BLOCK = 8  # rays are traced in 8x8 pixel blocks (neighbouring rays walk the same BVH nodes)
 
 
 def _raster(device, dtype):
@@ -112,66 +113,127 @@ def _lib():
     return cpu.load()
 
 
-def build_bvh(means: Tensor, precs: Tensor, opacities: Tensor) -> Tuple[Tensor, Tensor, int]:
-    """BVH over N Gaussians (float32 CPU tensors): (nodes [2N, 8] float32 view of the C nodes,
-    primitive order [N] int32, node count; 0 when no Gaussian can be hit)."""
+def build_bvh(means: Tensor, precs: Tensor, opacities: Tensor) -> Tuple[Tensor, Tensor, Tensor, int]:
+    """BVH over N Gaussians (float32 CPU tensors): (nodes [2N, 8] float32 view of the C nodes, the
+    Gaussians' records in leaf order [N, 12] float32, each record's Gaussian id [N] int32, node count;
+    0 when no Gaussian can be hit)."""
     lib = _lib()
     N = means.shape[0]
     nodes = torch.empty(max(2 * N, 1), lib.splat_rt_node_floats(), dtype=torch.float32)
-    prims = torch.empty(max(N, 1), dtype=torch.int32)
-    n = lib.splat_rt_build(N, ptr(means), ptr(precs), ptr(opacities), ptr(nodes), ptr(prims)) if N else 0
-    return nodes, prims, n
+    prims = torch.empty(max(N, 1), lib.splat_rt_prim_floats(), dtype=torch.float32)
+    ids = torch.empty(max(N, 1), dtype=torch.int32)
+    n = lib.splat_rt_build(N, ptr(means), ptr(precs), ptr(opacities), ptr(nodes), ptr(prims), ptr(ids)) if N else 0
+    return nodes, prims, ids, n
+
+
+def _cuda_call(lib, device, fn, *args):
+    """Run a ray-tracing entry point of the CUDA library (or of its host emulation, for CPU tensors)."""
+    import ctypes
+
+    from . import cuda as cu
+
+    with cu._device_guard(device):
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+        cu.check(lib, getattr(lib, "splatcu_" + fn)(*args, ctypes.c_void_p(stream)), fn)
 
 
 class _Trace(torch.autograd.Function):
+    """The native tracer as one autograd node. engine: None (the CPU library for CPU tensors, the
+    CUDA library for CUDA ones) or a loaded CUDA library (the tests' host emulation)."""
+
     @staticmethod
-    def forward(ctx, means, precs, opacities, feats, origins, dirs, tmin, tmax, bg):
-        lib = _lib()
+    def forward(ctx, engine, means, precs, opacities, feats, origins, dirs, tmin, tmax, bg):
         dev = means.device
-        args = [t.detach().to("cpu", torch.float32).contiguous() for t in (means, precs, opacities, feats)]
-        rays = [t.detach().to("cpu", torch.float32).contiguous() for t in (origins, dirs, tmin, tmax)]
-        bgc = None if bg is None else bg.detach().to("cpu", torch.float32).contiguous()
+        cuda_lib = engine
+        if cuda_lib is None and dev.type == "cuda":
+            from . import cuda
+
+            cuda_lib = cuda.load()
         N, D = feats.shape
         R = origins.shape[0]
-        nodes, prims, n_nodes = build_bvh(args[0], args[1], args[2])
+        # the BVH is built on the host (the shared header's build_bvh, in the CPU library)
+        host = [t.detach().to("cpu", torch.float32).contiguous() for t in (means, precs, opacities)]
+        nodes, prims, ids, n_nodes = build_bvh(*host)
+        ctx.N, ctx.has_bg, ctx.device, ctx.n_nodes, ctx.cuda_lib = N, bg is not None, dev, n_nodes, cuda_lib
+        if cuda_lib is not None:
+            f32 = [t.detach().to(torch.float32).contiguous() for t in (feats, origins, dirs, tmin, tmax)]
+            bgc = None if bg is None else bg.detach().to(torch.float32).contiguous()
+            nodes, prims, ids = nodes.to(dev), prims.to(dev), ids.to(dev)
+            colors = torch.zeros(R, D, dtype=torch.float32, device=dev)
+            if bgc is not None:
+                colors += bgc
+            trans = torch.ones(R, dtype=torch.float32, device=dev)
+            hits = torch.zeros(R, dtype=torch.int32, device=dev)
+            _cuda_call(cuda_lib, dev, "rt_fwd", R, *map(ptr, f32[1:]), D, ptr(f32[0]), ptr(bgc), ptr(nodes), n_nodes,
+                       ptr(prims), ptr(ids), ptr(colors), ptr(trans), ptr(hits))
+            ctx.save_for_backward(*f32, nodes, prims, ids, colors, trans)
+            ctx.mark_non_differentiable(hits)
+            return colors, trans, hits
+        lib = _lib()
+        featc = feats.detach().to("cpu", torch.float32).contiguous()
+        rays = [t.detach().to("cpu", torch.float32).contiguous() for t in (origins, dirs, tmin, tmax)]
+        bgc = None if bg is None else bg.detach().to("cpu", torch.float32).contiguous()
         colors = torch.empty(R, D, dtype=torch.float32)
-        trans = torch.empty(R, dtype=torch.float32)
-        hits = torch.empty(R, dtype=torch.int32)
+        trans = torch.ones(R, dtype=torch.float32)
+        hits = torch.zeros(R, dtype=torch.int32)
+        keep = any(ctx.needs_input_grad)
+        handle = None
         if R:
-            lib.splat_rt_fwd(R, *map(ptr, rays), N, *map(ptr, args[:3]), D, ptr(args[3]), ptr(bgc), ptr(nodes),
-                             n_nodes, ptr(prims), ptr(colors), ptr(trans), ptr(hits))
-        ctx.save_for_backward(*args, *rays, nodes, prims, colors, trans)
-        ctx.n_nodes, ctx.has_bg, ctx.device = n_nodes, bg is not None, dev
-        ctx.mark_non_differentiable(hits)
-        return colors.to(dev), trans.to(dev), hits.to(dev)
+            handle = lib.splat_rt_fwd(R, *map(ptr, rays), D, ptr(featc), ptr(bgc), ptr(nodes), n_nodes, ptr(prims),
+                                      ptr(ids), ptr(colors), ptr(trans), ptr(hits), int(keep))
+        offsets = torch.zeros(R, dtype=torch.int64)
+        if R > 1:
+            torch.cumsum(hits[:-1].long(), 0, out=offsets[1:])
+        lists = torch.empty(int(hits.sum()) if R else 0, dtype=torch.int32)
+        if handle:
+            lib.splat_rt_take_lists(handle, R, ptr(hits), ptr(lists))
+        ctx.save_for_backward(featc, *rays, prims, ids, lists, offsets, hits, colors, trans)
+        out_hits = hits.to(dev)
+        ctx.mark_non_differentiable(out_hits)
+        return colors.to(dev), trans.to(dev), out_hits
 
     @staticmethod
     def backward(ctx, g_colors, g_trans, _g_hits):
+        dev, N = ctx.device, ctx.N
+        if ctx.cuda_lib is not None:
+            feats, origins, dirs, tmin, tmax, nodes, prims, ids, colors, trans = ctx.saved_tensors
+            D, R = feats.shape[1], origins.shape[0]
+            g_colors = torch.zeros(R, D, device=dev) if g_colors is None else g_colors.float().contiguous()
+            g_alpha = torch.zeros(R, device=dev) if g_trans is None else (-g_trans).float().contiguous()
+            out = [torch.zeros(N, 3, device=dev), torch.zeros(N, 6, device=dev), torch.zeros(N, device=dev),
+                   torch.zeros(N, D, device=dev)]
+            _cuda_call(ctx.cuda_lib, dev, "rt_bwd", R, ptr(origins), ptr(dirs), ptr(tmin), ptr(tmax), D, ptr(feats),
+                       ptr(nodes), ctx.n_nodes, ptr(prims), ptr(ids), ptr(colors), ptr(trans), ptr(g_colors),
+                       ptr(g_alpha), *map(ptr, out))
+            g_bg = (g_colors * trans[:, None]).sum(0) if ctx.has_bg else None
+            return (None, *out, None, None, None, None, g_bg)
         lib = _lib()
-        means, precs, opac, feats, origins, dirs, tmin, tmax, nodes, prims, colors, trans = ctx.saved_tensors
-        N, D = feats.shape
-        R = origins.shape[0]
+        feats, origins, dirs, tmin, tmax, prims, ids, lists, offsets, hits, colors, trans = ctx.saved_tensors
+        D, R = feats.shape[1], origins.shape[0]
         g_colors = torch.zeros(R, D) if g_colors is None else g_colors.to("cpu", torch.float32).contiguous()
         g_alpha = torch.zeros(R) if g_trans is None else (-g_trans).to("cpu", torch.float32).contiguous()
         out = [torch.empty(N, 3), torch.empty(N, 6), torch.empty(N), torch.empty(N, D)]
-        lib.splat_rt_bwd(R, ptr(origins), ptr(dirs), ptr(tmin), ptr(tmax), N, ptr(means), ptr(precs), ptr(opac), D,
-                         ptr(feats), ptr(nodes), ctx.n_nodes, ptr(prims), ptr(colors), ptr(trans), ptr(g_colors),
-                         ptr(g_alpha), *map(ptr, out))
-        dev = ctx.device
+        lib.splat_rt_bwd(R, ptr(origins), ptr(dirs), ptr(tmin), ptr(tmax), N, D, ptr(feats), ptr(prims), ptr(ids),
+                         ptr(lists), ptr(offsets), ptr(hits), ptr(colors), ptr(trans), ptr(g_colors), ptr(g_alpha),
+                         *map(ptr, out))
         g_bg = (g_colors * trans[:, None]).sum(0).to(dev) if ctx.has_bg else None
-        return (*(t.to(dev) for t in out), None, None, None, None, g_bg)
+        return (None, *(t.to(dev) for t in out), None, None, None, None, g_bg)
 
 
 def trace_rays(means: Tensor, precs: Tensor, opacities: Tensor, feats: Tensor, origins: Tensor, dirs: Tensor,
-               tmin: Tensor, tmax: Tensor, backgrounds: Optional[Tensor] = None
+               tmin: Tensor, tmax: Tensor, backgrounds: Optional[Tensor] = None, engine=None
                ) -> Tuple[Tensor, Tensor, Tensor]:
     """Trace R rays through N Gaussians (the native tracer; differentiable in means [N,3], precs
     [N,6] (inverse covariances, `pack_sym` layout), opacities [N], feats [N,D] and backgrounds [D]).
 
     origins, dirs [R,3] (dirs unit length: t is a distance), tmin, tmax [R]: the span of each ray.
     Returns colors [R,D] (plus T * background), transmittance [R] and the number of Gaussians each
-    ray composited [R] (int32). float32 (other dtypes are converted)."""
-    return _Trace.apply(means, precs, opacities, feats, origins, dirs, tmin, tmax, backgrounds)
+    ray composited [R] (int32). float32 (other dtypes are converted). CUDA tensors run the CUDA
+    kernels (the BVH is built on the host); `engine` (tests) is a loaded CUDA library to use instead.
+    Raises ValueError for more than 64 feature channels."""
+    if feats.shape[-1] > MAX_CHANNELS:
+        raise ValueError(f"splat.raytrace: at most {MAX_CHANNELS} feature channels per trace, got {feats.shape[-1]}")
+    return _Trace.apply(engine, means, precs, opacities, feats, origins, dirs, tmin, tmax, backgrounds)
 
 
 def trace_reference(means: Tensor, precs: Tensor, opacities: Tensor, feats: Tensor, origins: Tensor, dirs: Tensor,
@@ -233,15 +295,20 @@ def render(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], cov
         pix_sel = tile_mask.reshape(C, th * tw)[:, tile_of]  # [C, H*W]
     colors, alphas = [], []
     trace = trace_reference if reference else trace_rays
+    order = _block_order(width, height, dev)
     for c in range(C):
         sel = ok[c] if pix_sel is None else ok[c] & pix_sel[c]
-        idx = sel.nonzero()[:, 0]
+        idx = order[sel[order]]
         o, d = origins[c, idx], dirs[c, idx]
         tmin = torch.full((idx.numel(),), near_plane, dtype=dt, device=dev)
         tmax = torch.full((idx.numel(),), far_plane, dtype=dt, device=dev)
-        bg = None if backgrounds is None else backgrounds[c]
-        out = trace(means_c[c], precs[c], opacities[c], feats[c], o, d, tmin, tmax, bg)
-        col, T = out[0], out[1]
+        cols, T = [], None
+        for lo in range(0, D, MAX_CHANNELS):  # wider features: one trace per 64 channels
+            bg = None if backgrounds is None else backgrounds[c, lo:lo + MAX_CHANNELS]
+            out = trace(means_c[c], precs[c], opacities[c], feats[c, :, lo:lo + MAX_CHANNELS], o, d, tmin, tmax, bg)
+            cols.append(out[0])
+            T = out[1] if T is None else T
+        col = torch.cat(cols, -1) if D else torch.zeros(idx.numel(), 0, dtype=dt, device=dev)
         img = torch.zeros(height * width, D, dtype=dt, device=dev)
         img = img.index_put((idx,), col.to(dt))
         a = torch.zeros(height * width, dtype=dt, device=dev).index_put((idx,), (1.0 - T).to(dt))
@@ -250,6 +317,15 @@ def render(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], cov
         colors.append(img.reshape(height, width, D))
         alphas.append(a.reshape(height, width, 1))
     return torch.stack(colors), torch.stack(alphas), m2_out
+
+
+def _block_order(width: int, height: int, device) -> Tensor:
+    """Flat pixel indices in RAY_BLOCK x RAY_BLOCK blocks (row-major inside and across blocks)."""
+    ii, jj = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+    bw = (width + RAY_BLOCK - 1) // RAY_BLOCK
+    key = ((ii // RAY_BLOCK) * bw + jj // RAY_BLOCK) * (RAY_BLOCK * RAY_BLOCK) + (ii % RAY_BLOCK) * RAY_BLOCK \
+        + jj % RAY_BLOCK
+    return torch.argsort(key.reshape(-1))
 
 
 def isect_tiles(*args, **kwargs):  # the tracer needs no tile lists

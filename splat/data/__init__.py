@@ -91,7 +91,9 @@ def load_dataset(
         max_init_points: keep at most this many initial points (random subset, ``seed``).
         num_random_points: number of random initial points when the scene has none.
         seed: seed of the random initial points and of the subsampling.
-        undistort: undistort images of distorted cameras to pinhole ones; False refuses such cameras.
+        undistort: undistort images of distorted cameras to pinhole ones; False keeps each view's lens
+            model (``Split.distortions``; `Split.cameras` hands it to the renderer) and refuses only
+            models the renderer cannot represent.
         format: "auto", "colmap", "blender", "nerfstudio" or "n3v".
         frame_step: multi-view video (n3v) only: keep every n-th frame of each video (>= 1).
         max_frames: multi-view video (n3v) only: keep at most this many frames per video (None: all).

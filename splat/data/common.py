@@ -70,6 +70,7 @@ class Split:
     light_positions: np.ndarray | None = None  # float32 [M, 3]: a point light per view (relightable sets)
     light_intensities: np.ndarray | None = None  # float32 [M, 3]: its linear RGB intensity
     masks: list[np.ndarray | None] | None = None  # bool [H, W] (True = pixel used), None where a view has none
+    distortions: list[Distortion | None] | None = None  # lens models kept (loaded with undistort=False), or None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -85,10 +86,29 @@ class Split:
             raise DatasetError(f"views {idx[:8]} have {len(sizes)} different image sizes; a camera batch has one")
         (W, H), = sizes
         pick = (lambda a: None if a is None else np.asarray(a)[idx])
+        lens = {}
+        if self.distortions is not None and any(self.distortions[i] is not None for i in idx):
+            lens = _camera_arrays([self.distortions[i] for i in idx], [self.names[i] for i in idx])
         return Cameras.from_numpy(self.viewmats[idx], self.Ks[idx], W, H, device=device,
                                   names=[self.names[i] for i in idx], time=pick(self.times),
                                   light_position=pick(self.light_positions),
-                                  light_intensity=pick(self.light_intensities))
+                                  light_intensity=pick(self.light_intensities), **lens)
+
+
+def _camera_arrays(dists, names) -> dict:
+    """`Cameras` keyword arguments (camera_model and per-camera coefficient arrays) for views with
+    these lens models (None = undistorted pinhole). Raises ``DatasetError`` for a batch that mixes
+    camera models (pinhole and fisheye views cannot share one batch)."""
+    args = [("pinhole", None, None) if d is None else d.camera_args() for d in dists]
+    models = {a[0] for a in args}
+    if len(models) > 1:
+        raise DatasetError(f"views {names[:8]} mix camera models ({', '.join(sorted(models))}); a camera batch has one")
+    model = models.pop()
+    n_radial = 4 if model == "fisheye" else 6
+    radial = np.stack([a[1] if a[1] is not None else np.zeros(n_radial) for a in args])
+    tang = np.stack([a[2] if a[2] is not None else np.zeros(2) for a in args])
+    return {"camera_model": model, "radial_coeffs": radial if radial.any() or model == "fisheye" else None,
+            "tangential_coeffs": tang if tang.any() else None}
 
 
 @dataclass
@@ -286,29 +306,35 @@ class LoadedView:
     time: float | None = None  # the view's time (dynamic scenes, in [0, 1]); None for static data
     light_position: np.ndarray | None = None  # float64 [3]: the view's point light (world), relightable sets
     light_intensity: np.ndarray | None = None  # float64 [3]: its linear RGB radiant intensity (W/sr)
+    distortion: Distortion | None = None  # the lens model, kept when loading with undistort=False
 
 
 def check_distortion(specs: Sequence[ViewSpec], undistort: bool) -> None:
-    """With ``undistort=False``, refuse views whose camera has a (non-zero) distortion model."""
+    """With ``undistort=False``, refuse views whose lens model the renderer cannot represent
+    (`Distortion.camera_args`); they are rendered through their model as they are."""
     if undistort:
         return
     for s in specs:
-        if s.distortion is not None and not s.distortion.is_identity:
+        if s.distortion is None or s.distortion.is_identity:
+            continue
+        try:
+            s.distortion.camera_args()
+        except DistortionError as e:
             raise DatasetError(
-                f"{s.camera_label} (image {s.name}) has lens distortion ({s.distortion.describe()}), and the "
-                f"rasterizer renders pinhole cameras only; load with undistort=True to undistort the images to a "
+                f"{s.camera_label} (image {s.name}): {e}; load with undistort=True to undistort the images to a "
                 f"pinhole camera, or undistort them beforehand (e.g. `colmap image_undistorter`)"
             )
 
 
 def load_views(specs: Sequence[ViewSpec], *, downscale: int, background: np.ndarray, undistort: bool) -> list[LoadedView]:
-    """Decode, downscale and undistort every view (a thread pool; PIL decodes without the GIL)."""
+    """Decode, downscale and (with `undistort`) undistort every view (a thread pool; PIL decodes without the
+    GIL). Without it, distorted views keep their lens model (`LoadedView.distortion`) for the renderer."""
     check_distortion(specs, undistort)
     maps: dict[Any, list] = {}  # camera key -> [lock, UndistortMap | None]
     lock = threading.Lock()
 
     def one(spec: ViewSpec) -> LoadedView:
-        return _load_one(spec, downscale, background, maps, lock)
+        return _load_one(spec, downscale, background, maps, lock, undistort)
 
     workers = max(1, min(8, os.cpu_count() or 1, len(specs)))
     if workers == 1 or len(specs) < 4:
@@ -317,7 +343,8 @@ def load_views(specs: Sequence[ViewSpec], *, downscale: int, background: np.ndar
         return list(ex.map(one, specs))
 
 
-def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict, lock: threading.Lock) -> LoadedView:
+def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict, lock: threading.Lock,
+              undistort: bool = True) -> LoadedView:
     src = spec.path
     from_downscaled = False
     if downscale > 1 and spec.downscaled_path is not None and spec.downscaled_path.is_file():
@@ -378,7 +405,10 @@ def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict
     K[2, :] = (0.0, 0.0, 1.0)
 
     dist = spec.distortion
-    if dist is not None and not dist.is_identity:
+    kept = None
+    if dist is not None and not dist.is_identity and not undistort:
+        kept = dist  # rendered through the lens model (`splat.camera_models`), the image as it is
+    elif dist is not None and not dist.is_identity:
         key = (spec.camera_key if spec.camera_key is not None else spec.name, tw, th, tuple(K.ravel()))
         with lock:  # one lock per camera, so that different cameras build their maps in parallel
             entry = maps.setdefault(key, [threading.Lock(), None])
@@ -396,7 +426,7 @@ def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict
             mask = umap.apply(np.where(mask, 255, 0).astype(np.uint8)) == 255
         K = umap.K_new.copy()
     return LoadedView(spec.name, rgb, alpha, K, tw, th, np.asarray(spec.viewmat, dtype=np.float64), mask, spec.time,
-                      _light_vector(spec.light_position), _light_vector(spec.light_intensity))
+                      _light_vector(spec.light_position), _light_vector(spec.light_intensity), kept)
 
 
 def _light_vector(v) -> np.ndarray | None:
@@ -447,6 +477,7 @@ def make_split(views: Sequence[LoadedView], indices: Sequence[int], viewmats: np
         times=times,
         light_positions=light_positions,
         light_intensities=light_intensities,
+        distortions=[views[i].distortion for i in idx] if any(views[i].distortion is not None for i in idx) else None,
     )
 
 

@@ -74,26 +74,39 @@ class Distortion:
         return "radial-tangential " + "; ".join(parts)
 
     def distort(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Forward model: undistorted normalised coordinates -> distorted normalised coordinates."""
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
+        """Forward model: undistorted normalised coordinates -> distorted normalised coordinates
+        (float64; the formula is `splat.camera_models.distort_normalized`, the renderer's)."""
+        import torch
+
+        from ..camera_models import distort_normalized
+
+        def t(v):
+            return torch.as_tensor(np.ascontiguousarray(v, dtype=np.float64))
+
+        co = (lambda c: t(c) if len(c) else None)
+        xd, yd = distort_normalized(t(x), t(y), self.kind, co(self.radial), co(self.radial_den),
+                                    t(self.tangential) if self.kind == "radtan" else None)
+        return xd.numpy(), yd.numpy()
+
+    def camera_args(self) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+        """This model as the renderer's camera arguments (gsplat's): ``(camera_model, radial_coeffs,
+        tangential_coeffs)`` with radial_coeffs of 6 (pinhole: OpenCV k1..k3 over k4..k6) or 4
+        (fisheye: Kannala-Brandt k1..k4) entries, None where all zero. Raises ``DistortionError``
+        for a model the renderer cannot represent (a numerator beyond r^6, as nerfstudio's k4)."""
         if self.kind == "fisheye":
-            r = np.sqrt(x * x + y * y)
-            theta = np.arctan(r)
-            t2 = theta * theta
-            poly = _poly(self.radial, t2)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scale = np.where(r > 1e-12, theta * poly / np.maximum(r, 1e-300), 1.0)
-            return x * scale, y * scale
-        r2 = x * x + y * y
-        radial = _poly(self.radial, r2)
-        if self.radial_den:
-            radial = radial / _poly(self.radial_den, r2)
-        p1, p2 = self.tangential
-        xy = x * y
-        xd = x * radial + 2.0 * p1 * xy + p2 * (r2 + 2.0 * x * x)
-        yd = y * radial + 2.0 * p2 * xy + p1 * (r2 + 2.0 * y * y)
-        return xd, yd
+            if len(self.radial) > 4 and any(self.radial[4:]):
+                raise DistortionError(f"the {self.describe()} model has more than 4 fisheye coefficients")
+            k = np.zeros(4)
+            k[:min(4, len(self.radial))] = self.radial[:4]
+            return "fisheye", (k if k.any() else None), None
+        if len(self.radial) > 3 and any(self.radial[3:]):
+            raise DistortionError(f"the {self.describe()} model has a radial term beyond r^6 in its numerator, which "
+                                  f"the renderer's OpenCV model (k1..k3 over k4..k6) cannot represent")
+        k = np.zeros(6)
+        k[:min(3, len(self.radial))] = self.radial[:3]
+        k[3:3 + min(3, len(self.radial_den))] = self.radial_den[:3]
+        p = np.asarray(self.tangential, dtype=np.float64)
+        return "pinhole", (k if k.any() else None), (p if p.any() else None)
 
     def undistort_points(self, xd: np.ndarray, yd: np.ndarray, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
         """Inverse model by damped Newton iterations (numerical Jacobian). Raises DistortionError when

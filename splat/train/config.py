@@ -62,6 +62,10 @@ class TrainConfig:
     """Dataset layout; auto detects it from the folder."""
     downscale: int = 1
     """Integer image downscale factor (uses images_N/ folders where they exist)."""
+    undistort: bool = False
+    """Undistort the images of distorted cameras (COLMAP OPENCV, SIMPLE_RADIAL, OPENCV_FISHEYE, ...) to pinhole
+    ones before training. By default they train as they are, rendered through their lens model (the unscented
+    projection of 3DGUT on the rasterizer, exact rays on the ray tracer)."""
     test_every: int = 8
     """Every N-th image (by name) is held out for testing where the data has no split; 0 = no test set."""
     frame_step: int = 1
@@ -83,7 +87,8 @@ class TrainConfig:
     optimizer: OptimizerName = "adam"
     """Optimizer (its options: --<optimizer>.*)."""
     backend: Backend = "auto"
-    """Renderer backend: auto (cuda for CUDA tensors, else the native cpu one), cpu, torch (reference), cuda."""
+    """Renderer backend: auto (cuda for CUDA tensors, else the native cpu one), cpu, torch (reference), cuda, or
+    raytrace (3DGRT ray tracing through a BVH; distorted and rolling-shutter cameras as they are)."""
     rasterize_mode: RasterizeMode = "classic"
     """classic, or antialiased (Mip-Splatting's opacity compensation)."""
     device: str = "cpu"

@@ -23,7 +23,7 @@ def load_data(cfg: TrainConfig) -> Dataset:
     return load_dataset(path, downscale=cfg.downscale, test_every=cfg.test_every, background=cfg.background,
                         normalize=cfg.normalize, max_init_points=cfg.max_init_points,
                         num_random_points=cfg.num_random_points, seed=cfg.seed, format=cfg.data_format,
-                        frame_step=cfg.frame_step, max_frames=cfg.max_frames)
+                        frame_step=cfg.frame_step, max_frames=cfg.max_frames, undistort=cfg.undistort)
 
 
 class Views:

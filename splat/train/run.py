@@ -135,5 +135,6 @@ def run_dataset(data_path: Path, run_cfg: Optional[dict], background) -> Dataset
     if run_cfg:
         kw = dict(downscale=run_cfg.get("downscale", 1), test_every=run_cfg.get("test_every", 8),
                   normalize=run_cfg.get("normalize", True), format=run_cfg.get("data_format", "auto"),
-                  frame_step=run_cfg.get("frame_step", 1), max_frames=run_cfg.get("max_frames"))
+                  frame_step=run_cfg.get("frame_step", 1), max_frames=run_cfg.get("max_frames"),
+                  undistort=run_cfg.get("undistort", True))  # runs from before the option undistorted
     return load_dataset(data_path, background=background, **kw)
