@@ -722,14 +722,16 @@ def _quat_wxyz(R: np.ndarray) -> np.ndarray:
 
 
 def write_colmap(model: Path, names: list[str], poses, K: np.ndarray, width: int, height: int,
-                 xyz, rgb, tracks, errors) -> None:
-    """cameras.txt (one PINHOLE camera), images.txt (world-to-camera, OpenCV axes, 2D observations) and
+                 xyz, rgb, tracks, errors, camera_model: str = "PINHOLE", extra_params=()) -> None:
+    """cameras.txt (one camera: PINHOLE, or `camera_model` with fx fy cx cy and `extra_params`, e.g.
+    OPENCV_FISHEYE's k1..k4), images.txt (world-to-camera, OpenCV axes, 2D observations) and
     points3D.txt (with tracks) in COLMAP's text format."""
     model.mkdir(parents=True, exist_ok=True)
+    params = [K[0, 0], K[1, 1], K[0, 2], K[1, 2], *extra_params]
     (model / "cameras.txt").write_text(
         "# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
-        f"# Number of cameras: 1\n1 PINHOLE {width} {height} {K[0, 0]:.17g} {K[1, 1]:.17g} "
-        f"{K[0, 2]:.17g} {K[1, 2]:.17g}\n")
+        f"# Number of cameras: 1\n1 {camera_model} {width} {height} " + " ".join(f"{v:.17g}" for v in params)
+        + "\n")
     obs_per_image: list[list[tuple[float, float, int]]] = [[] for _ in names]
     point_tracks = []
     for pid, (cams, uv) in enumerate(tracks, start=1):

@@ -10,6 +10,9 @@ smooth path through the training cameras, as RGB, depth or alpha.
     splat-render runs/relit --light 2 -1 3             # a relightable model: test views under a new light
     splat-render runs/relit --cameras fixed --view 4   # training camera 4, the light circling the scene
     splat-render runs/relit --cameras orbit --light-orbit  # camera and light both circling
+    splat-render runs/default --effect dof --aperture 0.1  # secondary rays (ray tracer): depth of field
+    splat-render runs/default --cameras orbit --effect mirror   # a mirror plane under the scene
+    splat-render runs/default --effect shadow          # a floor that catches the scene's shadows
 
 MODEL is a run directory (its last checkpoint, or model.ply), a checkpoint
 (.pt), or a model file (.ply, .compressed.ply, .splat, .spz). Camera sets that
@@ -82,7 +85,23 @@ class RenderConfig:
     """Orbit elevation in degrees above the cameras' mean horizon (orbit without data only)."""
     background: Optional[Tuple[float, float, float]] = None
     """Background colour (default: the run's, else white)."""
-    backend: Literal["auto", "torch", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "torch", "cpu", "cuda", "raytrace"] = "auto"
+    """Renderer: auto (the native rasterizer), cpu, torch, cuda, or raytrace (3DGRT ray tracing)."""
+    effect: Literal["none", "dof", "mirror", "shadow"] = "none"
+    """Secondary rays (always ray traced): dof = depth of field through a thin lens (--aperture, --focus,
+    --dof-samples); mirror = a mirror plane under the scene; shadow = a chequered floor under the scene
+    that catches its shadows from a distant light (--light-dir)."""
+    aperture: Optional[float] = None
+    """dof: lens radius in world units (default: 3% of the focus distance)."""
+    focus: Optional[float] = None
+    """dof: distance in focus along the view axis, world units (default: the scene centre's depth in the
+    first view)."""
+    dof_samples: int = 16
+    """dof: rays per pixel on the lens."""
+    plane_offset: float = 0.0
+    """mirror/shadow: how far below the scene's lowest opaque Gaussians the plane lies (world units)."""
+    light_dir: Optional[Tuple[float, float, float]] = None
+    """shadow: direction towards the distant light (world; default: up, tilted 35 degrees)."""
     rasterize_mode: Optional[Literal["classic", "antialiased"]] = None
     """Default: the run's setting, else classic."""
 
@@ -129,6 +148,14 @@ def render(cfg: RenderConfig, log=print) -> dict:
 
     render_mode = {"rgb": "RGB", "depth": "ED", "alpha": "RGB"}[cfg.mode]
     bgt = torch.tensor(bg, dtype=torch.float32)
+    effect = None
+    if cfg.effect != "none":
+        if cfg.mode != "rgb":
+            raise ValueError(f"--effect {cfg.effect} renders colour (--mode rgb)")
+        if model.feature_channels:
+            raise ValueError(f"--effect: {model.name} models render features, not colours; secondary rays "
+                             f"render RGB models (static, 4dgs, spacetime)")
+        effect = _effects(cfg, model, settings, bgt, data)
 
     result: dict = {"out": str(out)}
     t_start = time.perf_counter()
@@ -152,7 +179,12 @@ def render(cfg: RenderConfig, log=print) -> dict:
             return folder / f"{i:03d}_{Path(views.names[i]).stem}_{cfg.mode}.png"
 
         result.update(views=len(split), folder=str(folder))
-        if cfg.mode == "rgb" and relit:  # no ground truth under this light: images only
+        if effect is not None:  # no ground truth with a lens or a plane: images only
+            for i in range(len(views)):
+                c, a = effect(views.camera(i))
+                write_png(png(i), colorize(c[0], None, "rgb"))
+            log(f"{cfg.cameras}: {len(split)} views with {cfg.effect} -> {folder}")
+        elif cfg.mode == "rgb" and relit:  # no ground truth under this light: images only
             for i, c, a, _ in render_views(model, views, settings, backgrounds=bgt[None]):
                 write_png(png(i), colorize(c, a, "rgb"))
             log(f"{cfg.cameras}: {len(split)} views under the light {cfg.light} -> {folder}")
@@ -215,7 +247,10 @@ def render(cfg: RenderConfig, log=print) -> dict:
         backgrounds = bgt[None] if cfg.mode == "rgb" else None
         for i in range(len(cams)):
             with torch.no_grad():
-                c, a, _, _ = model.render(cams[i], settings, backgrounds=backgrounds, render_mode=render_mode)
+                if effect is not None:
+                    c, a = effect(cams[i])
+                else:
+                    c, a, _, _ = model.render(cams[i], settings, backgrounds=backgrounds, render_mode=render_mode)
             c, a = c[0], a[0]
             if cfg.mode == "depth" and depth_range is None:
                 depth_range = depth_range_of(c, a)
@@ -226,6 +261,45 @@ def render(cfg: RenderConfig, log=print) -> dict:
         log(f"{cfg.cameras}: {len(frames)} frames at {W}x{H} -> {video}")
     result["seconds"] = time.perf_counter() - t_start
     return result
+
+
+def _effects(cfg: RenderConfig, model, settings: RenderSettings, bgt: torch.Tensor, data):
+    """The renderer of one camera with --effect: secondary rays through `splat.secondary_rays`.
+    The plane and the lens are fixed for the whole render (from the scene and the first camera)."""
+    from .secondary_rays import ThinLens, default_plane, render_secondary, scene_up
+
+    state = {}
+
+    def one(cam: Cameras):
+        with torch.no_grad():
+            g = model.gaussians(cam, settings)
+        if "lens" not in state:
+            means = g.means.detach().cpu().numpy()
+            if cfg.effect == "dof":
+                V = cam.viewmats[0].cpu().double().numpy()
+                z = means @ V[2, :3] + V[2, 3]
+                focus = cfg.focus if cfg.focus is not None else float(np.median(z[z > 0])) if (z > 0).any() else 1.0
+                aperture = cfg.aperture if cfg.aperture is not None else 0.03 * focus
+                state["lens"] = ThinLens(aperture, focus, cfg.dof_samples)
+            else:
+                state["lens"] = None
+            if cfg.effect in ("mirror", "shadow"):
+                views = data.train.viewmats if data is not None else cam.viewmats.cpu().numpy()
+                up = scene_up(views)
+                kw = {}
+                if cfg.light_dir is not None:
+                    kw["light"] = tuple(cfg.light_dir)
+                else:
+                    side = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+                    kw["light"] = tuple(np.cos(np.radians(35)) * up + np.sin(np.radians(35)) * side / np.linalg.norm(side))
+                state["plane"] = default_plane(means, g.opacities.detach().cpu().numpy(), up, cfg.effect,
+                                               cfg.plane_offset, **kw)
+            else:
+                state["plane"] = None
+        c, a = render_secondary(g, cam, bgt, state["lens"], state["plane"], settings)
+        return c[None], a[None]
+
+    return one
 
 
 def at_time(cameras: Cameras, t: float) -> Cameras:

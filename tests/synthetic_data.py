@@ -77,3 +77,68 @@ def small_train_config(data, out, **kw):
                 export=["ply"], save_renders=1)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def write_colmap_distorted(root: Path, camera: str = "OPENCV_FISHEYE", n_views=10, width=64, height=56,
+                           seed=0) -> Path:
+    """A COLMAP text model (one `camera`: OPENCV_FISHEYE k1..k4 or OPENCV k1 k2 p1 p2) with photos of
+    random Gaussians rendered through that lens by the ray tracer (exact rays, no undistortion) on
+    white, and the Gaussians' centres as the sparse points (tracks of two views each). Returns (root,
+    the Gaussians (means, quats, scales, opacities, SH of degree 1))."""
+    from PIL import Image
+
+    means, quats, scales, opac, sh = gaussians(300, seed=seed, sh_degree=1, extent=0.8, scale=(0.03, 0.15))
+    opac = opac * 0.5 + 0.45
+    if camera == "OPENCV_FISHEYE":
+        extra, model = [0.04, -0.01, 0.0, 0.0], "fisheye"
+        radial = torch.tensor([extra] * n_views)
+        tang = None
+        f = 0.5 * width / 1.3  # 150 degrees across the width
+    elif camera == "OPENCV":
+        extra, model = [-0.3, 0.08, 0.002, -0.003], "pinhole"
+        radial = torch.tensor([[extra[0], extra[1], 0, 0, 0, 0]] * n_views)
+        tang = torch.tensor([extra[2:]] * n_views)
+        f = 0.5 * width / math.tan(math.radians(80) / 2)
+    else:
+        raise ValueError(camera)
+    viewmats = []
+    for i in range(n_views):
+        a = 2 * math.pi * i / n_views
+        el = 0.5 * math.sin(3 * a)
+        eye = (2.2 * math.cos(a) * math.cos(el), -2.2 * math.sin(el), 2.2 * math.sin(a) * math.cos(el))
+        viewmats.append(look_at(eye).float())
+    viewmats = torch.stack(viewmats)
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    Ks = K.expand(n_views, 3, 3).contiguous()
+    with torch.no_grad():
+        img, _, _ = splat.rasterize(means, quats, scales, opac, sh, viewmats, Ks, width, height, sh_degree=1,
+                                    backgrounds=torch.ones(n_views, 3), backend="raytrace", camera_model=model,
+                                    radial_coeffs=radial, tangential_coeffs=tang)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    sp = root / "sparse" / "0"
+    sp.mkdir(parents=True, exist_ok=True)
+    (sp / "cameras.txt").write_text(f"1 {camera} {width} {height} {f} {f} {width / 2} {height / 2} "
+                                    + " ".join(str(v) for v in extra) + "\n")
+    lines = []
+    from scipy.spatial.transform import Rotation
+
+    for i in range(n_views):
+        name = f"v{i:02d}.png"
+        Image.fromarray((img[i].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()).save(root / "images" / name)
+        V = viewmats[i].double().numpy()
+        x, y, z, w = Rotation.from_matrix(V[:3, :3]).as_quat()
+        lines.append(f"{i + 1} {w} {x} {y} {z} {V[0, 3]} {V[1, 3]} {V[2, 3]} 1 {name}")
+        lines.append(" ".join(f"1.0 1.0 {p + 1}" for p in range(len(means)) if p % n_views in (i, (i + 1) % n_views)))
+    (sp / "images.txt").write_text("\n".join(lines) + "\n")
+    rgb = ((sh[:, 0] * 0.28209479177387814 + 0.5).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    obs_index = {}
+    for i in range(n_views):
+        for k, p in enumerate(q for q in range(len(means)) if q % n_views in (i, (i + 1) % n_views)):
+            obs_index.setdefault(p, []).append((i + 1, k))
+    pts = []
+    for p in range(len(means)):
+        m = means[p].tolist()
+        track = " ".join(f"{a} {b}" for a, b in obs_index.get(p, []))
+        pts.append(f"{p + 1} {m[0]} {m[1]} {m[2]} {rgb[p, 0]} {rgb[p, 1]} {rgb[p, 2]} 0.5 {track}")
+    (sp / "points3D.txt").write_text("\n".join(pts) + "\n")
+    return root, (means, quats, scales, opac, sh)

@@ -258,3 +258,46 @@ def test_unscented_projection_is_differentiable_and_matches_finite_differences()
         return m2, conics
 
     assert torch.autograd.gradcheck(f, (means.requires_grad_(), scales.requires_grad_()), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("camera", ["OPENCV_FISHEYE", "OPENCV"])
+def test_distorted_colmap_captures_train_through_their_lens(camera, tmp_path, cpu_backend):
+    """A COLMAP capture with a distorted camera loads with its lens model (the images used as they are):
+    the scene rendered at the loaded cameras reproduces the photos only through the lens; it trains on
+    both backends; undistortion stays available (and refuses a 150-degree fisheye no pinhole can hold)."""
+    from PIL import Image
+
+    from splat.data import DatasetError, load_dataset
+    from splat.train import Trainer
+    from synthetic_data import small_train_config, write_colmap_distorted
+
+    root, (means, quats, scales, opac, sh) = write_colmap_distorted(tmp_path / "cap", camera)
+    ds = load_dataset(root, undistort=False, test_every=5, normalize=False)
+    cams = ds.train.cameras()
+    assert cams.camera_model == ("fisheye" if camera == "OPENCV_FISHEYE" else "pinhole")
+    assert cams.radial_coeffs is not None
+    first = sorted((root / "images").iterdir())[1]
+    assert np.array_equal(ds.train.images[0], np.asarray(Image.open(first).convert("RGB")))  # untouched pixels
+    photos = torch.from_numpy(np.stack(ds.train.images)).float() / 255
+    bg = torch.ones(len(cams), 3)
+
+    def render(c):
+        img, _, _ = rasterize(means, quats, scales, opac, sh, c.viewmats, c.Ks, c.width, c.height, sh_degree=1,
+                              backgrounds=bg, camera_model=c.camera_model, radial_coeffs=c.radial_coeffs,
+                              tangential_coeffs=c.tangential_coeffs)
+        return img
+
+    through_lens = psnr(render(cams), photos)
+    without = psnr(render(Cameras(cams.viewmats, cams.Ks, cams.width, cams.height)), photos)
+    assert through_lens >= 28.0 and through_lens > without + 6.0, (through_lens, without)
+    for backend in ("cpu", "raytrace"):
+        cfg = small_train_config(root, tmp_path / f"run_{backend}", iterations=60, backend=backend, test_every=5,
+                                 export=[], save_every=0, save_renders=0)
+        m = Trainer(cfg, log=lambda *a: None).train()
+        assert m["psnr"] > 20.0, (backend, m["psnr"])
+    if camera == "OPENCV":
+        und = load_dataset(root, undistort=True, test_every=5)
+        assert und.train.cameras().camera_model == "pinhole" and und.train.cameras().radial_coeffs is None
+    else:
+        with pytest.raises(DatasetError, match="cannot undistort"):
+            load_dataset(root, undistort=True, test_every=5)

@@ -66,7 +66,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def _backends():
-    out = ["auto", "cpu", "torch"]
+    out = ["auto", "cpu", "torch", "raytrace"]
     if torch.cuda.is_available():
         out.append("cuda")
     return out

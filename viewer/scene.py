@@ -72,10 +72,26 @@ class TrainingCamera:
     width: int
     height: int
     thumbnail: Optional[np.ndarray] = None  # uint8 [h,w,3], shown inside the frustum
+    distortion: Optional[object] = None  # the lens model (splat.data.distortion.Distortion) of a distorted camera
 
     @property
     def fov_y(self) -> float:
-        return 2.0 * math.atan(0.5 * self.height / float(self.K[1, 1]))
+        """The true vertical field of view (radians): the angle between the rays through the top and
+        bottom edge centres, through the lens model (a fisheye's can pass 180 degrees; the frustum shows at
+        most 170)."""
+        if self.distortion is None:
+            return 2.0 * math.atan(0.5 * self.height / float(self.K[1, 1]))
+        from splat import camera_models as cm
+
+        model, radial, tang = self.distortion.camera_args()
+        t = (lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float64)[None])
+        cx = float(self.K[0, 2])
+        pix = torch.tensor([[[cx, 0.0], [cx, float(self.height)]]], dtype=torch.float64)
+        _, d, _ = cm.pixel_rays(pix, torch.as_tensor(self.K, dtype=torch.float64)[None], model, t(radial), t(tang))
+        ang = float(torch.acos(torch.clamp((d[0, 0] * d[0, 1]).sum(), -1.0, 1.0)))
+        if model == "fisheye":  # past 180 degrees the two rays' angle folds back: use the angles off the axis
+            ang = float(torch.acos(torch.clamp(d[0, 0, 2], -1, 1)) + torch.acos(torch.clamp(d[0, 1, 2], -1, 1)))
+        return min(ang, math.radians(170.0))
 
 
 def _quat_to_mat(q) -> np.ndarray:
@@ -421,7 +437,7 @@ class Image2DScene:
         ax1, ay1 = min(GW, x0 + W), min(GH, y0 + H)
         if ax1 <= ax0 or ay1 <= ay0:
             return out
-        be = backend if backend != "cuda" else "auto"
+        be = backend if backend not in ("cuda", "raytrace") else "auto"  # 2D Gaussians: no ray tracer
         with torch.no_grad():
             img = m.render(size=(GW, GH), crop=(ax0, ay0, ax1 - ax0, ay1 - ay0), first_k=self.first_k,
                            backend=be, clamp=True)
@@ -475,8 +491,9 @@ def cameras_of_split(split, thumb: int = 96) -> List[TrainingCamera]:
             s = thumb / max(W, H)
             th = np.asarray(Image.fromarray(np.asarray(im)).resize((max(1, round(W * s)), max(1, round(H * s))),
                                                                   Image.BILINEAR))
+        dist = split.distortions[i] if getattr(split, "distortions", None) is not None else None
         cams.append(TrainingCamera(str(name), np.asarray(split.viewmats[i], dtype=np.float64),
-                                   np.asarray(split.Ks[i], dtype=np.float64), W, H, th))
+                                   np.asarray(split.Ks[i], dtype=np.float64), W, H, th, dist))
     return cams
 
 
