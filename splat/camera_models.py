@@ -46,24 +46,7 @@ from torch import Tensor
 __all__ = ["CAMERA_MODELS", "ROLLING_SHUTTER", "distort_normalized", "project_points", "camera_rays",
            "pixel_rays", "rolling_shutter_time", "interpolate_viewmats", "check_camera_args"]
 
-CAMERA_MODELS = ("pinhole", "ortho", "fisheye")
-# gsplat's RollingShutterType values, by name
-ROLLING_SHUTTER = {"top_to_bottom": 0, "left_to_right": 1, "bottom_to_top": 2, "right_to_left": 3, "global": 4}
-RADIAL_COUNT = {"pinhole": 6, "fisheye": 4}
-
-
-def rolling_shutter_name(value) -> str:
-    """A rolling-shutter type given by name (any case) or by gsplat's enum / int value -> its name.
-    Raises ``ValueError`` for anything else."""
-    v = getattr(value, "value", value)
-    if isinstance(v, str) and v.lower() in ROLLING_SHUTTER:
-        return v.lower()
-    if isinstance(v, int) and not isinstance(v, bool):
-        for k, i in ROLLING_SHUTTER.items():
-            if i == v:
-                return k
-    raise ValueError(f"rolling_shutter must be one of {', '.join(ROLLING_SHUTTER)} (or gsplat's RollingShutterType),"
-                     f" got {value!r}")
+from .cameras import CAMERA_MODELS, RADIAL_COUNT, ROLLING_SHUTTER, rolling_shutter_name  # noqa: F401 (re-exported)
 
 
 def check_camera_args(C: int, camera_model: str, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
@@ -321,34 +304,41 @@ def rolling_shutter_time(pixels: Tensor, width: int, height: int, rolling_shutte
     return 1.0 - t if rolling_shutter in ("bottom_to_top", "right_to_left") else t
 
 
-def _rotmat_to_quat(R: Tensor) -> Tensor:
-    from .backends.torch_ref import rotmat_to_quat
+def _so3_log(R: Tensor) -> Tensor:
+    """Rotation matrices [..., 3, 3] -> rotation vectors [..., 3] (axis times angle, angle < pi)."""
+    cos = ((R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1) / 2).clamp(-1.0, 1.0)
+    angle = torch.acos(cos)
+    w = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
+    s = torch.sin(angle)
+    small = s.abs() < 1e-9
+    return torch.where(small[..., None], 0.5 * w, w * (angle / (2 * torch.where(small, torch.ones_like(s), s)))[..., None])
 
-    return rotmat_to_quat(R)
+
+def _so3_exp(v: Tensor) -> Tensor:
+    """Rotation vectors [..., 3] -> rotation matrices [..., 3, 3] (Rodrigues)."""
+    angle = v.norm(dim=-1)
+    small = angle < 1e-12
+    k = v / torch.where(small, torch.ones_like(angle), angle)[..., None]
+    K = torch.zeros(v.shape[:-1] + (3, 3), dtype=v.dtype, device=v.device)
+    K[..., 0, 1], K[..., 0, 2], K[..., 1, 2] = -k[..., 2], k[..., 1], -k[..., 0]
+    K[..., 1, 0], K[..., 2, 0], K[..., 2, 1] = k[..., 2], -k[..., 1], k[..., 0]
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(K.shape)
+    s, c = torch.sin(angle)[..., None, None], torch.cos(angle)[..., None, None]
+    return torch.where(small[..., None, None], eye, eye + s * K + (1 - c) * (K @ K))
 
 
 def interpolate_viewmats(viewmats: Tensor, viewmats_rs: Tensor, t: Tensor) -> Tensor:
     """World-to-camera poses at times t [C, ...] between viewmats [C,4,4] (t = 0) and viewmats_rs
-    (t = 1): camera centres linearly, rotations by slerp. Returns [C, ..., 4, 4]."""
-    from .backends.torch_ref import quat_to_rotmat
-
+    (t = 1): camera centres linearly, rotations along the shortest arc (slerp, as exp(t log(R1 R0^T)) R0).
+    Returns [C, ..., 4, 4]."""
     C = viewmats.shape[0]
     view = (C,) + (1,) * (t.dim() - 1)
     R0, R1 = viewmats[:, :3, :3], viewmats_rs[:, :3, :3]
     c0 = -(R0.transpose(1, 2) @ viewmats[:, :3, 3:])[..., 0]
     c1 = -(R1.transpose(1, 2) @ viewmats_rs[:, :3, 3:])[..., 0]
-    q0, q1 = _rotmat_to_quat(R0), _rotmat_to_quat(R1)
-    dot = (q0 * q1).sum(-1)
-    q1 = torch.where(dot[:, None] < 0, -q1, q1)
-    dot = dot.abs().clamp(max=1.0)
-    omega = torch.acos(dot).reshape(view)
-    so = torch.sin(omega)
+    w = _so3_log(R1 @ R0.transpose(1, 2))  # [C, 3]
+    R = _so3_exp(t[..., None] * w.reshape(view + (3,))) @ R0.reshape(view + (3, 3))
     tt = t[..., None]
-    lin = so.abs() < 1e-6
-    w0 = torch.where(lin, 1 - t, torch.sin((1 - t) * omega) / torch.where(lin, torch.ones_like(so), so))
-    w1 = torch.where(lin, t, torch.sin(t * omega) / torch.where(lin, torch.ones_like(so), so))
-    q = w0[..., None] * q0.reshape(view + (4,)) + w1[..., None] * q1.reshape(view + (4,))
-    R = quat_to_rotmat(q)  # [C, ..., 3, 3]
     c = (1 - tt) * c0.reshape(view + (3,)) + tt * c1.reshape(view + (3,))
     out = torch.zeros(R.shape[:-2] + (4, 4), dtype=viewmats.dtype, device=viewmats.device)
     out[..., :3, :3] = R

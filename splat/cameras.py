@@ -22,7 +22,25 @@ from torch import Tensor
 
 __all__ = ["Cameras", "CAMERA_MODELS", "look_at", "camera_frame", "orbit_cameras", "path_cameras"]
 
-from .camera_models import CAMERA_MODELS, RADIAL_COUNT, rolling_shutter_name
+CAMERA_MODELS = ("pinhole", "ortho", "fisheye")
+# gsplat's RollingShutterType values, by name
+ROLLING_SHUTTER = {"top_to_bottom": 0, "left_to_right": 1, "bottom_to_top": 2, "right_to_left": 3, "global": 4}
+RADIAL_COUNT = {"pinhole": 6, "fisheye": 4}  # radial coefficients per camera model (gsplat's)
+
+
+def rolling_shutter_name(value) -> str:
+    """A rolling-shutter type given by name (any case) or by gsplat's enum / int value -> its name.
+    Raises ``ValueError`` for anything else."""
+    v = getattr(value, "value", value)
+    if isinstance(v, str) and v.lower() in ROLLING_SHUTTER:
+        return v.lower()
+    if isinstance(v, int) and not isinstance(v, bool):
+        for k, i in ROLLING_SHUTTER.items():
+            if i == v:
+                return k
+    raise ValueError(f"rolling_shutter must be one of {', '.join(ROLLING_SHUTTER)} (or gsplat's RollingShutterType),"
+                     f" got {value!r}")
+
 
 # per-camera tensors: name -> trailing shape (None: radial coefficients, counted per camera model)
 _PER_CAMERA = {

@@ -133,15 +133,15 @@ def rasterize(
     if not isinstance(channel_chunk, int) or channel_chunk < 1:
         _fail(f"channel_chunk must be a positive int, got {channel_chunk!r}")
     C = viewmats.shape[0]
-    from . import camera_models as cm
+    from .camera_models import check_camera_args, is_distorted
 
-    rolling_shutter = cm.check_camera_args(C, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
+    rolling_shutter = check_camera_args(C, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
                                            rolling_shutter, viewmats_rs, viewmats)
-    needs_ut = camera_model != "pinhole" or rolling_shutter != "global" or cm.is_distorted(
+    needs_ut = camera_model != "pinhole" or rolling_shutter != "global" or is_distorted(
         radial_coeffs, tangential_coeffs, thin_prism_coeffs)
     if with_ut is False and needs_ut:
         _fail(f"with_ut=False: EWA projects undistorted global-shutter pinhole cameras only; this is a "
-              f"{camera_model} camera" + (" with distortion" if cm.is_distorted(
+              f"{camera_model} camera" + (" with distortion" if is_distorted(
                   radial_coeffs, tangential_coeffs, thin_prism_coeffs) else "")
               + (f" with a {rolling_shutter} rolling shutter" if rolling_shutter != "global" else ""))
     use_ut = needs_ut or bool(with_ut)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import camera_models as cm
+from .camera_models import camera_rays
 from .backends import raytrace as rt
 from .backends import torch_ref
 from .cameras import Cameras
@@ -152,7 +152,7 @@ def render_secondary(g: Gaussians, camera: Cameras, background: Tensor, lens: Op
     cam_args = dict(camera_model=camera.camera_model, radial_coeffs=camera.radial_coeffs,
                     tangential_coeffs=camera.tangential_coeffs, thin_prism_coeffs=camera.thin_prism_coeffs,
                     rolling_shutter=camera.rolling_shutter, viewmats_rs=camera.viewmats_rs)
-    o, d, ok = cm.camera_rays(camera.viewmats, camera.Ks, W, H, **cam_args)
+    o, d, ok = camera_rays(camera.viewmats, camera.Ks, W, H, **cam_args)
     o, d, ok = o[0].to(dt), d[0].to(dt), ok[0]
     fpx, fpy = rt.pixel_footprint(g.means, camera.viewmats, camera.Ks, camera.camera_model)
     precs = rt.precisions(g.quats, g.scales, g.covars, eps2d * fpx * fpy)[0].to(dt)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from scene_utils import cameras as make_cameras
 from scene_utils import gaussians as make_gaussians
 from splat import camera_models as cm
 from splat.backends import torch_ref, ut

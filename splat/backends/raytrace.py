@@ -31,7 +31,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import camera_models as cm
+from ..camera_models import camera_rays
 from ._native import ptr
 from .torch_ref import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS, quat_to_rotmat
 
@@ -40,22 +40,36 @@ MAX_CHANNELS = 64  # feature channels per trace (splat_raytrace.h kMaxChannels)
 RAY_BLOCK = 8  # rays are traced in 8x8 pixel blocks (neighbouring rays walk the same BVH nodes)
 
 
-def _raster(device, dtype):
-    from . import get
+def _raster_stages(device, dtype):
+    """(project, spherical_harmonics) of the rasterizer whose projection and SH the tracer reuses: the
+    device's native one for float32 (loaded by `backends.get("raytrace")`), else the torch reference."""
+    if dtype == torch.float32 and device.type == "cuda":
+        try:
+            from .cuda import load, project, spherical_harmonics
 
-    return get("auto", device, dtype)
+            load()
+            return project, spherical_harmonics
+        except Exception:  # noqa: BLE001 - no CUDA build: the reference
+            pass
+    elif dtype == torch.float32:
+        from .cpu import project, spherical_harmonics
+
+        return project, spherical_harmonics
+    from .torch_ref import project, spherical_harmonics
+
+    return project, spherical_harmonics
 
 
 def project(means, quats, scales, opacities, viewmats, Ks, *args):
     """The projection of the device's rasterizer (`torch_ref.project`): radii, means2d, depths,
     conics and compensations for the info dict and density control."""
-    return _raster(means.device, means.dtype).project(means, quats, scales, opacities, viewmats, Ks, *args)
+    return _raster_stages(means.device, means.dtype)[0](means, quats, scales, opacities, viewmats, Ks, *args)
 
 
 def spherical_harmonics(degree, dirs, coeffs, masks=None):
     """`torch_ref.spherical_harmonics` on the device's rasterizer; every Gaussian is evaluated
     (masks are ignored: rays are not culled by the projection)."""
-    return _raster(dirs.device, dirs.dtype).spherical_harmonics(degree, dirs, coeffs, None)
+    return _raster_stages(dirs.device, dirs.dtype)[1](degree, dirs, coeffs, None)
 
 
 # ------------------------------------------------------------------ Gaussians as the tracer sees them
@@ -108,9 +122,9 @@ def _lift_means2d(means: Tensor, means2d: Tensor, viewmats: Tensor, fpx: Tensor,
 
 # ------------------------------------------------------------------ the native trace
 def _lib():
-    from . import cpu
+    from .cpu import load
 
-    return cpu.load()
+    return load()
 
 
 def build_bvh(means: Tensor, precs: Tensor, opacities: Tensor) -> Tuple[Tensor, Tensor, Tensor, int]:
@@ -130,11 +144,11 @@ def _cuda_call(lib, device, fn, *args):
     """Run a ray-tracing entry point of the CUDA library (or of its host emulation, for CPU tensors)."""
     import ctypes
 
-    from . import cuda as cu
+    from .cuda import _device_guard, check
 
-    with cu._device_guard(device):
+    with _device_guard(device):
         stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-        cu.check(lib, getattr(lib, "splatcu_" + fn)(*args, ctypes.c_void_p(stream)), fn)
+        check(lib, getattr(lib, "splatcu_" + fn)(*args, ctypes.c_void_p(stream)), fn)
 
 
 class _Trace(torch.autograd.Function):
@@ -146,9 +160,9 @@ class _Trace(torch.autograd.Function):
         dev = means.device
         cuda_lib = engine
         if cuda_lib is None and dev.type == "cuda":
-            from . import cuda
+            from .cuda import load
 
-            cuda_lib = cuda.load()
+            cuda_lib = load()
         N, D = feats.shape
         R = origins.shape[0]
         # the BVH is built on the host (the shared header's build_bvh, in the CPU library)
@@ -286,7 +300,7 @@ def render(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], cov
         means_c, m2_out = _lift_means2d(means, means2d, viewmats, fpx, fpy)
         if absgrad:
             m2_out.register_hook(lambda g: setattr(m2_out, "absgrad", g.abs()))
-    origins, dirs, ok = cm.camera_rays(viewmats, Ks, width, height, **camera)  # [C, H*W, ...]
+    origins, dirs, ok = camera_rays(viewmats, Ks, width, height, **camera)  # [C, H*W, ...]
     pix_sel = None
     if tile_mask is not None:
         th, tw = (height + tile_size - 1) // tile_size, (width + tile_size - 1) // tile_size

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import camera_models as cm
+from ..camera_models import interpolate_viewmats, monotonic_limit, project_points, rolling_shutter_time
 from .torch_ref import footprint_2d, quat_to_rotmat
 
 UT_ALPHA, UT_BETA, UT_KAPPA = 1.0, 2.0, 0.0
@@ -71,7 +71,7 @@ def project_ut(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor],
     L = covariance_factors(quats, scales, covars)
     pts = sigma_points(means, L)  # [N, 7, 3]
     wm, wc = ut_weights(means.dtype, means.device)
-    limits = cm.monotonic_limit(camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs).to(means.device)
+    limits = monotonic_limit(camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs).to(means.device)
 
     def to_camera(V):  # V [C, 4, 4] or [C, N, 7, 4, 4]
         if V.dim() == 3:
@@ -81,7 +81,7 @@ def project_ut(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor],
         return (R * pts[None, :, :, None, :]).sum(-1) + t  # [C, N, 7, 3]
 
     def project(p):
-        return cm.project_points(p, Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
+        return project_points(p, Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
                                  near_plane, limits)
 
     p0 = to_camera(viewmats)
@@ -89,10 +89,10 @@ def project_ut(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor],
     if rolling_shutter != "global":
         with torch.no_grad():
             for _ in range(RS_ITERATIONS - 1):
-                t = cm.rolling_shutter_time(uv, width, height, rolling_shutter)
-                uv, valid = project(to_camera(cm.interpolate_viewmats(viewmats, viewmats_rs, t)))
-            t = cm.rolling_shutter_time(uv, width, height, rolling_shutter)
-        uv, valid = project(to_camera(cm.interpolate_viewmats(viewmats, viewmats_rs, t)))
+                t = rolling_shutter_time(uv, width, height, rolling_shutter)
+                uv, valid = project(to_camera(interpolate_viewmats(viewmats, viewmats_rs, t)))
+            t = rolling_shutter_time(uv, width, height, rolling_shutter)
+        uv, valid = project(to_camera(interpolate_viewmats(viewmats, viewmats_rs, t)))
     ok = valid.all(-1)
     uv = torch.where(ok[..., None, None], uv, torch.zeros_like(uv))
     mean2d = (wm[:, None] * uv).sum(-2)  # [C, N, 2]
