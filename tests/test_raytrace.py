@@ -203,3 +203,64 @@ def test_cuda_kernels_match_the_cpu_tracer_under_host_emulation(cpu_backend):
     assert torch.allclose(c1, c2, atol=1e-6) and torch.allclose(T1, T2, atol=1e-6)
     for a, b in zip(g1, g2):  # sums in another order (atomics per ray against per-thread buffers)
         assert (a - b).norm() <= 1e-5 * b.norm() + 1e-7
+
+
+# ------------------------------------------------------------------ secondary rays (splat.secondary_rays)
+def _blob_scene():
+    """One opaque red blob at height 1 above the plane z = 0, seen from the side and above."""
+    from splat.cameras import Cameras
+    from splat.render import Gaussians
+    from scene_utils import look_at
+
+    g = Gaussians(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.full((1, 3), 0.15),
+                  torch.tensor([0.95]), torch.tensor([[1.0, 0.1, 0.1]]))
+    V = look_at((0.0, -5.0, 2.5), target=(0.0, 0.0, 0.5), up=(0.0, 0.0, -1.0)).float()[None]
+    K = torch.tensor([[[80.0, 0, 48], [0, 80.0, 48], [0, 0, 1]]])
+    return g, Cameras(V, K, 96, 96)
+
+
+def _pixel_of(cams, x):
+    p = cams.viewmats[0, :3, :3] @ x + cams.viewmats[0, :3, 3]
+    uv = cams.Ks[0] @ (p / p[2])
+    return int(uv[1]), int(uv[0])  # row, column
+
+
+def test_secondary_rays_without_effects_render_what_the_tracer_renders(cpu_backend):
+    from splat.secondary_rays import ThinLens, render_secondary
+    from splat.cameras import Cameras
+    from splat.render import Gaussians
+
+    means, quats, scales, opac, cols, V, K = _random_view_scene(7)
+    g = Gaussians(means, quats, scales, opac, cols)
+    cams = Cameras(V, K, 64, 48)
+    bg = torch.tensor([0.2, 0.3, 0.4])
+    want, _, _ = rasterize(means, quats, scales, opac, cols, V, K, 64, 48, backend="raytrace", backgrounds=bg[None])
+    got, alpha = render_secondary(g, cams, bg)
+    assert psnr(got, want[0]) > 50
+    pin, _ = render_secondary(g, cams, bg, lens=ThinLens(0.0, 4.0))
+    assert torch.equal(pin, got)
+    focused, _ = render_secondary(g, cams, bg, lens=ThinLens(0.3, 4.0, samples=8))  # the scene's distance
+    blurred, _ = render_secondary(g, cams, bg, lens=ThinLens(0.3, 1.5, samples=8))  # focused far in front
+    assert 15 < psnr(blurred, got) < 35 and psnr(focused, got) > psnr(blurred, got) + 3
+
+
+def test_mirror_plane_shows_the_reflection_and_shadow_plane_the_shadow(cpu_backend):
+    from splat.secondary_rays import Plane, render_secondary
+
+    g, cams = _blob_scene()
+    bg = torch.tensor([1.0, 1.0, 1.0])
+    mirror = Plane((0.0, 0.0, 0.0), (0.0, 0.0, 1.0), "mirror", reflectance=1.0)
+    img, _ = render_secondary(g, cams, bg, plane=mirror)
+    r, c = _pixel_of(cams, torch.tensor([0.0, 0.0, -1.0]))  # the blob mirrored in the plane
+    assert img[r, c, 0] > 0.8 and img[r, c, 1] < 0.3  # red: the reflection
+    r2, c2 = _pixel_of(cams, torch.tensor([1.5, 0.0, 0.0]))  # the mirror beside it: the white sky
+    assert img[r2, c2].min() > 0.9
+    shadow = Plane((0.0, 0.0, 0.0), (0.0, 0.0, 1.0), "shadow", light=(0.0, 0.0, 1.0), ambient=0.2, checker=100.0)
+    img, _ = render_secondary(g, cams, bg, plane=shadow)
+    under = img[_pixel_of(cams, torch.tensor([0.0, 0.0, 0.0]))]
+    beside = img[_pixel_of(cams, torch.tensor([1.2, 0.5, 0.0]))]
+    assert float(under.mean()) < 0.5 * float(beside.mean())  # the light from above: a shadow under the blob
+    with pytest.raises(ValueError, match="kind must be 'mirror' or 'shadow'"):
+        Plane((0, 0, 0), (0, 0, 1), "glass")
+    with pytest.raises(ValueError, match="one camera at a time"):
+        render_secondary(g, cams[[0, 0]], bg)

@@ -362,6 +362,18 @@ def test_render_cli_test_views_orbit_and_modes(blender_dir, tmp_path, capsys):
     assert "missing.ply: no such model file" in capsys.readouterr().err
     render_main([str(run), "--cameras", "orbit", "--frames", "3", "--video", str(tmp_path / "cli.gif")])
     assert Image.open(tmp_path / "cli.gif").n_frames == 3
+    # secondary rays and the ray tracer from the command line
+    r = render(RenderConfig(model=run, backend="raytrace"), log=lambda *x: None)
+    assert r["psnr"] > m["psnr"] - 3.0  # trained with the rasterizer, rendered by the tracer
+    for effect in ("dof", "mirror", "shadow"):
+        r = render(RenderConfig(model=run, effect=effect, out=tmp_path / effect), log=lambda *x: None)
+        pics = sorted(Path(r["folder"]).glob("*_rgb.png"))
+        assert len(pics) == 4 and np.asarray(Image.open(pics[0])).std() > 5
+    plain = np.asarray(Image.open(sorted((run / "render" / "test").glob("*_rgb.png"))[0])).astype(float)
+    mirrored = np.asarray(Image.open(sorted((tmp_path / "mirror" / "test").glob("*_rgb.png"))[0])).astype(float)
+    assert np.abs(plain - mirrored).mean() > 1.0  # the plane shows
+    with pytest.raises(ValueError, match="renders colour"):
+        render(RenderConfig(model=run, effect="dof", mode="depth"), log=lambda *x: None)
 
 
 def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130(blender_dir, tmp_path):

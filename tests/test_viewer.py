@@ -248,6 +248,23 @@ def test_view_camera_uses_the_vertical_field_of_view():
         assert np.allclose(project([0, 0, 1]), [W / 2, H / 2], atol=1e-9)
 
 
+def test_training_frustums_show_the_true_field_of_view_of_distorted_cameras():
+    from splat.data.distortion import Distortion
+    from viewer.scene import TrainingCamera
+
+    K = np.array([[100.0, 0, 100], [0, 100.0, 80], [0, 0, 1]])
+    pin = TrainingCamera("p", np.eye(4), K, 200, 160)
+    assert pin.fov_y == pytest.approx(2 * math.atan(80 / 100))
+    # an equidistant fisheye: theta = r / f, so the edge is 0.8 rad off the axis (not atan(0.8))
+    fish = TrainingCamera("f", np.eye(4), K, 200, 160, distortion=Distortion("fisheye", radial=(0.0, 0.0, 0.0, 0.0)))
+    assert fish.fov_y == pytest.approx(1.6, abs=1e-6)
+    wide = TrainingCamera("w", np.eye(4), np.array([[30.0, 0, 100], [0, 30.0, 80], [0, 0, 1]]), 200, 160,
+                          distortion=Distortion("fisheye", radial=(0.0,)))
+    assert wide.fov_y == pytest.approx(math.radians(170))  # 2 * 80/30 rad > 180 degrees: shown at the cap
+    barrel = TrainingCamera("b", np.eye(4), K, 200, 160, distortion=Distortion("radtan", radial=(-0.2,)))
+    assert barrel.fov_y > pin.fov_y  # barrel distortion packs a wider view into the same pixels
+
+
 # ----------------------------------------------------------------------------- 2-3. SplatScene
 
 
