@@ -165,6 +165,41 @@ def bench_scene(name: str, s: dict, repeats: int) -> dict:
     return r
 
 
+def bench_agreement(seeds=range(5)) -> dict:
+    """The tests' comparison on random scenes of 300 Gaussians (64x48): images and gradients of the tracer
+    against the rasterizer, with and without the eps2d dilation, and what the rasterizer's blur alone is."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from scene_utils import cameras, gaussians
+
+    rows = []
+    for seed in seeds:
+        means, quats, scales, opac, cols = gaussians(300, seed=seed, scale=(0.03, 0.2))
+        V, K = cameras(1, 64, 48, seed=seed)
+        w = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(seed))
+        out = {}
+        for key, be, kw in (("raster", "cpu", {}), ("raster_sharp", "cpu", {"eps2d": 0.0}),
+                            ("trace", "raytrace", {}), ("trace_undilated", "raytrace",
+                                                        {"raytrace_options": {"dilate": False}})):
+            xs = [t.clone().requires_grad_() for t in (means, quats, scales, opac, cols)]
+            img, _, _ = rasterize(*xs, V, K, 64, 48, backend=be, **kw)
+            (img * w).sum().backward()
+            out[key] = (img.detach(), xs[0].grad, xs[4].grad)
+
+        def cos(a, b):
+            return float((a * b).sum() / (a.norm() * b.norm()))
+
+        rows.append({"seed": seed, "psnr_trace_vs_raster": psnr(out["trace"][0], out["raster"][0]),
+                     "psnr_undilated_trace_vs_raster": psnr(out["trace_undilated"][0], out["raster"][0]),
+                     "psnr_undilated_trace_vs_sharp_raster": psnr(out["trace_undilated"][0], out["raster_sharp"][0]),
+                     "psnr_raster_blur_alone": psnr(out["raster"][0], out["raster_sharp"][0]),
+                     "cos_means": cos(out["trace"][1], out["raster"][1]),
+                     "cos_colors": cos(out["trace"][2], out["raster"][2])})
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "seed"}
+    print("agreement on random 300-Gaussian scenes (mean of 5): " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()),
+          flush=True)
+    return {"per_seed": rows, "mean": mean}
+
+
 def bench_training(steps: int) -> dict:
     """Both backends trained `steps` steps on the held-out-style object; each model rendered at the test
     views by both backends."""
@@ -211,6 +246,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=2000)
     a = ap.parse_args(argv)
     results = start_results(RESULTS, threads=torch.get_num_threads())
+    results["agreement"] = bench_agreement()
     for name in a.scenes:
         if name == "garden":
             s = garden_scene()

@@ -115,9 +115,9 @@ SPLAT_HD bool ray_gaussian(const float* o, const float* d, const Prim& g, Hit& h
     const float y[3] = {o[0] + t * d[0] - g.mu[0], o[1] + t * d[1] - g.mu[1], o[2] + t * d[2] - g.mu[2]};
     float Py[3];
     sym_mul(g.P, y, Py);
-    const float q = fmaxf(0.f, y[0] * Py[0] + y[1] * Py[1] + y[2] * Py[2]);
+    const float q = max_f(0.f, y[0] * Py[0] + y[1] * Py[1] + y[2] * Py[2]);
     if (q > g.qmax * 1.001f + 1e-3f) return false;  // clearly outside: skip the exp (the exact test follows)
-    const float G = expf(-0.5f * q);
+    const float G = fast_exp(-0.5f * q);  // the rasterizer's exp (splat_math.h): no libm call
     const float raw = g.opacity * G;
     if (!(raw >= kAlphaThreshold)) return false;
     h.t = t;
@@ -134,8 +134,8 @@ SPLAT_HD void slab(const Node& n, const float* o, const float* inv_d, float& t0,
     t1 = INFINITY;
     for (int i = 0; i < 3; ++i) {
         const float a = (n.lo[i] - o[i]) * inv_d[i], b = (n.hi[i] - o[i]) * inv_d[i];
-        t0 = fmaxf(t0, fminf(a, b));
-        t1 = fminf(t1, fmaxf(a, b));
+        t0 = max_f(t0, min_f(a, b));
+        t1 = min_f(t1, max_f(a, b));
     }
 }
 
@@ -164,33 +164,6 @@ SPLAT_HD bool node_in_reach(const Node& node, const Ray& r, float t_last, float 
     return !(t0 > t1 || t1 < r.tmin || t1 < t_last || t0 > far_t);
 }
 
-// The k-buffer is a binary max-heap on (t, Gaussian id) while a round collects (O(log k) per hit; its
-// top is the farthest hit kept, the traversal's cut-off once it is full), heap-sorted nearest-first at
-// the end of the round.
-SPLAT_HD void kbuf_swap(float* kt, int* kid, int* krec, int a, int b) {
-    const float t = kt[a];
-    kt[a] = kt[b];
-    kt[b] = t;
-    int i = kid[a];
-    kid[a] = kid[b];
-    kid[b] = i;
-    i = krec[a];
-    krec[a] = krec[b];
-    krec[b] = i;
-}
-
-SPLAT_HD void kbuf_sift_down(float* kt, int* kid, int* krec, int i, int n) {
-    while (true) {
-        const int l = 2 * i + 1;
-        if (l >= n) return;
-        int c = l;
-        if (l + 1 < n && key_after(kt[l + 1], kid[l + 1], kt[l], kid[l])) c = l + 1;
-        if (!key_after(kt[c], kid[c], kt[i], kid[i])) return;
-        kbuf_swap(kt, kid, krec, i, c);
-        i = c;
-    }
-}
-
 // One traversal round: the (up to) kBufferSize hits with (t, Gaussian id) after (t_last, id_last) and t
 // in [tmin, tmax], nearest first, into kt / kid / krec (record indices, leaf order); returns how many.
 // Ties in depth go by Gaussian id, so the order does not depend on the tree.
@@ -203,7 +176,7 @@ SPLAT_HD int collect_hits(const Node* nodes, const Prim* prims, const int32_t* i
     stack[sp++] = 0;
     while (sp > 0) {
         const Node& node = nodes[stack[--sp]];
-        const float far_t = n == kBufferSize ? kt[0] : r.tmax;
+        const float far_t = n == kBufferSize ? kt[kBufferSize - 1] : r.tmax;
         if (node.count == 0) {  // push the children that can still hold a hit, the nearer one on top
             const int L = node.left_first;
             float a0, a1, b0, b1;
@@ -229,26 +202,18 @@ SPLAT_HD int collect_hits(const Node* nodes, const Prim* prims, const int32_t* i
             if (h.t < r.tmin || h.t > r.tmax) continue;
             const int id = ids[j];
             if (!key_after(h.t, id, t_last, id_last)) continue;
-            if (n < kBufferSize) {  // grow the heap: sift the new hit up
-                int i = n++;
-                kt[i] = h.t;
-                kid[i] = id;
-                krec[i] = j;
-                while (i > 0 && key_after(kt[i], kid[i], kt[(i - 1) / 2], kid[(i - 1) / 2])) {
-                    kbuf_swap(kt, kid, krec, i, (i - 1) / 2);
-                    i = (i - 1) / 2;
-                }
-            } else if (key_after(kt[0], kid[0], h.t, id)) {  // nearer than the farthest kept: replace it
-                kt[0] = h.t;
-                kid[0] = id;
-                krec[0] = j;
-                kbuf_sift_down(kt, kid, krec, 0, n);
+            if (n == kBufferSize && !key_after(kt[n - 1], kid[n - 1], h.t, id)) continue;
+            int pos = n < kBufferSize ? n++ : kBufferSize - 1;
+            while (pos > 0 && key_after(kt[pos - 1], kid[pos - 1], h.t, id)) {
+                kt[pos] = kt[pos - 1];
+                kid[pos] = kid[pos - 1];
+                krec[pos] = krec[pos - 1];
+                --pos;
             }
+            kt[pos] = h.t;
+            kid[pos] = id;
+            krec[pos] = j;
         }
-    }
-    for (int end = n - 1; end > 0; --end) {  // heap sort: nearest first
-        kbuf_swap(kt, kid, krec, 0, end);
-        kbuf_sift_down(kt, kid, krec, 0, end);
     }
     return n;
 }
@@ -266,7 +231,7 @@ SPLAT_HD float walk_hits(const Node* nodes, const Prim* prims, const int32_t* id
         for (int j = 0; j < n; ++j) {
             Hit h = {};
             ray_gaussian(r.o, r.d, prims[krec[j]], h);  // true: the same test collect_hits passed
-            const float alpha = fminf(kMaxAlpha, h.raw_alpha);
+            const float alpha = min_f(kMaxAlpha, h.raw_alpha);
             const float T_next = T * (1.f - alpha);
             if (T_next <= kTransmittanceEps) return T;
             visit(krec[j], h, alpha, T);
@@ -357,7 +322,7 @@ SPLAT_HD void list_backward(const Ray& r, const Prim* prims, const int32_t* ids,
         const int rec = list[k];
         Hit h = {};
         ray_gaussian(r.o, r.d, prims[rec], h);
-        const float alpha = fminf(kMaxAlpha, h.raw_alpha);
+        const float alpha = min_f(kMaxAlpha, h.raw_alpha);
         hit_backward(prims[rec], ids[rec], h, alpha, T, feats, D, color, T_final, grad_color, grad_alpha, acc, g_means,
                      g_precs, g_opac, g_feats, add);
         T *= 1.f - alpha;
