@@ -109,17 +109,24 @@ def embree_query(s: dict, origins, dirs, repeats: int):
     return t_build, t_query, float((hits[1:] - hits[:-1]).mean()) / 2  # entry and exit per proxy
 
 
-def bench_scene(name: str, s: dict, repeats: int) -> dict:
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_scene(name: str, s: dict, repeats: int, device: str = "cpu") -> dict:
     W, H = s["width"], s["height"]
-    V, K = s["viewmats"][:1], s["Ks"][:1]
-    args = [s[k] for k in ("means", "quats", "scales", "opacities", "colors")]
-    r = {"gaussians": int(args[0].shape[0]), "width": W, "height": H}
+    V, K = s["viewmats"][:1].to(device), s["Ks"][:1].to(device)
+    args = [s[k].to(device) for k in ("means", "quats", "scales", "opacities", "colors")]
+    r = {"gaussians": int(args[0].shape[0]), "width": W, "height": H, "device": device}
     imgs = {}
-    for be in ("cpu", "raytrace"):
+    raster = "cuda" if device == "cuda" else "cpu"
+    for be in (raster, "raytrace"):
         with torch.no_grad():
             def fwd():
                 imgs[be], _, info = rasterize(*args, V, K, W, H, backend=be)
                 imgs[be + "_info"] = info
+                _sync(device)
             fwd()
             t = timed(fwd, repeats)
         xs = [a.clone().requires_grad_() for a in args]
@@ -127,10 +134,12 @@ def bench_scene(name: str, s: dict, repeats: int) -> dict:
         def fwd_bwd():
             img, alpha, _ = rasterize(*xs, V, K, W, H, backend=be)
             (img.sum() + alpha.sum()).backward()
+            _sync(device)
 
         fwd_bwd()
         tb = timed(fwd_bwd, repeats)
-        r[be] = {"forward_ms": 1000 * t, "forward_backward_ms": 1000 * tb}
+        r["cpu" if be == raster else be] = {"forward_ms": 1000 * t, "forward_backward_ms": 1000 * tb}
+    imgs["cpu"], imgs["cpu_info"] = imgs[raster], imgs[raster + "_info"]
     pairs = int(imgs["cpu_info"]["isect_ids"].numel())
     r["cpu"]["tile_pairs"] = pairs
     r["cpu"]["pairs_per_second"] = pairs / (r["cpu"]["forward_ms"] / 1000)
@@ -143,15 +152,17 @@ def bench_scene(name: str, s: dict, repeats: int) -> dict:
     fpx, fpy = rt.pixel_footprint(args[0], V, K, "pinhole")
     precs = rt.precisions(args[1], args[2], None, 0.3 * fpx * fpy)[0].contiguous()
     with torch.no_grad():
-        _, _, hits = rt.trace_rays(args[0], precs, args[3], args[4], o, d, torch.full((W * H,), 0.01),
-                                   torch.full((W * H,), 1e10))
-    t_build = timed(lambda: rt.build_bvh(args[0], precs, args[3].contiguous()), repeats)
+        _, _, hits = rt.trace_rays(args[0], precs, args[3], args[4], o, d, torch.full((W * H,), 0.01, device=device),
+                                   torch.full((W * H,), 1e10, device=device))
+    host = [x.detach().cpu().contiguous() for x in (args[0], precs, args[3])]
+    t_build = timed(lambda: rt.build_bvh(*host), repeats)
+    o, d = o.cpu(), d.cpu()
     r["raytrace"].update(rays_per_second=W * H / (r["raytrace"]["forward_ms"] / 1000),
                          hits_per_ray=float(hits.float().mean()), bvh_build_ms=1000 * t_build,
                          kbuffer=rt._lib().splat_rt_kbuffer())
     r["psnr_raytrace_vs_raster"] = psnr(imgs["cpu"], imgs["raytrace"])
     r["forward_ratio_raytrace_over_raster"] = r["raytrace"]["forward_ms"] / r["cpu"]["forward_ms"]
-    emb = embree_query(s, o, d, repeats)
+    emb = embree_query(s, o, d, repeats) if device == "cpu" else None
     if emb is not None:
         r["embree"] = {"proxy": "3DGRT icosahedron, 20 triangles per Gaussian", "build_ms": 1000 * emb[0],
                        "all_hits_query_ms": 1000 * emb[1], "proxy_hits_per_ray": emb[2]}
@@ -244,9 +255,14 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train", action="store_true", help="also train both backends on the object (about 25 min)")
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--json", type=Path, default=None, help=f"results file (default {RESULTS.name} for the CPU)")
     a = ap.parse_args(argv)
-    results = start_results(RESULTS, threads=torch.get_num_threads())
-    results["agreement"] = bench_agreement()
+    out_path = a.json or (RESULTS if a.device == "cpu" else HERE / "results_raytrace_cuda.json")
+    settings = {"threads": torch.get_num_threads(), **({"device": a.device} if a.device != "cpu" else {})}
+    results = start_results(out_path, **settings)
+    if a.device == "cpu":
+        results["agreement"] = bench_agreement()
     for name in a.scenes:
         if name == "garden":
             s = garden_scene()
@@ -255,17 +271,17 @@ def main(argv=None) -> None:
             s = random_scene(n, 640, 480, seed=0)
         else:
             raise SystemExit(f"unknown scene {name!r}")
-        results["scenes"][name] = bench_scene(name, s, a.repeats)
+        results["scenes"][name] = bench_scene(name, s, a.repeats, a.device)
     if a.train:
         results["training"] = bench_training(a.steps)
-    elif RESULTS.is_file():
-        old = json.loads(RESULTS.read_text())
+    elif out_path.is_file():
+        old = json.loads(out_path.read_text())
         if "training" in old:
             results["training"] = old["training"]
-    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp = out_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
-    print(f"-> {RESULTS}")
+    os.replace(tmp, out_path)
+    print(f"-> {out_path}")
 
 
 if __name__ == "__main__":

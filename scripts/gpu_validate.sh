@@ -26,7 +26,7 @@ status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import splat.backends.cuda as c, time; t = time.time(); c.load(); print(f'CUDA build {time.time() - t:.1f} s')" \
     2>&1 | tee "$OUT/build.log" || status=1
-python3 -m pytest -q -rs tests/test_backends.py tests/test_edge_cases.py tests/test_cuda_build.py 2>&1 \
+python3 -m pytest -q -rs tests/test_backends.py tests/test_edge_cases.py tests/test_cuda_build.py tests/test_raytrace.py 2>&1 \
     | tee "$OUT/tests.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 for tool in memcheck racecheck synccheck; do
@@ -36,5 +36,7 @@ for tool in memcheck racecheck synccheck; do
 done
 python3 bench/rasterize.py --device cuda --scenes garden 1M 5M --size 1920x1080 --repeats 20 \
     --json "$OUT/results_rasterize_cuda.json" 2>&1 | tee "$OUT/bench.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+python3 bench/raytrace.py --device cuda --scenes garden random_100k --repeats 10 \
+    --json "$OUT/results_raytrace_cuda.json" 2>&1 | tee "$OUT/bench_raytrace.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 echo "gpu_validate: exit $status"
 exit $status

@@ -68,7 +68,8 @@ def check_camera_args(C: int, camera_model: str, radial_coeffs, tangential_coeff
             raise ValueError(f"{where}: an ortho camera takes no radial_coeffs")
         if not isinstance(t, Tensor) or tuple(t.shape) != shapes[name]:
             got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{where}: {name} must be {list(shapes[name])} for {C} {camera_model} camera(s), got {got}")
+            raise ValueError(f"{where}: {name} must be {list(shapes[name])} for {C} {camera_model} camera(s), "
+                             f"got {got}")
         if t.dtype != like.dtype or t.device != like.device:
             raise ValueError(f"{where}: {name} is {t.dtype} on {t.device}, expected {like.dtype} on {like.device}")
         if not bool(torch.isfinite(t).all()):
@@ -311,7 +312,8 @@ def _so3_log(R: Tensor) -> Tensor:
     w = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
     s = torch.sin(angle)
     small = s.abs() < 1e-9
-    return torch.where(small[..., None], 0.5 * w, w * (angle / (2 * torch.where(small, torch.ones_like(s), s)))[..., None])
+    scale = angle / (2 * torch.where(small, torch.ones_like(s), s))
+    return torch.where(small[..., None], 0.5 * w, w * scale[..., None])
 
 
 def _so3_exp(v: Tensor) -> Tensor:

@@ -204,7 +204,8 @@ class Cameras:
                 def shutter(x):
                     return "" if x.rolling_shutter == "global" else f" ({x.rolling_shutter} shutter)"
                 raise ValueError(f"Cameras.cat: cannot batch {b.width}x{b.height} {b.camera_model} cameras"
-                                 f"{shutter(b)} with {first.width}x{first.height} {first.camera_model} ones{shutter(first)}")
+                                 f"{shutter(b)} with {first.width}x{first.height} {first.camera_model} ones"
+                                 f"{shutter(first)}")
         kw = {}
         for name in ("viewmats", "Ks") + tuple(_PER_CAMERA):
             vals = [getattr(b, name) for b in batches]

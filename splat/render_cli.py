@@ -291,7 +291,8 @@ def _effects(cfg: RenderConfig, model, settings: RenderSettings, bgt: torch.Tens
                     kw["light"] = tuple(cfg.light_dir)
                 else:
                     side = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
-                    kw["light"] = tuple(np.cos(np.radians(35)) * up + np.sin(np.radians(35)) * side / np.linalg.norm(side))
+                    side = side / np.linalg.norm(side)
+                    kw["light"] = tuple(np.cos(np.radians(35)) * up + np.sin(np.radians(35)) * side)
                 state["plane"] = default_plane(means, g.opacities.detach().cpu().numpy(), up, cfg.effect,
                                                cfg.plane_offset, **kw)
             else:

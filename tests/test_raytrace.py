@@ -264,3 +264,21 @@ def test_mirror_plane_shows_the_reflection_and_shadow_plane_the_shadow(cpu_backe
         Plane((0, 0, 0), (0, 0, 1), "glass")
     with pytest.raises(ValueError, match="one camera at a time"):
         render_secondary(g, cams[[0, 0]], bg)
+
+
+def test_cuda_tracer_matches_the_cpu_tracer_on_a_gpu(cpu_backend):
+    """On a GPU (skipped elsewhere; scripts/gpu_validate.sh runs it): the CUDA traversal against the
+    CPU one, images and gradients, through rasterize(backend="raytrace")."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    means, quats, scales, opac, cols, V, K = _random_view_scene(8, N=2000)
+    bg = torch.tensor([[0.2, 0.3, 0.4]])
+    out = {}
+    for dev in ("cpu", "cuda"):
+        xs = [t.to(dev).clone().requires_grad_() for t in (means, quats, scales, opac, cols)]
+        img, alpha, _ = rasterize(*xs, V.to(dev), K.to(dev), 64, 48, backend="raytrace", backgrounds=bg.to(dev))
+        (img.sum() + alpha.sum()).backward()
+        out[dev] = [img.detach().cpu()] + [x.grad.cpu() for x in xs]
+    assert psnr(out["cpu"][0], out["cuda"][0]) > 60
+    for a, b in zip(out["cpu"][1:], out["cuda"][1:]):
+        assert (a - b).norm() <= 1e-3 * b.norm() + 1e-6
