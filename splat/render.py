@@ -108,8 +108,9 @@ def rasterize(
             torch on every backend) instead of EWA. None (default): only where EWA
             cannot (any camera but an undistorted global-shutter pinhole); False there
             raises ValueError.
-        raytrace_options: keyword options of `splat.backends.raytrace.trace_cameras`
-            (e.g. ``{"dilate": False}``) for backend="raytrace".
+        raytrace_options: keyword options of `splat.backends.raytrace.render` for
+            backend="raytrace": ``{"dilate": False}`` leaves out the 3D dilation that
+            stands for eps2d, ``{"reference": True}`` traces with the dense torch reference.
 
     Returns:
         render_colors [C, H, W, D'], render_alphas [C, H, W, 1], info: a dict

@@ -282,3 +282,15 @@ def test_cuda_tracer_matches_the_cpu_tracer_on_a_gpu(cpu_backend):
     assert psnr(out["cpu"][0], out["cuda"][0]) > 60
     for a, b in zip(out["cpu"][1:], out["cuda"][1:]):
         assert (a - b).norm() <= 1e-3 * b.norm() + 1e-6
+
+
+def test_training_refuses_pieces_that_need_the_rasterizer(tmp_path):
+    from splat.train import Trainer
+    from synthetic_data import make_views, small_train_config, write_blender
+
+    blender_dir = write_blender(tmp_path / "data", make_views(n_views=4, n_gauss=50))
+
+    for kw, msg in ((dict(optimizer="lm"), "--optimizer lm takes its Jacobian"),
+                    (dict(strategy="steepgs"), "--strategy steepgs splits on the gradients")):
+        with pytest.raises(ValueError, match=msg):
+            Trainer(small_train_config(blender_dir, tmp_path / "r", backend="raytrace", **kw), log=lambda *a: None)

@@ -117,6 +117,12 @@ class Trainer:
         for options in (model_options, strategy, cfg.options("optimizer")):
             if hasattr(options, "check"):
                 options.check()
+        if cfg.backend == "raytrace" and cfg.optimizer == "lm":
+            raise ValueError("--optimizer lm takes its Jacobian-vector products from the rasterizer's tile lists; "
+                             "with --backend raytrace use --optimizer adam")
+        if cfg.backend == "raytrace" and cfg.strategy == "steepgs":
+            raise ValueError("--strategy steepgs splits on the gradients of the rasterizer's 2D conics, which the ray "
+                             "tracer does not have; with --backend raytrace use --strategy adc or mcmc")
         self.callbacks = CallbackList(callbacks)
         if cfg.viewer:  # the plugin checks its port now, before the data is loaded
             self.callbacks.append(load_callback("viewer", cfg))
