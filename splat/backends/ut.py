@@ -73,12 +73,10 @@ def project_ut(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor],
     wm, wc = ut_weights(means.dtype, means.device)
     limits = monotonic_limit(camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs).to(means.device)
 
-    def to_camera(V):  # V [C, 4, 4] or [C, N, 7, 4, 4]
+    def to_camera(V):  # V [C, 4, 4] or [C, N, 7, 4, 4] -> the sigma points in the camera, [C, N, 7, 3]
         if V.dim() == 3:
-            R, t = V[:, None, None, :3, :3], V[:, None, None, :3, 3]
-        else:
-            R, t = V[..., :3, :3], V[..., :3, 3]
-        return (R * pts[None, :, :, None, :]).sum(-1) + t  # [C, N, 7, 3]
+            return torch.einsum("cij,nkj->cnki", V[:, :3, :3], pts) + V[:, None, None, :3, 3]
+        return (V[..., :3, :3] @ pts[None, ..., None])[..., 0] + V[..., :3, 3]
 
     def project(p):
         return project_points(p, Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
