@@ -349,6 +349,28 @@ def interpolate_viewmats(viewmats: Tensor, viewmats_rs: Tensor, t: Tensor) -> Te
     return out
 
 
+_RAY_CACHE: "dict" = {}
+_RAY_CACHE_SIZE = 4  # entries, each of at most _RAY_CACHE_PIXELS rays (56 MB)
+_RAY_CACHE_PIXELS = 1 << 20
+
+
+def _image_rays(Ks, width, height, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs, pixels):
+    """`pixel_rays` of every pixel centre, kept for the last few intrinsics (they depend on no pose;
+    training renders the same cameras again and again, and inverting a distortion takes Newton steps)."""
+    key = (camera_model, width, height, str(Ks.device), Ks.detach().cpu().double().numpy().tobytes()) + tuple(
+        None if t is None else t.detach().cpu().double().numpy().tobytes()
+        for t in (radial_coeffs, tangential_coeffs, thin_prism_coeffs))
+    hit = _RAY_CACHE.get(key)
+    if hit is None:
+        hit = pixel_rays(pixels.double(), Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs)
+        if pixels.shape[0] * pixels.shape[1] > _RAY_CACHE_PIXELS:
+            return hit
+        if len(_RAY_CACHE) >= _RAY_CACHE_SIZE:
+            _RAY_CACHE.pop(next(iter(_RAY_CACHE)))
+        _RAY_CACHE[key] = hit
+    return hit
+
+
 def camera_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int, camera_model: str = "pinhole",
                 radial_coeffs: Optional[Tensor] = None, tangential_coeffs: Optional[Tensor] = None,
                 thin_prism_coeffs: Optional[Tensor] = None, rolling_shutter="global",
@@ -365,7 +387,11 @@ def camera_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int, camera_mo
         jj, ii = torch.meshgrid(torch.arange(width, device=dev, dtype=torch.float64),
                                 torch.arange(height, device=dev, dtype=torch.float64), indexing="xy")
         pixels = torch.stack([jj + 0.5, ii + 0.5], -1).reshape(1, -1, 2).expand(C, -1, -1)
-    o_c, d_c, ok = pixel_rays(pixels.double(), Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs)
+        o_c, d_c, ok = _image_rays(Ks, width, height, camera_model, radial_coeffs, tangential_coeffs,
+                                   thin_prism_coeffs, pixels)
+    else:
+        o_c, d_c, ok = pixel_rays(pixels.double(), Ks, camera_model, radial_coeffs, tangential_coeffs,
+                                  thin_prism_coeffs)
     rs = rolling_shutter_name(rolling_shutter)
     if rs == "global":
         V = viewmats.double()[:, None]  # [C, 1, 4, 4]
