@@ -3,7 +3,7 @@
     python scripts/raytrace_pictures.py runs/default [--out docs]
 
 docs/raytrace_fisheye.png: one test view as a pinhole camera (rasterizer), then the same pose as a
-fisheye (Kannala-Brandt, 190 degrees across the diagonal) through the rasterizer (unscented transform)
+fisheye (Kannala-Brandt, 110 degrees across the diagonal) through the rasterizer (unscented transform)
 and through the ray tracer.
 docs/raytrace_effects.png: the same view ray traced plain, with depth of field, over a mirror plane and
 over a floor catching the scene's shadows (`splat-render --effect ...`).
@@ -52,8 +52,8 @@ def main(argv=None):
     W, H = cam.width, cam.height
     with torch.no_grad():
         pin = model.render(cam, settings, backgrounds=bgt[None]).colors[0]
-        # the same pose as an equidistant-ish fisheye: 95 degrees from the axis at the image corners
-        f = 0.5 * math.hypot(W, H) / math.radians(95)
+        # the same pose as a fisheye seeing 55 degrees off the axis in the corners (the pinhole: 27)
+        f = 0.5 * math.hypot(W, H) / math.radians(55)
         K = torch.tensor([[[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]]])
         fish = Cameras(cam.viewmats, K, W, H, camera_model="fisheye", radial_coeffs=torch.tensor([[0.02, 0, 0, 0.0]]))
         ras = model.render(fish, settings, backgrounds=bgt[None]).colors[0]
