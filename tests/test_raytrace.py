@@ -294,3 +294,14 @@ def test_training_refuses_pieces_that_need_the_rasterizer(tmp_path):
                     (dict(strategy="steepgs"), "--strategy steepgs splits on the gradients")):
         with pytest.raises(ValueError, match=msg):
             Trainer(small_train_config(blender_dir, tmp_path / "r", backend="raytrace", **kw), log=lambda *a: None)
+
+
+def test_covariances_trace_like_rotations_and_scales(cpu_backend):
+    """rasterize(covars=) (what a 4D Gaussian's time slice gives) on the tracer equals quats/scales."""
+    from splat.backends.torch_ref import quat_scale_to_covar
+
+    means, quats, scales, opac, cols, V, K = _random_view_scene(9)
+    a, _, _ = rasterize(means, quats, scales, opac, cols, V, K, 64, 48, backend="raytrace")
+    b, _, _ = rasterize(means, None, None, opac, cols, V, K, 64, 48, backend="raytrace",
+                        covars=quat_scale_to_covar(quats, scales))
+    assert psnr(a, b) > 60
