@@ -314,8 +314,23 @@ def test_colmap_undistortion_maps_points_to_pinhole(tmp_path, model):
     assert (ds.train.widths[0], ds.train.heights[0]) == (W, H)
     assert K[0, 1] == 0 and K[2, 2] == 1
     check_blobs_at_pinhole(ds.train.images[0], K, pts)
-    with pytest.raises(DatasetError, match=rf"camera 1 \({model}\).*lens distortion.*undistort=True"):
-        load_dataset(tmp_path, undistort=False)
+    check_lens_kept(load_dataset(tmp_path, undistort=False, test_every=0, normalize=False), pts, uv_dist)
+
+
+def check_lens_kept(ds, pts, uv_dist):
+    """Loaded with undistort=False: the image untouched and the camera's lens model (through the renderer's
+    `splat.camera_models.project_points`) projecting the points where the writer's own model put them."""
+    import torch
+
+    from splat.camera_models import project_points
+
+    cams = ds.train.cameras([0])
+    assert cams.camera_model in ("pinhole", "fisheye")
+    t = (lambda x: None if x is None else x.double())
+    uv, valid = project_points(torch.from_numpy(np.asarray(pts, np.float64))[None], cams.Ks.double(),
+                               cams.camera_model, t(cams.radial_coeffs), t(cams.tangential_coeffs))
+    assert bool(valid.all())
+    np.testing.assert_allclose(uv[0].numpy(), uv_dist, atol=1e-3)
 
 
 @needs_pycolmap
@@ -706,8 +721,9 @@ def test_nerfstudio_distortion_undistorted(tmp_path, model, dist):
     i = ds.train.names.index("images/a.png")
     np.testing.assert_allclose(ds.train.viewmats[i], np.eye(4), atol=1e-6)
     check_blobs_at_pinhole(ds.train.images[i], ds.train.Ks[i].astype(np.float64), pts)
-    with pytest.raises(DatasetError, match=rf"frame \d \({model}\).*lens distortion.*undistort=True"):
-        load_dataset(tmp_path, undistort=False)
+    kept = load_dataset(tmp_path, undistort=False, test_every=0, normalize=False)
+    assert kept.train.names.index("images/a.png") == 0
+    check_lens_kept(kept, pts, uv)
 
 
 def test_nerfstudio_bad_inputs(tmp_path):
