@@ -169,6 +169,7 @@ class _Trace(torch.autograd.Function):
         host = [t.detach().to("cpu", torch.float32).contiguous() for t in (means, precs, opacities)]
         nodes, prims, ids, n_nodes = build_bvh(*host)
         ctx.N, ctx.has_bg, ctx.device, ctx.n_nodes, ctx.cuda_lib = N, bg is not None, dev, n_nodes, cuda_lib
+        ctx.dtypes = [t.dtype for t in (means, precs, opacities, feats)] + [None if bg is None else bg.dtype]
         if cuda_lib is not None:
             f32 = [t.detach().to(torch.float32).contiguous() for t in (feats, origins, dirs, tmin, tmax)]
             bgc = None if bg is None else bg.detach().to(torch.float32).contiguous()
@@ -219,8 +220,8 @@ class _Trace(torch.autograd.Function):
             _cuda_call(ctx.cuda_lib, dev, "rt_bwd", R, ptr(origins), ptr(dirs), ptr(tmin), ptr(tmax), D, ptr(feats),
                        ptr(nodes), ctx.n_nodes, ptr(prims), ptr(ids), ptr(colors), ptr(trans), ptr(g_colors),
                        ptr(g_alpha), *map(ptr, out))
-            g_bg = (g_colors * trans[:, None]).sum(0) if ctx.has_bg else None
-            return (None, *out, None, None, None, None, g_bg)
+            g_bg = (g_colors * trans[:, None]).sum(0).to(ctx.dtypes[4]) if ctx.has_bg else None
+            return (None, *(t.to(dt) for t, dt in zip(out, ctx.dtypes)), None, None, None, None, g_bg)
         lib = _lib()
         feats, origins, dirs, tmin, tmax, prims, ids, lists, offsets, hits, colors, trans = ctx.saved_tensors
         D, R = feats.shape[1], origins.shape[0]
@@ -230,8 +231,8 @@ class _Trace(torch.autograd.Function):
         lib.splat_rt_bwd(R, ptr(origins), ptr(dirs), ptr(tmin), ptr(tmax), N, D, ptr(feats), ptr(prims), ptr(ids),
                          ptr(lists), ptr(offsets), ptr(hits), ptr(colors), ptr(trans), ptr(g_colors), ptr(g_alpha),
                          *map(ptr, out))
-        g_bg = (g_colors * trans[:, None]).sum(0).to(dev) if ctx.has_bg else None
-        return (None, *(t.to(dev) for t in out), None, None, None, None, g_bg)
+        g_bg = (g_colors * trans[:, None]).sum(0).to(dev, ctx.dtypes[4]) if ctx.has_bg else None
+        return (None, *(t.to(dev, dt) for t, dt in zip(out, ctx.dtypes)), None, None, None, None, g_bg)
 
 
 def trace_rays(means: Tensor, precs: Tensor, opacities: Tensor, feats: Tensor, origins: Tensor, dirs: Tensor,
