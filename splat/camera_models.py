@@ -28,8 +28,9 @@ so a fisheye sees points behind the image plane (theta up to the model's monoton
 Pixels use the corner convention: the centre of pixel (i, j) is (j + 0.5, i + 0.5).
 
 A projection is *valid* where the model is one-to-one: in front of the camera (pinhole Z > 0),
-and inside the radius where the distortion stays monotonic (d r_d / d r > 0, found per camera
-numerically), so a strong radial term cannot fold far-away points back into the image.
+inside the radius where the radial distortion stays monotonic (d r_d / d r > 0, found per camera
+numerically) and, with tangential or thin-prism terms, where the distortion's Jacobian keeps its
+orientation, so strong coefficients cannot fold far-away points back into the image.
 
 Rolling shutter (gsplat's ``RollingShutterType``): the camera moves from ``viewmats`` (the first
 row or column exposed) to ``viewmats_rs`` (the last) while the sensor is read; a pixel's pose is the
@@ -138,10 +139,10 @@ def _split_radial(radial_coeffs: Optional[Tensor]):
 @torch.no_grad()
 def monotonic_limit(camera_model: str, radial_coeffs: Optional[Tensor], tangential_coeffs: Optional[Tensor] = None,
                     thin_prism_coeffs: Optional[Tensor] = None) -> Tensor:
-    """Per camera [C], the largest undistorted radius (pinhole: r = |(x, y)|; fisheye: the angle
-    theta from the axis) up to which the model's radial mapping r -> r_d keeps increasing
-    (pinhole: also up to the radius where tangential/prism terms would dominate, r <= 10).
-    Infinity where nothing limits it (no radial coefficients; fisheye: pi)."""
+    """Per camera [C], the largest undistorted radius (pinhole: r = |(x, y)|, searched up to 10;
+    fisheye: the angle theta from the axis) up to which the model's radial mapping r -> r_d keeps
+    increasing. Infinity where nothing limits it (no radial coefficients; fisheye: pi). Tangential
+    and thin-prism terms are checked per point by `project_points` instead."""
     if radial_coeffs is None:
         C = 1 if tangential_coeffs is None else tangential_coeffs.shape[0]
         dev = (tangential_coeffs if tangential_coeffs is not None else torch.zeros(1)).device
@@ -203,7 +204,14 @@ def project_points(p: Tensor, Ks: Tensor, camera_model: str = "pinhole", radial_
     x, y = X / zs, Y / zs
     valid = front & (torch.sqrt(x * x + y * y) < lim)
     num, den = _split_radial(per_cam(radial_coeffs))
-    xd, yd = distort_normalized(x, y, "radtan", num, den, per_cam(tangential_coeffs), per_cam(thin_prism_coeffs))
+    tang, prism = per_cam(tangential_coeffs), per_cam(thin_prism_coeffs)
+    xd, yd = distort_normalized(x, y, "radtan", num, den, tang, prism)
+    if tang is not None or prism is not None:  # these terms fold the plane where the map's Jacobian turns
+        with torch.no_grad():
+            h = 1e-4
+            ax, ay = distort_normalized(x + h, y, "radtan", num, den, tang, prism)
+            bx, by = distort_normalized(x, y + h, "radtan", num, den, tang, prism)
+            valid = valid & ((ax - xd) * (by - yd) - (bx - xd) * (ay - yd) > 0)
     return torch.stack([fx * xd + cx, fy * yd + cy], -1), valid
 
 
@@ -306,14 +314,22 @@ def rolling_shutter_time(pixels: Tensor, width: int, height: int, rolling_shutte
 
 
 def _so3_log(R: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] -> rotation vectors [..., 3] (axis times angle, angle < pi)."""
+    """Rotation matrices [..., 3, 3] -> rotation vectors [..., 3] (axis times angle, angle <= pi; at a
+    half turn, one of the two equal arcs)."""
     cos = ((R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1) / 2).clamp(-1.0, 1.0)
     angle = torch.acos(cos)
     w = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
     s = torch.sin(angle)
-    small = s.abs() < 1e-9
+    small = s.abs() < 1e-6
     scale = angle / (2 * torch.where(small, torch.ones_like(s), s))
-    return torch.where(small[..., None], 0.5 * w, w * scale[..., None])
+    out = torch.where(small[..., None], 0.5 * w, w * scale[..., None])
+    # near a half turn sin -> 0 and w loses the axis: take it from (R + I) / 2 = a a^T
+    B = 0.5 * (R + torch.eye(3, dtype=R.dtype, device=R.device))
+    col = B.diagonal(dim1=-2, dim2=-1).argmax(-1)
+    a = torch.gather(B, -1, col[..., None, None].expand(B.shape[:-1] + (1,)))[..., 0]
+    a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    half = small & (cos < 0)
+    return torch.where(half[..., None], a * angle[..., None], out)
 
 
 def _so3_exp(v: Tensor) -> Tensor:

@@ -148,6 +148,18 @@ def rasterize(
     use_ut = needs_ut or bool(with_ut)
     if raytrace_options and backend != "raytrace":
         _fail("raytrace_options apply to backend='raytrace' only")
+    if backend == "raytrace":
+        bad = set(raytrace_options or {}) - {"dilate", "reference"}
+        if bad:
+            _fail(f"raytrace_options takes 'dilate' and 'reference', got {sorted(bad)}")
+        if absgrad:
+            _fail("absgrad=True (AbsGS) sums per-pixel 2D gradients, which the ray tracer does not form; "
+                  "use absgrad=False with backend='raytrace'")
+        if means.dtype not in (torch.float32, torch.float64):
+            _fail(f"backend='raytrace' takes float32 or float64 tensors, got {means.dtype}")
+        if viewmats.requires_grad:
+            _fail("backend='raytrace' gives no gradient to viewmats (its rays are data); refine poses with a "
+                  "rasterizer backend")
     impl = get_backend(backend, means.device, means.dtype)
     antialiased = rasterize_mode == "antialiased"
 
@@ -200,6 +212,8 @@ def rasterize(
         tile_mask[tiles.to(means.device).long()] = True
     if impl.NAME == "raytrace":
         tiles_per_gauss = isect_ids = flatten_ids = isect_offsets = None
+        if radius_clip > 0:  # what the rasterizer culls as too small, the tracer leaves out too
+            opac = opac * (radii.amax(-1) > radius_clip)
         camera = dict(camera_model=camera_model, radial_coeffs=radial_coeffs, tangential_coeffs=tangential_coeffs,
                       thin_prism_coeffs=thin_prism_coeffs, rolling_shutter=rolling_shutter, viewmats_rs=viewmats_rs)
         render_colors, render_alphas, means2d = impl.render(
@@ -477,6 +491,8 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
             _fail(f"backgrounds must be [C, D] = [{C}, {D}], got {list(backgrounds.shape)}")
     if not near_plane > 0:
         _fail(f"near_plane must be > 0, got {near_plane}")
+    if C and not bool(((Ks[:, 0, 0] > 0) & (Ks[:, 1, 1] > 0)).all()):
+        _fail("Ks must have positive focal lengths (fx = Ks[:, 0, 0], fy = Ks[:, 1, 1])")
     if not eps2d >= 0:
         _fail(f"eps2d must be >= 0, got {eps2d}")
     if tiles is not None:

@@ -149,6 +149,8 @@ def render(cfg: RenderConfig, log=print) -> dict:
     render_mode = {"rgb": "RGB", "depth": "ED", "alpha": "RGB"}[cfg.mode]
     bgt = torch.tensor(bg, dtype=torch.float32)
     effect = None
+    if not math.isfinite(cfg.plane_offset):
+        raise ValueError(f"--plane-offset must be a finite distance, got {cfg.plane_offset}")
     if cfg.effect != "none":
         if cfg.mode != "rgb":
             raise ValueError(f"--effect {cfg.effect} renders colour (--mode rgb)")

@@ -73,6 +73,11 @@ class Plane:
             raise ValueError(f"Plane: normal must be a non-zero 3-vector, got {self.normal}")
         if not 0 <= self.reflectance <= 1:
             raise ValueError(f"Plane: reflectance must lie in [0, 1], got {self.reflectance}")
+        light = np.asarray(self.light, dtype=np.float64)
+        if light.shape != (3,) or not np.isfinite(light).all() or np.linalg.norm(light) < 1e-12:
+            raise ValueError(f"Plane: light must be a non-zero direction (towards the light), got {self.light}")
+        if not np.isfinite(np.asarray(self.point, dtype=np.float64)).all():
+            raise ValueError(f"Plane: point must be finite, got {self.point}")
 
 
 def scene_up(viewmats: np.ndarray) -> np.ndarray:

@@ -89,6 +89,23 @@ def test_pixel_rays_invert_the_projection(model, coeffs):
     assert (back - pix).abs().max() < 1e-6
 
 
+def test_tangential_terms_that_fold_the_image_are_invalid_there():
+    # p2 = -0.3: a point 46 degrees off the axis would land at the image centre
+    pts = torch.tensor([[[math.tan(math.radians(46)), 0.0, 1.0], [0.1, 0.05, 1.0]]], dtype=torch.float64)
+    p2 = torch.tensor([[0.0, -0.3]], dtype=torch.float64)
+    _, valid = cm.project_points(pts, K1, "pinhole", tangential_coeffs=p2)
+    assert valid.tolist() == [[False, True]]
+
+
+def test_rolling_shutter_interpolation_takes_a_half_turn_too():
+    V0 = torch.eye(4, dtype=torch.float64)
+    V1 = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))  # a half turn about z
+    out = cm.interpolate_viewmats(V0[None], V1[None], torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64))
+    assert torch.allclose(out[0, 2], V1, atol=1e-9) and torch.allclose(out[0, 0], V0)
+    R = out[0, 1, :3, :3]
+    assert torch.allclose(R @ R.T, torch.eye(3, dtype=torch.float64), atol=1e-9) and abs(float(R[2, 2]) - 1) < 1e-9
+
+
 def test_projection_past_the_distortion_fold_is_invalid():
     # k1 = -0.5: r (1 - 0.5 r^2) peaks at r = sqrt(2/3); points beyond it would fold back into the image
     k = torch.tensor([[-0.5, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)

@@ -290,8 +290,11 @@ def test_training_refuses_pieces_that_need_the_rasterizer(tmp_path):
 
     blender_dir = write_blender(tmp_path / "data", make_views(n_views=4, n_gauss=50))
 
+    from splat.strategies import ADCStrategy
+
     for kw, msg in ((dict(optimizer="lm"), "--optimizer lm takes its Jacobian"),
-                    (dict(strategy="steepgs"), "--strategy steepgs splits on the gradients")):
+                    (dict(strategy="steepgs"), "--strategy steepgs splits on the gradients"),
+                    (dict(adc=ADCStrategy(absgrad=True)), "--adc.absgrad \\(AbsGS\\) needs per-pixel")):
         with pytest.raises(ValueError, match=msg):
             Trainer(small_train_config(blender_dir, tmp_path / "r", backend="raytrace", **kw), log=lambda *a: None)
 
@@ -305,3 +308,46 @@ def test_covariances_trace_like_rotations_and_scales(cpu_backend):
     b, _, _ = rasterize(means, None, None, opac, cols, V, K, 64, 48, backend="raytrace",
                         covars=quat_scale_to_covar(quats, scales))
     assert psnr(a, b) > 60
+
+
+def test_tracer_refuses_what_it_cannot_do_and_keeps_the_rasterizer_conventions(cpu_backend):
+    means, quats, scales, opac, cols, V, K = _random_view_scene(10)
+    with pytest.raises(ValueError, match="absgrad=True .* the ray tracer does not form"):
+        rasterize(means, quats, scales, opac, cols, V, K, 64, 48, backend="raytrace", absgrad=True)
+    with pytest.raises(ValueError, match="no gradient to viewmats"):
+        rasterize(means, quats, scales, opac, cols, V.clone().requires_grad_(), K, 64, 48, backend="raytrace")
+    with pytest.raises(ValueError, match="raytrace_options takes 'dilate' and 'reference', got \\['foo'\\]"):
+        rasterize(means, quats, scales, opac, cols, V, K, 64, 48, backend="raytrace", raytrace_options={"foo": 1})
+    with pytest.raises(ValueError, match="float32 or float64"):
+        rasterize(*[t.half() for t in (means, quats, scales, opac, cols)], V.half(), K.half(), 64, 48,
+                  backend="raytrace")
+    with pytest.raises(ValueError, match="positive focal lengths"):
+        rasterize(means, quats, scales, opac, cols, V, -K, 64, 48, backend="raytrace")
+    # radius_clip culls the same Gaussians as on the rasterizer: everything here
+    img, alpha, _ = rasterize(means, quats, scales, opac, cols, V, K, 64, 48, backend="raytrace", radius_clip=1e6)
+    assert alpha.abs().max() == 0
+
+
+def test_fisheye_pixels_outside_the_image_circle_get_the_background_in_tile_subsets_too(cpu_backend):
+    means, quats, scales, opac, cols, V, _ = _random_view_scene(11)
+    K = torch.tensor([[[64 / (math.pi / 2), 0, 32], [0, 64 / (math.pi / 2), 24], [0, 0, 1.0]]]) * 0.45
+    K[0, 2, 2] = 1.0
+    bg = torch.tensor([[0.0, 0.0, 1.0]])
+    kw = dict(camera_model="fisheye", backend="raytrace", backgrounds=bg)
+    full, _, _ = rasterize(means, quats, scales, opac, cols, V, K, 64, 48, **kw)
+    part, _, _ = rasterize(means, quats, scales, opac, cols, V, K, 64, 48, tiles=torch.arange(12), **kw)
+    assert torch.equal(full[0, 0, 0], bg[0]) and torch.equal(part, full)
+
+
+def test_a_fisheye_sees_behind_its_image_plane_on_both_backends(cpu_backend):
+    ang = math.radians(100)
+    m = torch.tensor([[3 * math.sin(ang), 0.0, 3 * math.cos(ang)]])
+    args = (m, torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.3), torch.tensor([0.9]), torch.ones(1, 3))
+    V, K = torch.eye(4)[None], torch.tensor([[[30.0, 0, 64], [0, 30.0, 48], [0, 0, 1]]])
+    out = {}
+    for be in ("cpu", "raytrace"):
+        img, alpha, info = rasterize(*args, V, K, 128, 96, camera_model="fisheye", backend=be, render_mode="RGB+ED")
+        out[be] = img
+        assert alpha.sum() > 50 and (info["radii"] > 0).all()
+        assert img[..., 3].max() == pytest.approx(3.0, abs=1e-3)  # a fisheye's depth: the distance
+    assert psnr(out["cpu"][..., :3], out["raytrace"][..., :3]) > 30

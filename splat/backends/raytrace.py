@@ -327,8 +327,9 @@ def render(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], cov
         img = torch.zeros(height * width, D, dtype=dt, device=dev)
         img = img.index_put((idx,), col.to(dt))
         a = torch.zeros(height * width, dtype=dt, device=dev).index_put((idx,), (1.0 - T).to(dt))
-        if backgrounds is not None and pix_sel is None:  # rays with no valid pixel (outside a fisheye circle)
-            img = torch.where(sel[:, None], img, backgrounds[c][None].to(dt))
+        if backgrounds is not None:  # pixels that are no ray's image (outside a fisheye circle): background
+            hole = ~ok[c] if pix_sel is None else ~ok[c] & pix_sel[c]
+            img = torch.where(hole[:, None], backgrounds[c][None].to(dt), img)
         colors.append(img.reshape(height, width, D))
         alphas.append(a.reshape(height, width, 1))
     return torch.stack(colors), torch.stack(alphas), m2_out

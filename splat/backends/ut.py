@@ -67,7 +67,8 @@ def project_ut(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor],
                covars: Optional[Tensor] = None):
     """`torch_ref.project`'s outputs (radii [C,N,2] int32, means2d [C,N,2], depths [C,N], conics [C,N,3],
     compensations [C,N]) by the unscented transform through any camera model. Depth is the mean's Z in
-    the camera at read-out time 0 (the pose ``viewmats``); for ortho cameras likewise."""
+    the camera at read-out time 0 (the pose ``viewmats``), for a fisheye its distance from the camera
+    centre (a fisheye sees Gaussians beside and behind its image plane)."""
     L = covariance_factors(quats, scales, covars)
     pts = sigma_points(means, L)  # [N, 7, 3]
     wm, wc = ut_weights(means.dtype, means.device)
@@ -96,6 +97,7 @@ def project_ut(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor],
     mean2d = (wm[:, None] * uv).sum(-2)  # [C, N, 2]
     d = uv - mean2d[..., None, :]
     cov2d = (wc[:, None, None] * d[..., :, None] * d[..., None, :]).sum(-3)  # [C, N, 2, 2]
-    z = p0[..., 0, 2]
+    # depth: the mean's Z; a fisheye sees past its image plane, so there it is the distance from the camera
+    z = p0[..., 0, :].norm(dim=-1) if camera_model == "fisheye" else p0[..., 0, 2]
     ok = ok & (z >= near_plane) & (z <= far_plane)
     return footprint_2d(mean2d, cov2d, z, ok, opacities, width, height, eps2d, radius_clip, antialiased)

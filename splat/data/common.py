@@ -417,7 +417,10 @@ def _load_one(spec: ViewSpec, downscale: int, background: np.ndarray, maps: dict
                 try:
                     entry[1] = build_undistort_map(K, dist, tw, th)
                 except DistortionError as e:
-                    raise DatasetError(f"{spec.camera_label}: cannot undistort image {src}: {e}") from None
+                    raise DatasetError(f"{spec.camera_label}: cannot undistort image {src}: {e} (a fisheye "
+                                       f"that sees near or past 90 degrees off its axis fits no pinhole: train "
+                                       f"through its lens instead, without --undistort / with undistort=False)"
+                                       ) from None
             umap = entry[1]
         rgb = umap.apply(rgb)
         if alpha is not None:

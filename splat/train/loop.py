@@ -120,6 +120,9 @@ class Trainer:
         if cfg.backend == "raytrace" and cfg.optimizer == "lm":
             raise ValueError("--optimizer lm takes its Jacobian-vector products from the rasterizer's tile lists; "
                              "with --backend raytrace use --optimizer adam")
+        if cfg.backend == "raytrace" and getattr(strategy, "absgrad", False):
+            raise ValueError("--adc.absgrad (AbsGS) needs per-pixel 2D gradients, which the ray tracer does not "
+                             "form; with --backend raytrace leave it off")
         if cfg.backend == "raytrace" and cfg.strategy == "steepgs":
             raise ValueError("--strategy steepgs splits on the gradients of the rasterizer's 2D conics, which the ray "
                              "tracer does not have; with --backend raytrace use --strategy adc or mcmc")
