@@ -45,7 +45,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["CAMERA_MODELS", "ROLLING_SHUTTER", "distort_normalized", "project_points", "camera_rays",
-           "pixel_rays", "rolling_shutter_time", "interpolate_viewmats", "check_camera_args"]
+           "undistort_normalized", "pixel_rays", "rolling_shutter_time", "interpolate_viewmats",
+           "check_camera_args"]
 
 from .cameras import CAMERA_MODELS, RADIAL_COUNT, ROLLING_SHUTTER, rolling_shutter_name  # noqa: F401 (re-exported)
 
@@ -216,25 +217,39 @@ def project_points(p: Tensor, Ks: Tensor, camera_model: str = "pinhole", radial_
 
 
 # ------------------------------------------------------------------ rays
-def _undistort_pinhole(xd: Tensor, yd: Tensor, radial, tangential, thin_prism, limit, iters: int = 20):
-    """Invert the OpenCV model by Newton's method (analytic 2x2 Jacobian by autograd-free finite
-    steps in float64); returns x, y and the points that converged inside the monotonic radius."""
-    num, den = _split_radial(radial)
+def undistort_normalized(xd: Tensor, yd: Tensor, kind: str, radial: Optional[Tensor] = None,
+                         radial_den: Optional[Tensor] = None, tangential: Optional[Tensor] = None,
+                         thin_prism: Optional[Tensor] = None, iters: int = 20) -> Tuple[Tensor, Tensor]:
+    """Invert `distort_normalized` (same arguments) by damped Newton steps with a finite-difference
+    Jacobian (float64 inputs advised), stopping early once every point maps back to within 1e-12.
+    Returns the undistorted x, y; the caller checks the residual (points outside the model's
+    monotonic range may not converge)."""
     x, y = xd.clone(), yd.clone()
     h = 1e-7
     for _ in range(iters):
-        fx_, fy_ = distort_normalized(x, y, "radtan", num, den, tangential, thin_prism)
+        fx_, fy_ = distort_normalized(x, y, kind, radial, radial_den, tangential, thin_prism)
         ex, ey = fx_ - xd, fy_ - yd
-        ax, ay = distort_normalized(x + h, y, "radtan", num, den, tangential, thin_prism)
-        bx, by = distort_normalized(x, y + h, "radtan", num, den, tangential, thin_prism)
+        if bool((ex.abs() + ey.abs() < 1e-12).all()):
+            break
+        ax, ay = distort_normalized(x + h, y, kind, radial, radial_den, tangential, thin_prism)
+        bx, by = distort_normalized(x, y + h, kind, radial, radial_den, tangential, thin_prism)
         j11, j21, j12, j22 = (ax - fx_) / h, (ay - fy_) / h, (bx - fx_) / h, (by - fy_) / h
         det = j11 * j22 - j12 * j21
         det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
         dx, dy = (j22 * ex - j12 * ey) / det, (-j21 * ex + j11 * ey) / det
+        # damp very large steps (they happen far outside the model's monotonic range)
         step = torch.sqrt(dx * dx + dy * dy)
         lim = 0.5 * (1.0 + torch.sqrt(x * x + y * y))
         damp = torch.where(step > lim, lim / step.clamp_min(1e-300), torch.ones_like(step))
         x, y = x - dx * damp, y - dy * damp
+    return x, y
+
+
+def _undistort_pinhole(xd: Tensor, yd: Tensor, radial, tangential, thin_prism, limit):
+    """The OpenCV model inverted (`undistort_normalized`); returns x, y and the points that converged
+    inside the monotonic radius."""
+    num, den = _split_radial(radial)
+    x, y = undistort_normalized(xd, yd, "radtan", num, den, tangential, thin_prism)
     fx_, fy_ = distort_normalized(x, y, "radtan", num, den, tangential, thin_prism)
     ok = ((fx_ - xd).abs() + (fy_ - yd).abs() < 1e-7) & (torch.sqrt(x * x + y * y) < limit)
     return x, y, ok

@@ -1,4 +1,5 @@
-"""Lens distortion models and image undistortion to a pinhole camera (numpy only).
+"""Lens distortion models and image undistortion to a pinhole camera (numpy arrays; the formulas of
+the models and their inversion are those of `splat.camera_models`, the renderer's).
 
 Coordinates: ``x, y`` are normalised camera coordinates (``X/Z, Y/Z`` in the OpenCV camera frame);
 pixels use the corner convention (the centre of pixel ``(i, j)`` is at ``(j + 0.5, i + 0.5)``, as in
@@ -73,19 +74,19 @@ class Distortion:
         parts.append(f"p={self.tangential[0]:g}, {self.tangential[1]:g}")
         return "radial-tangential " + "; ".join(parts)
 
+    def _model(self) -> tuple:
+        """(kind, radial, radial_den, tangential) as float64 tensors (None where absent): the arguments of
+        `splat.camera_models.distort_normalized` / `undistort_normalized`, which hold the formulas."""
+        co = (lambda c: _tensor(c) if len(c) else None)
+        tangential = _tensor(self.tangential) if self.kind == "radtan" else None
+        return self.kind, co(self.radial), co(self.radial_den), tangential
+
     def distort(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Forward model: undistorted normalised coordinates -> distorted normalised coordinates
         (float64; the formula is `splat.camera_models.distort_normalized`, the renderer's)."""
-        import torch
-
         from ..camera_models import distort_normalized
 
-        def t(v):
-            return torch.as_tensor(np.ascontiguousarray(v, dtype=np.float64))
-
-        co = (lambda c: t(c) if len(c) else None)
-        xd, yd = distort_normalized(t(x), t(y), self.kind, co(self.radial), co(self.radial_den),
-                                    t(self.tangential) if self.kind == "radtan" else None)
+        xd, yd = distort_normalized(_tensor(x), _tensor(y), *self._model())
         return xd.numpy(), yd.numpy()
 
     def camera_args(self) -> tuple[str, np.ndarray | None, np.ndarray | None]:
@@ -109,31 +110,12 @@ class Distortion:
         return "pinhole", (k if k.any() else None), (p if p.any() else None)
 
     def undistort_points(self, xd: np.ndarray, yd: np.ndarray, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
-        """Inverse model by damped Newton iterations (numerical Jacobian). Raises DistortionError when
-        some point does not converge."""
-        xd = np.asarray(xd, dtype=np.float64)
-        yd = np.asarray(yd, dtype=np.float64)
-        x, y = xd.copy(), yd.copy()
-        h = 1e-7
-        for _ in range(iters):
-            fx, fy = self.distort(x, y)
-            ex, ey = fx - xd, fy - yd
-            if np.all(np.abs(ex) + np.abs(ey) < 1e-12):
-                break
-            ax, ay = self.distort(x + h, y)
-            bx, by = self.distort(x, y + h)
-            j11, j21 = (ax - fx) / h, (ay - fy) / h
-            j12, j22 = (bx - fx) / h, (by - fy) / h
-            det = j11 * j22 - j12 * j21
-            det = np.where(np.abs(det) < 1e-12, 1e-12, det)
-            dx = (j22 * ex - j12 * ey) / det
-            dy = (-j21 * ex + j11 * ey) / det
-            # damp very large steps (they happen far outside the model's monotonic range)
-            step = np.sqrt(dx * dx + dy * dy)
-            lim = 0.5 * (1.0 + np.sqrt(x * x + y * y))
-            damp = np.where(step > lim, lim / np.maximum(step, 1e-300), 1.0)
-            x = x - dx * damp
-            y = y - dy * damp
+        """Inverse model (`splat.camera_models.undistort_normalized`: damped Newton steps). Raises
+        DistortionError when some point does not converge."""
+        from ..camera_models import undistort_normalized
+
+        xu, yu = undistort_normalized(_tensor(xd), _tensor(yd), *self._model(), iters=iters)
+        x, y = xu.numpy(), yu.numpy()
         fx, fy = self.distort(x, y)
         err = np.abs(fx - xd) + np.abs(fy - yd)
         if not np.all(np.isfinite(err)) or np.max(err, initial=0.0) > 1e-6:
@@ -144,12 +126,10 @@ class Distortion:
         return x, y
 
 
-def _poly(coeffs, t):
-    """1 + c1 t + c2 t^2 + ... (Horner)."""
-    out = np.zeros_like(t)
-    for c in reversed(coeffs):
-        out = (out + c) * t
-    return out + 1.0
+def _tensor(v):
+    import torch
+
+    return torch.as_tensor(np.ascontiguousarray(v, dtype=np.float64))
 
 
 def valid_pinhole_K(K: np.ndarray, dist: Distortion, width: int, height: int, samples: int = 256) -> np.ndarray:
