@@ -151,8 +151,7 @@ def bench_scene(name: str, s: dict, repeats: int, device: str = "cpu") -> dict:
 
     o, d, _ = cm.camera_rays(V, K, W, H)
     o, d = o[0], d[0]
-    fpx, fpy = rt.pixel_footprint(args[0], V, K, "pinhole")
-    precs = rt.precisions(args[1], args[2], None, 0.3 * fpx * fpy)[0].contiguous()
+    precs = rt.dilated_precisions(args[0], args[1], args[2], None, V, K, "pinhole", 0.3)[0][0].contiguous()
     with torch.no_grad():
         _, _, hits = rt.trace_rays(args[0], precs, args[3], args[4], o, d, torch.full((W * H,), 0.01, device=device),
                                    torch.full((W * H,), 1e10, device=device))

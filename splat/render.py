@@ -192,8 +192,8 @@ def rasterize(
     else:
         campos = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # -R^T t
         dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
-        feats = impl.spherical_harmonics(sh_degree, dirs, colors, None if impl.NAME == "raytrace" else visible)
-        feats = torch.clamp_min(feats + 0.5, 0.0)
+        feats = sh_colors(sh_degree, dirs, colors, None if impl.NAME == "raytrace" else visible,
+                          impl.spherical_harmonics)
 
     if render_mode in ("RGB+D", "RGB+ED"):
         feats = torch.cat([feats, depths[..., None]], dim=-1)
@@ -273,6 +273,16 @@ def rasterize(
         "with_ut": use_ut,
     }
     return render_colors, render_alphas, info
+
+
+def sh_colors(sh_degree: int, dirs: Tensor, coeffs: Tensor, masks: Optional[Tensor] = None,
+              spherical_harmonics=None) -> Tensor:
+    """3DGS's view-dependent colour: the SH coefficients [..., K, 3] evaluated along `dirs` [..., 3]
+    (camera -> Gaussian), offset by 0.5 and clamped at 0 -> [..., 3]; 0.5 where `masks` is False.
+    `spherical_harmonics`: a backend's stage of that name (default: the torch reference's)."""
+    if spherical_harmonics is None:
+        from .backends.torch_ref import spherical_harmonics
+    return torch.clamp_min(spherical_harmonics(sh_degree, dirs, coeffs, masks) + 0.5, 0.0)
 
 
 @dataclasses.dataclass

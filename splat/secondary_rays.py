@@ -24,9 +24,8 @@ from torch import Tensor
 
 from .camera_models import camera_rays
 from .backends import raytrace as rt
-from .backends import torch_ref
 from .cameras import Cameras
-from .render import Gaussians, RenderSettings
+from .render import Gaussians, RenderSettings, sh_colors
 
 __all__ = ["ThinLens", "Plane", "render_secondary", "default_plane", "scene_up"]
 
@@ -103,16 +102,15 @@ def default_plane(means: np.ndarray, opacities: np.ndarray, up: np.ndarray, kind
 
 
 def _colors(g: Gaussians, eye: Tensor) -> Tensor:
-    """The Gaussians' colours seen from `eye` [3] (SH along eye -> Gaussian, +0.5, clamped at 0, as in
-    `rasterize`), [N, 3]."""
+    """The Gaussians' colours seen from `eye` [3] (`sh_colors` along eye -> Gaussian, as `rasterize`
+    evaluates them), [N, 3]."""
     if g.sh_degree is None:
         if g.colors.dim() != 2 or g.colors.shape[-1] != 3:
             raise ValueError("secondary rays render RGB models (colours [N,3] or SH [N,K,3])")
         return g.colors
     if g.colors.dim() != 3:
         raise ValueError("secondary rays need per-Gaussian SH [N,K,3] (not per-camera colours)")
-    sh = torch_ref.spherical_harmonics(g.sh_degree, g.means - eye, g.colors)
-    return torch.clamp_min(sh + 0.5, 0.0)
+    return sh_colors(g.sh_degree, g.means - eye, g.colors)
 
 
 def _checker(x: Tensor, plane: Plane) -> Tensor:
@@ -159,8 +157,8 @@ def render_secondary(g: Gaussians, camera: Cameras, background: Tensor, lens: Op
                     rolling_shutter=camera.rolling_shutter, viewmats_rs=camera.viewmats_rs)
     o, d, ok = camera_rays(camera.viewmats, camera.Ks, W, H, **cam_args)
     o, d, ok = o[0].to(dt), d[0].to(dt), ok[0]
-    fpx, fpy = rt.pixel_footprint(g.means, camera.viewmats, camera.Ks, camera.camera_model)
-    precs = rt.precisions(g.quats, g.scales, g.covars, eps2d * fpx * fpy)[0].to(dt)
+    precs = rt.dilated_precisions(g.means, g.quats, g.scales, g.covars, camera.viewmats, camera.Ks,
+                                  camera.camera_model, eps2d)[0][0].to(dt)
     means, opac = g.means.to(dt), g.opacities.to(dt)
     eye = camera.centers[0].to(dt)
     cols = _colors(g, eye).to(dt)

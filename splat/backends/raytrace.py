@@ -109,6 +109,16 @@ def pixel_footprint(means: Tensor, viewmats: Tensor, Ks: Tensor, camera_model: s
         return dist / Ks[:, 0, 0, None], dist / Ks[:, 1, 1, None]
 
 
+def dilated_precisions(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], covars: Optional[Tensor],
+                       viewmats: Tensor, Ks: Tensor, camera_model: str, eps2d: float):
+    """The tracer's Gaussians for C cameras: `precisions` [C, N, 6] dilated by eps2d pixels^2 at each
+    Gaussian's distance (the rasterizer's low-pass, see the module docstring; none for eps2d = 0), and
+    the `pixel_footprint` (fpx, fpy) [C, N] it used."""
+    fpx, fpy = pixel_footprint(means, viewmats, Ks, camera_model)
+    dil = eps2d * fpx * fpy if eps2d > 0 else torch.zeros_like(fpx)
+    return precisions(quats, scales, covars, dil), fpx, fpy
+
+
 def _lift_means2d(means: Tensor, means2d: Tensor, viewmats: Tensor, fpx: Tensor, fpy: Tensor):
     """Per-camera means [C, N, 3] equal to `means`, plus a zero-valued displacement in each
     camera's image plane driven by a leaf copy of means2d, whose gradient is then d loss /
@@ -292,9 +302,8 @@ def render(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], cov
     torch reference instead of the native code (tests)."""
     C, N, D = feats.shape
     dev, dt = means.device, means.dtype
-    fpx, fpy = pixel_footprint(means, viewmats, Ks, camera["camera_model"])
-    dil = eps2d * fpx * fpy if dilate and eps2d > 0 else torch.zeros_like(fpx)
-    precs = precisions(quats, scales, covars, dil)  # [C, N, 6]
+    precs, fpx, fpy = dilated_precisions(means, quats, scales, covars, viewmats, Ks, camera["camera_model"],
+                                         eps2d if dilate else 0.0)  # [C, N, 6]
     means_c = means[None].expand(C, N, 3)
     m2_out = means2d
     if torch.is_grad_enabled() and means.requires_grad:

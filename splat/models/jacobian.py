@@ -42,7 +42,7 @@ def _pixel_stage_inputs(g, cameras: Cameras, settings: RenderSettings, eps2d: fl
     vm = cameras.viewmats
     campos = -torch.einsum("cji,cj->ci", vm[:, :3, :3], vm[:, :3, 3])
     dirs = g.means[None] - campos[:, None]
-    feats = torch.clamp_min(torch_ref.spherical_harmonics(g.sh_degree, dirs, g.colors, visible) + 0.5, 0.0)
+    feats = _render.sh_colors(g.sh_degree, dirs, g.colors, visible)
     return (means2d, conics, feats, opac), (radii, depths)
 
 
