@@ -385,7 +385,14 @@ _RAY_CACHE_SIZE = 4  # entries, each of at most _RAY_CACHE_PIXELS rays (56 MB)
 _RAY_CACHE_PIXELS = 1 << 20
 
 
-def _image_rays(Ks, width, height, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs, pixels):
+def _pixel_centres(C: int, width: int, height: int, device) -> Tensor:
+    """Every pixel centre in row-major order, [C, H*W, 2] float64."""
+    jj, ii = torch.meshgrid(torch.arange(width, device=device, dtype=torch.float64),
+                            torch.arange(height, device=device, dtype=torch.float64), indexing="xy")
+    return torch.stack([jj + 0.5, ii + 0.5], -1).reshape(1, -1, 2).expand(C, -1, -1)
+
+
+def _image_rays(Ks, width, height, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs):
     """`pixel_rays` of every pixel centre, kept for the last few intrinsics (they depend on no pose;
     training renders the same cameras again and again, and inverting a distortion takes Newton steps)."""
     key = (camera_model, width, height, str(Ks.device), Ks.detach().cpu().double().numpy().tobytes()) + tuple(
@@ -393,7 +400,8 @@ def _image_rays(Ks, width, height, camera_model, radial_coeffs, tangential_coeff
         for t in (radial_coeffs, tangential_coeffs, thin_prism_coeffs))
     hit = _RAY_CACHE.get(key)
     if hit is None:
-        hit = pixel_rays(pixels.double(), Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs)
+        pixels = _pixel_centres(Ks.shape[0], width, height, Ks.device)
+        hit = pixel_rays(pixels, Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs)
         if pixels.shape[0] * pixels.shape[1] > _RAY_CACHE_PIXELS:
             return hit
         if len(_RAY_CACHE) >= _RAY_CACHE_SIZE:
@@ -413,13 +421,10 @@ def camera_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int, camera_mo
     (P = height * width). With a rolling shutter each pixel's ray leaves from its own
     interpolated pose (`interpolate_viewmats` at `rolling_shutter_time`)."""
     C = viewmats.shape[0]
-    dev, dt = viewmats.device, viewmats.dtype
+    dt = viewmats.dtype
     if pixels is None:
-        jj, ii = torch.meshgrid(torch.arange(width, device=dev, dtype=torch.float64),
-                                torch.arange(height, device=dev, dtype=torch.float64), indexing="xy")
-        pixels = torch.stack([jj + 0.5, ii + 0.5], -1).reshape(1, -1, 2).expand(C, -1, -1)
         o_c, d_c, ok = _image_rays(Ks, width, height, camera_model, radial_coeffs, tangential_coeffs,
-                                   thin_prism_coeffs, pixels)
+                                   thin_prism_coeffs)
     else:
         o_c, d_c, ok = pixel_rays(pixels.double(), Ks, camera_model, radial_coeffs, tangential_coeffs,
                                   thin_prism_coeffs)
@@ -427,6 +432,8 @@ def camera_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int, camera_mo
     if rs == "global":
         V = viewmats.double()[:, None]  # [C, 1, 4, 4]
     else:
+        if pixels is None:
+            pixels = _pixel_centres(C, width, height, viewmats.device)
         V = interpolate_viewmats(viewmats.double(), viewmats_rs.double(),
                                  rolling_shutter_time(pixels.double(), width, height, rs))  # [C, P, 4, 4]
     R, t = V[..., :3, :3], V[..., :3, 3]

@@ -26,6 +26,7 @@ the tests, in float64 and differentiable by autograd. The native path is float32
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -344,6 +345,7 @@ def render(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], cov
     return torch.stack(colors), torch.stack(alphas), m2_out
 
 
+@functools.lru_cache(maxsize=8)
 def _block_order(width: int, height: int, device) -> Tensor:
     """Flat pixel indices in RAY_BLOCK x RAY_BLOCK blocks (row-major inside and across blocks)."""
     ii, jj = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
