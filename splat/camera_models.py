@@ -48,37 +48,7 @@ __all__ = ["CAMERA_MODELS", "ROLLING_SHUTTER", "distort_normalized", "project_po
            "undistort_normalized", "pixel_rays", "rolling_shutter_time", "interpolate_viewmats",
            "check_camera_args"]
 
-from .cameras import CAMERA_MODELS, RADIAL_COUNT, ROLLING_SHUTTER, rolling_shutter_name  # noqa: F401 (re-exported)
-
-
-def check_camera_args(C: int, camera_model: str, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
-                      rolling_shutter, viewmats_rs, like: Tensor, where: str = "splat.rasterize") -> str:
-    """Check the camera-model arguments of C cameras (shapes, dtype and device of `like`,
-    finiteness); returns the rolling-shutter name. Raises ``ValueError`` naming the argument."""
-    if camera_model not in CAMERA_MODELS:
-        raise ValueError(f"{where}: camera_model must be one of {CAMERA_MODELS}, got {camera_model!r}")
-    rs = rolling_shutter_name(rolling_shutter)
-    shapes = {"radial_coeffs": (C, RADIAL_COUNT.get(camera_model, 0)), "tangential_coeffs": (C, 2),
-              "thin_prism_coeffs": (C, 4), "viewmats_rs": (C, 4, 4)}
-    for name, t in (("radial_coeffs", radial_coeffs), ("tangential_coeffs", tangential_coeffs),
-                    ("thin_prism_coeffs", thin_prism_coeffs), ("viewmats_rs", viewmats_rs)):
-        if t is None:
-            continue
-        if camera_model != "pinhole" and name in ("tangential_coeffs", "thin_prism_coeffs"):
-            raise ValueError(f"{where}: {name} applies to pinhole cameras only (camera_model={camera_model!r})")
-        if camera_model == "ortho" and name == "radial_coeffs":
-            raise ValueError(f"{where}: an ortho camera takes no radial_coeffs")
-        if not isinstance(t, Tensor) or tuple(t.shape) != shapes[name]:
-            got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{where}: {name} must be {list(shapes[name])} for {C} {camera_model} camera(s), "
-                             f"got {got}")
-        if t.dtype != like.dtype or t.device != like.device:
-            raise ValueError(f"{where}: {name} is {t.dtype} on {t.device}, expected {like.dtype} on {like.device}")
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{where}: {name} contains NaN or Inf values")
-    if rs != "global" and viewmats_rs is None:
-        raise ValueError(f"{where}: rolling_shutter={rs!r} needs viewmats_rs (the pose at the end of the read-out)")
-    return rs
+from .cameras import CAMERA_MODELS, ROLLING_SHUTTER, check_camera_args, rolling_shutter_name  # noqa: F401
 
 
 def is_distorted(radial_coeffs, tangential_coeffs, thin_prism_coeffs) -> bool:

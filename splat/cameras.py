@@ -42,6 +42,39 @@ def rolling_shutter_name(value) -> str:
                      f" got {value!r}")
 
 
+def check_camera_args(C: int, camera_model: str, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
+                      rolling_shutter, viewmats_rs, like: Tensor, where: str = "splat.rasterize") -> str:
+    """Check the camera-model arguments of C cameras (shapes, dtype and device of `like`,
+    finiteness); returns the rolling-shutter name. Raises ``ValueError`` naming the argument."""
+    if camera_model not in CAMERA_MODELS:
+        raise ValueError(f"{where}: camera_model must be one of {CAMERA_MODELS}, got {camera_model!r}")
+    try:
+        rs = rolling_shutter_name(rolling_shutter)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    shapes = {"radial_coeffs": (C, RADIAL_COUNT.get(camera_model, 0)), "tangential_coeffs": (C, 2),
+              "thin_prism_coeffs": (C, 4), "viewmats_rs": (C, 4, 4)}
+    for name, t in (("radial_coeffs", radial_coeffs), ("tangential_coeffs", tangential_coeffs),
+                    ("thin_prism_coeffs", thin_prism_coeffs), ("viewmats_rs", viewmats_rs)):
+        if t is None:
+            continue
+        if camera_model != "pinhole" and name in ("tangential_coeffs", "thin_prism_coeffs"):
+            raise ValueError(f"{where}: {name} applies to pinhole cameras only (camera_model={camera_model!r})")
+        if camera_model == "ortho" and name == "radial_coeffs":
+            raise ValueError(f"{where}: an ortho camera takes no radial_coeffs")
+        if not isinstance(t, Tensor) or tuple(t.shape) != shapes[name]:
+            got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{where}: {name} must be {list(shapes[name])} for {C} {camera_model} camera(s), "
+                             f"got {got}")
+        if t.dtype != like.dtype or t.device != like.device:
+            raise ValueError(f"{where}: {name} is {t.dtype} on {t.device}, expected {like.dtype} on {like.device}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where}: {name} contains NaN or Inf values")
+    if rs != "global" and viewmats_rs is None:
+        raise ValueError(f"{where}: rolling_shutter={rs!r} needs viewmats_rs (the pose at the end of the read-out)")
+    return rs
+
+
 # per-camera tensors: name -> trailing shape (None: radial coefficients, counted per camera model)
 _PER_CAMERA = {
     "radial_coeffs": None, "tangential_coeffs": (2,), "thin_prism_coeffs": (4,),
@@ -108,16 +141,6 @@ class Cameras:
             object.__setattr__(self, name, int(v))
         if self.camera_model not in CAMERA_MODELS:
             raise ValueError(f"Cameras: camera_model {self.camera_model!r}; expected one of {', '.join(CAMERA_MODELS)}")
-        try:
-            object.__setattr__(self, "rolling_shutter", rolling_shutter_name(self.rolling_shutter))
-        except ValueError as e:
-            raise ValueError(f"Cameras: {e}") from None
-        if self.rolling_shutter != "global" and self.viewmats_rs is None:
-            raise ValueError(f"Cameras: a {self.rolling_shutter} rolling shutter needs viewmats_rs")
-        if self.camera_model != "pinhole" and (self.tangential_coeffs is not None
-                                               or self.thin_prism_coeffs is not None):
-            raise ValueError(f"Cameras: tangential and thin-prism coefficients apply to pinhole cameras only, "
-                             f"not {self.camera_model}")
         for name in ("viewmats", "Ks") + tuple(_PER_CAMERA):
             t = getattr(self, name)
             if t is None:
@@ -139,6 +162,11 @@ class Cameras:
                 raise ValueError(f"Cameras: {name} is {t.dtype} on {t.device}, viewmats {V.dtype} on {V.device}")
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"Cameras: {name} has non-finite values")
+        # the camera-model rules `rasterize` applies (tangential terms on pinholes only, a rolling shutter
+        # with its end pose), with the shutter named as gsplat's enum or a string
+        object.__setattr__(self, "rolling_shutter", check_camera_args(
+            C, self.camera_model, self.radial_coeffs, self.tangential_coeffs, self.thin_prism_coeffs,
+            self.rolling_shutter, self.viewmats_rs, V, where="Cameras"))
         if self.names is not None:
             object.__setattr__(self, "names", list(self.names))
             if len(self.names) != C:

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from .backends import get as get_backend
-from .cameras import Cameras
+from .camera_models import is_distorted
+from .cameras import Cameras, check_camera_args
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RasterizeMode = Literal["classic", "antialiased"]
@@ -134,8 +135,6 @@ def rasterize(
     if not isinstance(channel_chunk, int) or channel_chunk < 1:
         _fail(f"channel_chunk must be a positive int, got {channel_chunk!r}")
     C = viewmats.shape[0]
-    from .camera_models import check_camera_args, is_distorted
-
     rolling_shutter = check_camera_args(C, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
                                            rolling_shutter, viewmats_rs, viewmats)
     needs_ut = camera_model != "pinhole" or rolling_shutter != "global" or is_distorted(
