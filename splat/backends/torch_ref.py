@@ -79,9 +79,14 @@ def rotmat_to_quat(R: Tensor) -> Tensor:
     return torch.where(q[..., :1] < 0, -q, q)
 
 
+def quat_scale_to_factor(quats: Tensor, scales: Tensor) -> Tensor:
+    """M = R S [N, 3, 3], the factor of the covariance M M^T (its columns: the scaled axes)."""
+    return quat_to_rotmat(quats) * scales[..., None, :]
+
+
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     """Sigma = (R S)(R S)^T, [N, 3, 3]."""
-    M = quat_to_rotmat(quats) * scales[..., None, :]
+    M = quat_scale_to_factor(quats, scales)
     return M @ M.transpose(-1, -2)
 
 

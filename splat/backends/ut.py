@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..camera_models import interpolate_viewmats, monotonic_limit, project_points, rolling_shutter_time
-from .torch_ref import footprint_2d, quat_to_rotmat
+from .torch_ref import footprint_2d, quat_scale_to_factor
 
 UT_ALPHA, UT_BETA, UT_KAPPA = 1.0, 2.0, 0.0
 RS_ITERATIONS = 4
@@ -51,7 +51,7 @@ def ut_weights(dtype, device):
 def covariance_factors(quats: Optional[Tensor], scales: Optional[Tensor], covars: Optional[Tensor]) -> Tensor:
     """L with L L^T = Sigma: R diag(scales) for quats/scales, a (jittered) Cholesky factor for covars."""
     if covars is None:
-        return quat_to_rotmat(quats) * scales[..., None, :]
+        return quat_scale_to_factor(quats, scales)
     eye = torch.eye(3, dtype=covars.dtype, device=covars.device)
     jitter = 1e-12 + 1e-9 * covars.diagonal(dim1=-2, dim2=-1).abs().amax(-1)[..., None, None]
     L, _ = torch.linalg.cholesky_ex(0.5 * (covars + covars.transpose(-1, -2)) + jitter * eye)
@@ -80,8 +80,8 @@ def project_ut(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor],
         return (V[..., :3, :3] @ pts[None, ..., None])[..., 0] + V[..., :3, 3]
 
     def project(p):
-        return project_points(p, Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs,
-                                 near_plane, limits)
+        return project_points(p, Ks, camera_model, radial_coeffs, tangential_coeffs, thin_prism_coeffs, near_plane,
+                              limits)
 
     p0 = to_camera(viewmats)
     uv, valid = project(p0)
