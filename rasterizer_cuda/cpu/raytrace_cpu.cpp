@@ -1,7 +1,8 @@
 // raytrace_cpu.cpp: the ray-tracing backend on the CPU (C++17, OpenMP). The per-ray math, the
 // k-buffer traversal and the BVH build come from ../include/splat_raytrace.h, shared with the CUDA
-// kernels (../cuda/raytrace_cuda.cu). Rays are independent: OpenMP over blocks of rays (dynamic
-// schedule; the caller orders rays by image tile so that neighbours walk the same nodes).
+// kernels (../cuda/raytrace_kernels.cuh, built into the CUDA library). Rays are independent: OpenMP
+// over blocks of rays (dynamic schedule; the caller orders rays by image tile so that neighbours walk
+// the same nodes).
 //
 // Two CPU-specific choices, both measured (bench/raytrace.py):
 // - a k-buffer of 64 hits per round instead of the GPU's 16: rounds restart at the root, and a CPU

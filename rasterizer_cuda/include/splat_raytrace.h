@@ -1,6 +1,6 @@
 // splat_raytrace.h: Gaussian ray tracing (3DGRT: Moenne-Loccoz et al., "3D Gaussian Ray Tracing:
 // Fast Tracing of Particle Scenes", SIGGRAPH Asia 2024), header-only and shared by the CPU backend
-// (rasterizer_cuda/cpu/raytrace_cpu.cpp) and the CUDA kernels (rasterizer_cuda/cuda/raytrace_cuda.cu).
+// (rasterizer_cuda/cpu/raytrace_cpu.cpp) and the CUDA kernels (rasterizer_cuda/cuda/raytrace_kernels.cuh).
 //
 // A Gaussian is (mean mu, precision P = Sigma^-1 as 6 floats xx xy xz yy yz zz, opacity o). Along a ray
 // o + t d its response peaks at t* = d.P(mu - o) / d.P d; with y = o + t* d - mu the peak is

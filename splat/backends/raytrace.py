@@ -6,7 +6,7 @@ Gaussians' bounding boxes and composites the Gaussians it meets in the order of 
 along the ray, with the rasterizer's constants (alpha clamp 0.99, 1/255 threshold, stop before the
 transmittance reaches 1e-4). The native code (BVH build, k-buffer traversal, forward and the
 hand-written backward that re-traces and un-composites) is `rasterizer_cuda/include/splat_raytrace.h`,
-run by the CPU library (and by the CUDA kernels of `rasterizer_cuda/cuda/raytrace_cuda.cu`).
+run by the CPU library (and by the CUDA kernels of `rasterizer_cuda/cuda/raytrace_kernels.cuh`).
 
 How it differs from the rasterizer, by design:
 - each Gaussian is evaluated exactly in 3D along the ray (its peak response), not as the EWA / UT
