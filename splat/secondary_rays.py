@@ -25,7 +25,7 @@ from torch import Tensor
 from .camera_models import camera_rays
 from .backends import raytrace as rt
 from .cameras import Cameras
-from .render import Gaussians, RenderSettings, sh_colors
+from .render import Gaussians, RenderSettings, camera_arguments, sh_colors
 
 __all__ = ["ThinLens", "Plane", "render_secondary", "default_plane", "scene_up"]
 
@@ -152,10 +152,7 @@ def render_secondary(g: Gaussians, camera: Cameras, background: Tensor, lens: Op
     dev = g.means.device
     dt = torch.float32
     W, H = camera.width, camera.height
-    cam_args = dict(camera_model=camera.camera_model, radial_coeffs=camera.radial_coeffs,
-                    tangential_coeffs=camera.tangential_coeffs, thin_prism_coeffs=camera.thin_prism_coeffs,
-                    rolling_shutter=camera.rolling_shutter, viewmats_rs=camera.viewmats_rs)
-    o, d, ok = camera_rays(camera.viewmats, camera.Ks, W, H, **cam_args)
+    o, d, ok = camera_rays(camera.viewmats, camera.Ks, W, H, **camera_arguments(camera))
     o, d, ok = o[0].to(dt), d[0].to(dt), ok[0]
     precs = rt.dilated_precisions(g.means, g.quats, g.scales, g.covars, camera.viewmats, camera.Ks,
                                   camera.camera_model, eps2d)[0][0].to(dt)
@@ -178,6 +175,17 @@ def render_secondary(g: Gaussians, camera: Cameras, background: Tensor, lens: Op
             dd = focus_pts - lo
             samples.append((lo, dd / dd.norm(dim=-1, keepdim=True)))
 
+    if plane is not None:  # the plane's frame, and what its secondary rays see, fixed over the lens samples
+        n = torch.tensor(plane.normal, dtype=dt, device=dev)
+        n = n / n.norm()
+        p0 = torch.tensor(plane.point, dtype=dt, device=dev)
+        if plane.kind == "mirror":
+            eye_m = eye - 2 * ((eye - p0) @ n) * n  # the camera mirrored in the plane
+            cols_m = _colors(g, eye_m).to(dt)
+        else:
+            L = torch.tensor(plane.light, dtype=dt, device=dev)
+            L = L / L.norm()
+            lit = float(torch.clamp(L @ n, min=0.0))
     acc = torch.zeros(R, 3, dtype=dt, device=dev)
     acc_a = torch.zeros(R, dtype=dt, device=dev)
     for so, sd in samples:
@@ -185,9 +193,6 @@ def render_secondary(g: Gaussians, camera: Cameras, background: Tensor, lens: Op
         tmax = torch.full((R,), far, dtype=dt, device=dev)
         hit_plane = torch.zeros(R, dtype=torch.bool, device=dev)
         if plane is not None:
-            n = torch.tensor(plane.normal, dtype=dt, device=dev)
-            n = n / n.norm()
-            p0 = torch.tensor(plane.point, dtype=dt, device=dev)
             denom = sd @ n
             tp = ((p0 - so) @ n) / torch.where(denom.abs() < 1e-9, torch.full_like(denom, 1e-9), denom)
             hit_plane = (denom < 0) & (tp > near) & ok  # rays coming down onto the plane's front side
@@ -201,21 +206,16 @@ def render_secondary(g: Gaussians, camera: Cameras, background: Tensor, lens: Op
             eps = 1e-4 * max(1.0, float(x.abs().max()))
             if plane.kind == "mirror":
                 rd = sd[idx] - 2 * (sd[idx] @ n)[:, None] * n
-                eye_m = eye - 2 * ((eye - p0) @ n) * n  # the camera mirrored in the plane
-                cols_m = _colors(g, eye_m).to(dt)
                 c2, T2, _ = rt.trace_rays(means, precs, opac, cols_m, x + eps * n, rd,
                                           torch.full((idx.numel(),), eps, dtype=dt, device=dev),
                                           torch.full((idx.numel(),), far, dtype=dt, device=dev))
                 seen = c2 + T2[:, None] * bg
                 surf = plane.reflectance * seen + (1 - plane.reflectance) * albedo
             else:
-                L = torch.tensor(plane.light, dtype=dt, device=dev)
-                L = L / L.norm()
                 ones = torch.ones(idx.numel(), 3, dtype=dt, device=dev)
                 _, Ts, _ = rt.trace_rays(means, precs, opac, ones, x + eps * n, L.expand(idx.numel(), 3),
                                          torch.full((idx.numel(),), eps, dtype=dt, device=dev),
                                          torch.full((idx.numel(),), far, dtype=dt, device=dev))
-                lit = float(torch.clamp(L @ n, min=0.0))
                 surf = albedo * (plane.ambient + (1 - plane.ambient) * lit * Ts[:, None])
             col[idx] = c1[idx] + T1[idx, None] * surf
         col = torch.where(ok[:, None], col, bg)
