@@ -292,14 +292,15 @@ def look_at(eye, target, up) -> np.ndarray:
 
 
 def camera_frame(viewmats: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centres [C,3], mean up vector [3], the point the cameras look at [3]) of world->camera
-    matrices [C,4,4]. The look-at point is the least-squares meeting point of the viewing
+    """(centres [C,3], mean up vector [3] (minus the mean camera y axis; +z where those cancel), the
+    point the cameras look at [3]) of world->camera matrices [C,4,4]. The look-at point is the least-squares meeting point of the viewing
     axes; for nearly parallel axes (forward-facing captures) a point three median camera
     spreads ahead of the cameras."""
     R = viewmats[:, :3, :3]
     centres = -np.einsum("nji,nj->ni", R, viewmats[:, :3, 3])
     up = -R[:, 1, :].mean(0)
-    up /= np.linalg.norm(up)
+    n = np.linalg.norm(up)
+    up = up / n if n > 1e-9 else np.array([0.0, 0.0, 1.0])  # cameras whose ups cancel: +z
     dirs = R[:, 2, :]
     A = np.zeros((3, 3))
     b = np.zeros(3)

@@ -268,7 +268,8 @@ def render(cfg: RenderConfig, log=print) -> dict:
 def _effects(cfg: RenderConfig, model, settings: RenderSettings, bgt: torch.Tensor, data):
     """The renderer of one camera with --effect: secondary rays through `splat.secondary_rays`.
     The plane and the lens are fixed for the whole render (from the scene and the first camera)."""
-    from .secondary_rays import ThinLens, default_plane, render_secondary, scene_up
+    from .cameras import camera_frame
+    from .secondary_rays import ThinLens, default_light, default_plane, render_secondary
 
     state = {}
 
@@ -287,16 +288,10 @@ def _effects(cfg: RenderConfig, model, settings: RenderSettings, bgt: torch.Tens
                 state["lens"] = None
             if cfg.effect in ("mirror", "shadow"):
                 views = data.train.viewmats if data is not None else cam.viewmats.cpu().numpy()
-                up = scene_up(views)
-                kw = {}
-                if cfg.light_dir is not None:
-                    kw["light"] = tuple(cfg.light_dir)
-                else:
-                    side = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
-                    side = side / np.linalg.norm(side)
-                    kw["light"] = tuple(np.cos(np.radians(35)) * up + np.sin(np.radians(35)) * side)
+                up = camera_frame(np.asarray(views, dtype=np.float64))[1]
+                light = tuple(cfg.light_dir) if cfg.light_dir is not None else default_light(up)
                 state["plane"] = default_plane(means, g.opacities.detach().cpu().numpy(), up, cfg.effect,
-                                               cfg.plane_offset, **kw)
+                                               cfg.plane_offset, light=light)
             else:
                 state["plane"] = None
         c, a = render_secondary(g, cam, bgt, state["lens"], state["plane"], settings)

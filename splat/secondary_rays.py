@@ -24,10 +24,10 @@ from torch import Tensor
 
 from .camera_models import camera_rays
 from .backends import raytrace as rt
-from .cameras import Cameras
+from .cameras import Cameras, _horizon_axes
 from .render import Gaussians, RenderSettings, camera_arguments, sh_colors
 
-__all__ = ["ThinLens", "Plane", "render_secondary", "default_plane", "scene_up"]
+__all__ = ["ThinLens", "Plane", "render_secondary", "default_plane", "default_light"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +79,11 @@ class Plane:
             raise ValueError(f"Plane: point must be finite, got {self.point}")
 
 
-def scene_up(viewmats: np.ndarray) -> np.ndarray:
-    """The scene's up direction: minus the mean of the cameras' y axes (OpenCV: y points down)."""
-    up = -np.asarray(viewmats, dtype=np.float64)[:, 1, :3].sum(0)
-    n = np.linalg.norm(up)
-    return up / n if n > 1e-9 else np.array([0.0, 0.0, 1.0])
+def default_light(up: np.ndarray, elevation_deg: float = 55.0) -> Tuple[float, float, float]:
+    """A distant light's direction: `up` tilted towards the horizon to `elevation_deg` above it."""
+    side = _horizon_axes(np.asarray(up, dtype=np.float64))[0]
+    e = math.radians(elevation_deg)
+    return tuple(math.sin(e) * np.asarray(up) + math.cos(e) * side)
 
 
 def default_plane(means: np.ndarray, opacities: np.ndarray, up: np.ndarray, kind: str = "mirror",
