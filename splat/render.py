@@ -217,7 +217,7 @@ def rasterize(
                       thin_prism_coeffs=thin_prism_coeffs, rolling_shutter=rolling_shutter, viewmats_rs=viewmats_rs)
         render_colors, render_alphas, means2d = impl.render(
             means, quats, scales, covars, opac, feats, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
-            means2d, depths, backgrounds, camera, tile_size, tile_mask, absgrad, **(raytrace_options or {}))
+            means2d, backgrounds, camera, tile_size, tile_mask, **(raytrace_options or {}))
     else:
         tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = impl.isect_tiles(
             means2d, radii, depths, tile_size, tile_width, tile_height, tile_mask

@@ -293,8 +293,8 @@ def trace_reference(means: Tensor, precs: Tensor, opacities: Tensor, feats: Tens
 # ------------------------------------------------------------------ the backend stage
 def render(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], covars: Optional[Tensor],
            opacities: Tensor, feats: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int, eps2d: float,
-           near_plane: float, far_plane: float, means2d: Tensor, depths: Tensor, backgrounds: Optional[Tensor],
-           camera: Dict, tile_size: int, tile_mask: Optional[Tensor], absgrad: bool, dilate: bool = True,
+           near_plane: float, far_plane: float, means2d: Tensor, backgrounds: Optional[Tensor],
+           camera: Dict, tile_size: int, tile_mask: Optional[Tensor], dilate: bool = True,
            reference: bool = False):
     """`rasterize`'s compositing stage for backend="raytrace": colours [C,H,W,D], alphas [C,H,W,1]
     and the means2d for info (a leaf whose gradient is the image-plane gradient, see the module
@@ -309,8 +309,6 @@ def render(means: Tensor, quats: Optional[Tensor], scales: Optional[Tensor], cov
     m2_out = means2d
     if torch.is_grad_enabled() and means.requires_grad:
         means_c, m2_out = _lift_means2d(means, means2d, viewmats, fpx, fpy)
-        if absgrad:
-            m2_out.register_hook(lambda g: setattr(m2_out, "absgrad", g.abs()))
     origins, dirs, ok = camera_rays(viewmats, Ks, width, height, **camera)  # [C, H*W, ...]
     pix_sel = None
     if tile_mask is not None:
