@@ -10,8 +10,8 @@
 //   initialisation of ~280 hits per ray, 2.2x faster);
 // - the forward keeps each ray's list of composited Gaussians, so the backward walks the lists
 //   instead of tracing again (3DGRT's GPU scheme, `trace_backward`, kept for the CUDA kernels).
-// The backward accumulates gradients in one buffer per thread, summed at the end (no atomics;
-// deterministic for a fixed thread count).
+// The backward accumulates gradients in one buffer per thread, summed at the end (no atomics); rays
+// go to threads dynamically, so the order of the float sums, and the last bits, vary from run to run.
 #define SPLAT_RT_KBUFFER 64
 
 #include <omp.h>
