@@ -64,6 +64,18 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5, padding: st
         a, b = a * m, b * m
         mm = m[..., 0].reshape(-1, *a.shape[-3:-1]).to(a.dtype)
     lead = a.shape[:-3]
+    m = _ssim_map(a, b, window, sigma, padding, data_range)
+    if mask is None:
+        return m.flatten(1).mean(1).reshape(lead)
+    if padding != "same":  # window centres of the valid windows
+        h = window // 2
+        mm = mm[:, h:h + m.shape[-2], h:h + m.shape[-1]]
+    w = mm[:, None].expand_as(m)
+    return ((m * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1)).reshape(lead)
+
+
+def _ssim_map(a: Tensor, b: Tensor, window: int, sigma: float, padding: str, data_range: float) -> Tensor:
+    """SSIM of every window of [..., H, W, C] images -> [B, C, H', W'] (H' = H with "same" padding)."""
     H, W, C = a.shape[-3:]
     x = a.reshape(-1, H, W, C).permute(0, 3, 1, 2)
     y = b.reshape(-1, H, W, C).permute(0, 3, 1, 2)
@@ -76,14 +88,18 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5, padding: st
     syy = _blur(y * y, g, p) - mu_y ** 2
     sxy = _blur(x * y, g, p) - mu_x * mu_y
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    m = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    if mask is None:
-        return m.flatten(1).mean(1).reshape(lead)
-    if padding != "same":  # window centres of the valid windows
-        h = window // 2
-        mm = mm[:, h:h + m.shape[-2], h:h + m.shape[-1]]
-    w = mm[:, None].expand_as(m)
-    return ((m * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1)).reshape(lead)
+    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+
+
+def ssim_map(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5, data_range: float = 1.0,
+             mask: Tensor | None = None) -> Tensor:
+    """Per-pixel SSIM (zero padding, "same" size) of images [H, W, C], averaged over channels ->
+    [H, W]: `ssim(..., padding="same")` is its mean (or, with `mask` [H, W(, 1)], its
+    mask-weighted mean over kept pixels, the images zeroed where the mask is off)."""
+    if mask is not None:
+        m = _mask_of(mask, a)
+        a, b = a * m, b * m
+    return _ssim_map(a, b, window, sigma, "same", data_range)[0].mean(0)
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

@@ -194,6 +194,12 @@ class Model(torch.nn.Module):
             rgb = rgb + (1.0 - alphas) * backgrounds[:, None, None, :]
         return RenderOutput(torch.cat([rgb, colors[..., F:]], -1), alphas, info, g)
 
+    shardable: ClassVar[bool] = True
+    """Whether a multi-process run (`splat.train.sharded`) can train the model: its render of an image
+    strip needs only the Gaussians whose footprints meet the strip, and its ``losses`` add up over views."""
+    shardable_reason: ClassVar[str] = ""
+    """Why not, when ``shardable`` is False (for the error message)."""
+
     has_jacobian: ClassVar[bool] = False
     """Whether ``jacobian`` gives Jacobian-vector products of the render (second-order optimisers)."""
 

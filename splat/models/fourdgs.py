@@ -179,6 +179,9 @@ class FourDGSConfig(DynamicOptions):
 class FourDGSModel(DynamicModel):
     """4D Gaussian splatting (module docstring)."""
 
+    shardable = False
+    shardable_reason = "its entropy and neighbour-consistency losses span the whole model"
+
     name = "4dgs"
     Config = FourDGSConfig
     per_gaussian = PER_GAUSSIAN

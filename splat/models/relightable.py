@@ -344,6 +344,10 @@ class RelightableConfig:
 class RelightableModel(Model):
     """GS^3 relightable Gaussians (module docstring). Needs a point light per camera."""
 
+    shardable = False
+    shardable_reason = ("its shadows splat every Gaussian toward the light, not only those that meet an image "
+                        "strip")
+
     name = "relightable"
     Config = RelightableConfig
     requires = ("light_position", "light_intensity")

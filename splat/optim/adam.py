@@ -33,6 +33,7 @@ class AdamOptimizer(Optimizer):
 
     name = "adam"
     Config = AdamConfig
+    shardable = True  # ``update`` applies gradients formed elsewhere (the sharded step)
 
     def __init__(self, params: Mapping[str, torch.nn.Parameter], learning_rates: Mapping[str, float],
                  config: AdamConfig = AdamConfig()):
@@ -60,6 +61,13 @@ class AdamOptimizer(Optimizer):
     def step(self, forward: Callable[[], Tuple[Tensor, Any]]) -> Tuple[Tensor, Any]:
         loss, extra = forward()
         loss.backward()
+        self.update()
+        return loss, extra
+
+    def update(self) -> None:
+        """One Adam update from the gradients already in the parameters' ``.grad`` (then cleared):
+        the second half of ``step``, for a caller that forms the gradients itself (the sharded
+        step of `splat.train.sharded`, which adds up gradients from other processes)."""
         for opt in self.optimizers.values():
             p = opt.param_groups[0]["params"][0]
             if p.grad is not None and p.grad.is_sparse:
@@ -67,7 +75,6 @@ class AdamOptimizer(Optimizer):
             else:
                 opt.step()
             opt.zero_grad(set_to_none=True)
-        return loss, extra
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from typing import Annotated, Any, List, Literal, Optional, Tuple
 
 from tyro.conf import arg
 
+from ..distributed.world import DistConfig
 from ..models.fourdgs import FourDGSConfig
 from ..models.relightable import RelightableConfig
 from ..models.spacetime import SpacetimeConfig
@@ -56,6 +57,16 @@ class TrainConfig:
     """Training views per optimizer step; their gradients are averaged (losses are the views' mean). Views
     of one size render in one call (one per call for dynamic models); Adam's learning rates are scaled by
     sqrt(B) and its betas raised to the B-th power (Grendel's rule; --adam.batch-scaling none to keep them)."""
+    blocks: int = 0
+    """Train a large scene as K blocks (BlockGaussian / CityGaussian): a content-aware partition of the scene from
+    the point density and camera visibility, each block trained with the cameras that see it, then merged into one
+    model (OUT/model.ply) without seams or duplicates. 0: one model. Under torchrun the blocks are shared out over
+    the processes."""
+    block: Optional[int] = None
+    """With --blocks K: train only block i (0..K-1) into OUT/blocks/<i> (to spread the blocks over machines by
+    hand); a later `--blocks K` run without --block trains what is missing and merges."""
+    dist: DistConfig = dataclasses.field(default_factory=DistConfig)
+    """Multi-process training (Grendel), used when launched with torchrun: --dist.*."""
     resume: bool = False
     """Continue from the last checkpoint in --out (its saved config is used)."""
     data_format: Literal["auto", "colmap", "blender", "nerfstudio", "n3v"] = "auto"

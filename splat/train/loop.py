@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data import Dataset
+from ..distributed.world import RankLost, World
 from ..io.common import atomic_write
 from ..io.images import save_png
 from ..metrics import psnr as psnr_fn
@@ -42,12 +43,13 @@ from .data import Views, load_data, step_generator, view_for_step
 from .evaluate import evaluate
 from .losses import photometric_loss
 from .registry import MODELS, OPTIMIZERS
+from .sharded import ShardedStep, check_shardable
 
 __all__ = ["Trainer", "EXPORT_SUFFIXES"]
 
 EXPORT_SUFFIXES = {"ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply"}
 # options of this command, not of the run, when resuming
-_SESSION_FIELDS = ("viewer", "viewer_port", "viewer_host", "viewer_wait")
+_SESSION_FIELDS = ("viewer", "viewer_port", "viewer_host", "viewer_wait", "dist")
 
 
 def _ignored_on_resume(given: TrainConfig, saved: TrainConfig) -> List[str]:
@@ -65,6 +67,10 @@ def _ignored_on_resume(given: TrainConfig, saved: TrainConfig) -> List[str]:
     return out
 
 
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
 class Trainer:
     """Train the model `cfg` names on its data.
 
@@ -75,22 +81,43 @@ class Trainer:
     ``cfg.viewer`` adds the viewer plugin's. `dataset` trains on an already loaded
     `splat.data.Dataset` instead of loading ``cfg.data``.
 
+    `world` (`splat.distributed.world.World`, from a torchrun launch): this process's place
+    in a multi-process run; the model is then a shard and each step is `splat.train.sharded`'s
+    (rank 0 evaluates, writes checkpoints and the model, logs and serves the viewer, all on the
+    whole model gathered from the shards). None: one process, the plain step.
+
     Raises ``ValueError`` for bad options, missing checkpoints and unusable data, with
     the problem and, where there is one, the file named.
     """
 
     def __init__(self, cfg: TrainConfig, log=print, callbacks: Iterable[Callback] = (),
-                 dataset: Optional[Dataset] = None):
+                 dataset: Optional[Dataset] = None, world: Optional[World] = None):
+        self.world = world = world if world is not None else World(device=cfg.device)
+        world.where = str(cfg.out)
+        if not world.is_main:
+            log = _quiet
         self.log = log
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(world.device if world.distributed else cfg.device)
+        self.sharded: Optional[ShardedStep] = None
+        self._display = None
         ck = None
         if cfg.resume:
-            path = latest_checkpoint(self.out)
-            if path is None:
-                raise ValueError(f"--resume: no checkpoint in {self.out / 'ckpts'}")
-            ck = load_checkpoint(path)
+            # rank 0 reads the checkpoint and hands it to the others (their disks need not hold the run)
+            ck, path, err = None, None, None
+            if world.is_main:
+                try:
+                    path = latest_checkpoint(self.out)
+                    if path is None:
+                        raise ValueError(f"--resume: no checkpoint in {self.out / 'ckpts'}")
+                    ck = load_checkpoint(path)
+                except ValueError as e:
+                    err = str(e)
+            err, path, ck = world.broadcast_object((err, path, ck), what="the checkpoint")
+            if err:
+                raise ValueError(err)
+            world.last_checkpoint = str(path)
             try:
                 saved = config_from_json(ck["config"])
                 for kind in ("model", "strategy", "optimizer"):
@@ -126,8 +153,10 @@ class Trainer:
         if cfg.backend == "raytrace" and cfg.strategy == "steepgs":
             raise ValueError("--strategy steepgs splits on the gradients of the rasterizer's 2D conics, which the ray "
                              "tracer does not have; with --backend raytrace use --strategy adc or mcmc")
-        self.callbacks = CallbackList(callbacks)
-        if cfg.viewer:  # the plugin checks its port now, before the data is loaded
+        if world.distributed:
+            cfg.dist.check()
+        self.callbacks = CallbackList(callbacks if world.is_main else ())
+        if cfg.viewer and world.is_main:  # the plugin checks its port now, before the data is loaded
             self.callbacks.append(load_callback("viewer", cfg))
         if cfg.scale_schedule:
             factor = self.iterations / DEFAULT_ITERATIONS
@@ -145,6 +174,9 @@ class Trainer:
         for name, views in (("train", self.train_views), ("test", self.test_views)):
             if len(views):
                 model_cls.check_cameras(views.camera(0), where=f"{self.data.root} ({name} views)")
+        if world.distributed:
+            check_shardable(cfg, model_cls, optimizer_cls,
+                            any(c.rolling_shutter != "global" for c in self.train_views.cameras))
         self.background = torch.tensor(np.asarray(self.data.background, dtype=np.float32), device=self.device)
         # on resume, the scene scale the run started with (learning rates and thresholds depend on it)
         scene_scale = float(ck["scene_scale"]) if ck is not None else float(self.data.scene_scale)
@@ -152,19 +184,51 @@ class Trainer:
             f"views, {len(self.data.points):,} initial points{' (random)' if self.data.points_random else ''}, "
             f"scene scale {scene_scale:.3f} ({time.perf_counter() - t0:.1f} s)")
         self._optimizer_cls = optimizer_cls
+        self._model_options = model_options
+        if world.distributed:
+            self.sharded = ShardedStep(self, world)
         if ck is None:
             self.start_step, self.train_seconds, self.history = 0, 0.0, []
-            self.set_model(model_cls.create(model_options, self.data, seed=cfg.seed))
+            model = model_cls.create(model_options, self.data, seed=cfg.seed)  # every rank the same
+            if self.sharded is not None:
+                model = model_cls.from_state(model_options, self.sharded.shard(model.state(), model.num_gaussians),
+                                             model.scene_scale)
+            self.set_model(model)
         else:
             self.start_step, self.train_seconds, self.history = int(ck["step"]), float(ck["train_seconds"]), ck["history"]
-            self.set_model(model_cls.from_state(model_options, ck["splats"], scene_scale))
-            self.optimizer.load_state_dict(ck["optimizer"])
+            splats, opt_state, strat_state = ck["splats"], ck["optimizer"], ck["strategy_state"]
+            if self.sharded is not None:  # this rank's rows of the whole run (any process count wrote it)
+                n = int(splats["means"].shape[0])
+                splats, opt_state, strat_state = self.sharded.shard((splats, opt_state, strat_state), n)
+            self.set_model(model_cls.from_state(model_options, splats, scene_scale))
+            self.optimizer.load_state_dict(opt_state)
             self.state.update({k: v.to(self.device) if isinstance(v, torch.Tensor) else v
-                               for k, v in ck["strategy_state"].items()})
+                               for k, v in strat_state.items()})
+        if self.sharded is not None:
+            self.sharded.refresh_sizes()
+            log(f"distributed: {world.size} process(es), {'NCCL' if self.device.type == 'cuda' else 'gloo'}; "
+                f"{self.sharded.total:,} Gaussians sharded {', '.join(f'{n:,}' for n in self.sharded.sizes)}")
 
     @property
     def num_gaussians(self) -> int:
-        return self.model.num_gaussians
+        """The model's Gaussian count (of the whole model in a multi-process run)."""
+        return self.sharded.total if self.sharded is not None else self.model.num_gaussians
+
+    def whole_model(self) -> Optional[Model]:
+        """The whole model: this process's model, or in a multi-process run the shards gathered on
+        rank 0 (a collective: every rank must call it; None on the others)."""
+        if self.sharded is None:
+            return self.model
+        state = self.sharded.gather(self.model.state())
+        if state is None:
+            return None
+        return type(self.model).from_state(self._model_options, state, self.model.scene_scale).to(self.device)
+
+    @property
+    def display_model(self) -> Model:
+        """The model the viewer shows: the training model, or on rank 0 of a multi-process run the
+        whole model as last gathered (every ``--dist.viewer-every`` steps)."""
+        return self._display if self._display is not None else self.model
 
     def set_model(self, model: Model) -> None:
         """Train `model` from here on, with a fresh optimizer and strategy state (the trainer's
@@ -199,6 +263,8 @@ class Trainer:
         """One optimizer step on the step's training views (``--batch-size``, losses averaged);
         returns its loss, mean PSNR and the strategy's events (clone/split/prune counts)."""
         cfg = self.cfg
+        if self.sharded is not None:
+            return self.sharded.train_step(step)
         self.current_step = step  # what an optimizer with a schedule of its own (LM) reads
         views = self.step_views(step)
         B = len(views)
@@ -249,7 +315,12 @@ class Trainer:
                 rdir.mkdir(parents=True, exist_ok=True)
                 save_png(rdir / f"test_{i:03d}.png", torch.cat([pred, gt], 1))
 
-        m = evaluate(self.model, self.test_views, self.settings, self.background, save=save)
+        if self.sharded is not None:  # rank 0 evaluates the whole model; every rank gets the figures
+            model = self.whole_model()
+            m = evaluate(model, self.test_views, self.settings, self.background, save=save) if model else None
+            m = self.world.broadcast_object(m, what="the evaluation")
+        else:
+            m = evaluate(self.model, self.test_views, self.settings, self.background, save=save)
         if not m:
             return {"step": step, "num_gaussians": self.num_gaussians}
         return {"step": step, "psnr": m["psnr"], "ssim": m["ssim"], "num_gaussians": self.num_gaussians,
@@ -257,21 +328,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints and export
     def save_checkpoint(self, step: int) -> Path:
-        path = save_checkpoint(self.out, step, {
-            "train_seconds": self.train_seconds, "scene_scale": self.model.scene_scale, "model": self.cfg.model,
-            "splats": self.model.state(), "optimizer": self.optimizer.state_dict(),
-            "strategy_state": {k: v for k, v in self.state.items() if k != "scene_scale"},
-            "config": config_to_json(self.cfg), "history": self.history,
-            "transform": np.asarray(self.data.transform).tolist(),
-        }, keep=self.cfg.keep_checkpoints)
-        self.callbacks.on_checkpoint(self, step, path)
+        """Write checkpoint `step` (in a multi-process run: the shards gathered, written by rank 0
+        in the one-process layout, so any number of processes resumes it)."""
+        state = (self.model.state(), self.optimizer.state_dict(),
+                 {k: v for k, v in self.state.items() if k != "scene_scale"})
+        if self.sharded is not None:
+            state = self.sharded.gather(state)
+        path = self.out / "ckpts" / f"ckpt_{step}.pt"
+        if state is not None:
+            splats, optimizer, strategy_state = state
+            path = save_checkpoint(self.out, step, {
+                "train_seconds": self.train_seconds, "scene_scale": self.model.scene_scale, "model": self.cfg.model,
+                "splats": splats, "optimizer": optimizer, "strategy_state": strategy_state,
+                "config": config_to_json(self.cfg), "history": self.history,
+                "transform": np.asarray(self.data.transform).tolist(),
+            }, keep=self.cfg.keep_checkpoints)
+            self.callbacks.on_checkpoint(self, step, path)
+        self.world.barrier("the checkpoint")
+        self.world.last_checkpoint = str(path)
         return path
 
     def export(self) -> List[Path]:
         """The model in each --export format as model.<ext> (none for a model kind with no static form)."""
         from .. import io as splat_io
 
-        splats = self.model.to_splats()
+        model = self.whole_model()
+        if model is None:  # not rank 0 of a multi-process run
+            return []
+        splats = model.to_splats()
         if splats is None:
             if self.cfg.export:
                 hint = (f"; write one instant with splat-export {self.out} frame.ply --time T"
@@ -290,14 +374,21 @@ class Trainer:
         """Run the remaining steps, evaluate, export, write metrics.json; returns the metrics.
         Ctrl-C (SIGINT or SIGTERM) finishes the current step, writes a checkpoint and
         re-raises KeyboardInterrupt. The callbacks stay open until ``close()``."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.out / "config.json", json.dumps(config_to_json(self.cfg), indent=2).encode())
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.out / "config.json", json.dumps(config_to_json(self.cfg), indent=2).encode())
         try:
+            self._refresh_display()
             self.callbacks.on_train_start(self)
             return self._loop()
         except BaseException:
             self.close(completed=False)
             raise
+
+    def _refresh_display(self) -> None:
+        """Gather the whole model for rank 0's viewer (multi-process runs with --viewer; a collective)."""
+        if self.sharded is not None and self.cfg.viewer:
+            self._display = self.whole_model()
 
     def close(self, completed: bool = True) -> None:
         """Close the callbacks (once)."""
@@ -308,7 +399,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         bar = None
-        if cfg.progress:
+        if cfg.progress and self.world.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=self.iterations, initial=self.start_step, desc="train", dynamic_ncols=True,
@@ -329,6 +420,8 @@ class Trainer:
                     raise KeyboardInterrupt
                 r = self.train_step(step)
                 step += 1
+                if self.sharded is not None and cfg.viewer and step % cfg.dist.viewer_every == 0:
+                    self._refresh_display()
                 self.callbacks.on_step(self, step, r)  # inside the timed step: what a callback costs, training pays
                 now = time.perf_counter()
                 self.train_seconds += now - t_last
@@ -357,7 +450,10 @@ class Trainer:
         except KeyboardInterrupt:
             if bar is not None:
                 bar.close()
-            path = self.save_checkpoint(step)
+            try:
+                path = self.save_checkpoint(step)
+            except RankLost as e:  # another process is gone (torchrun stops the rest): the last checkpoint stands
+                raise RankLost(f"interrupted at step {step}, and {e}") from None
             self.log(f"interrupted at step {step}: saved {path}; continue with --out {self.out} --resume")
             raise
         finally:
@@ -379,6 +475,18 @@ class Trainer:
             "model": [p.name for p in exported],
             "model_kind": cfg.model, "strategy": cfg.strategy, "optimizer": cfg.optimizer,
         }
-        atomic_write(self.out / "metrics.json", json.dumps(metrics, indent=2).encode())
+        if self.sharded is not None:
+            metrics["distributed"] = self.distributed_stats()
+        if self.world.is_main:
+            atomic_write(self.out / "metrics.json", json.dumps(metrics, indent=2).encode())
+        self._refresh_display()
         self.callbacks.on_train_end(self, metrics)
         return metrics
+
+    def distributed_stats(self) -> Optional[dict]:
+        """A multi-process run's figures per rank (seconds per stage, bytes sent, rows exchanged,
+        pixels rendered), gathered on every rank (a collective)."""
+        got = self.world.gather_objects(dict(self.sharded.stats), "the statistics")
+        got = self.world.broadcast_object(got, what="the statistics")
+        return {"processes": self.world.size, "balance": self.cfg.dist.balance, "per_rank": got,
+                "kappa": self.sharded.cost.kappa}
