@@ -35,14 +35,14 @@ class LinkCallback(Callback):
         self.link = link
 
     def on_step(self, trainer, step, stats) -> None:
-        self.link.step_done(step, stats["loss"], stats["psnr"], trainer.num_gaussians, trainer.model.params)
+        self.link.step_done(step, stats["loss"], stats["psnr"], trainer.num_gaussians, trainer.display_model.params)
 
     def on_pause_point(self, trainer, step, should_stop) -> None:
         if self.link.paused:
-            self.link.wait_if_paused(trainer.model.params, should_stop=should_stop)
+            self.link.wait_if_paused(trainer.display_model.params, should_stop=should_stop)
 
     def on_train_end(self, trainer, metrics) -> None:
-        self.link.finish(trainer.model.params)
+        self.link.finish(trainer.display_model.params)
 
 
 class ViewerCallback(LinkCallback):
@@ -71,15 +71,16 @@ class ViewerCallback(LinkCallback):
 
             common = dict(cameras=cameras_of_split(trainer.data.train), background=tuple(trainer.cfg.background),
                           rasterize_mode=trainer.cfg.rasterize_mode, name=Path(trainer.out).resolve().name)
-            if isinstance(trainer.model, DynamicModel) or trainer.model.requires:
+            model = trainer.display_model  # the whole model, also on rank 0 of a multi-process run
+            if isinstance(model, DynamicModel) or model.requires:
                 # rendered by a copy of the model at the slider's time / under the light control's light
-                scene = ModelScene(trainer.model, **common)
-                scene.update({k: v.clone() for k, v in trainer.model.state().items()})  # now it holds its own copy
+                scene = ModelScene(model, **common)
+                scene.update({k: v.clone() for k, v in model.state().items()})  # now it holds its own copy
             else:
-                splats = trainer.model.to_splats()
+                splats = model.to_splats()
                 if splats is None:
-                    raise ValueError(f"--viewer: the viewer cannot show a {trainer.model.name} model yet")
-                scene = SplatScene({k: v.clone() for k, v in splats.items()}, scene_scale=trainer.model.scene_scale,
+                    raise ValueError(f"--viewer: the viewer cannot show a {model.name} model yet")
+                scene = SplatScene({k: v.clone() for k, v in splats.items()}, scene_scale=model.scene_scale,
                                    **common)
             self.viewer = Viewer(scene, host=self.host, port=self.port, link=self.link,
                                  snapshot_dir=Path(trainer.out) / "snapshots", log=trainer.log)

@@ -8,11 +8,12 @@ horizontal strips of whole tile rows; without the balancer each takes an equal n
 of rows (`even_split`). ``kappa`` comes from the render times measured so far
 (`CostModel`: a least-squares fit of time = a * intersections + b * pixels).
 
-A strip is rendered with one tile row of halo above and below (`Strip.halo_rows`): the
-crop starts on the image's tile grid, so each of its pixels gets exactly the Gaussians
-and the order the whole image's tile would, and the 11x11 SSIM window of every owned
-pixel lies inside the crop. `crop_rows` makes the crop's camera (the principal point
-moves up by the crop's first row).
+A strip is rendered with one tile row of halo above and below (`Strip.halo_rows`) as a
+tile subset of the whole image (`strip_tiles`, `splat.rasterize`'s ``tiles``): the
+projection is the whole image's (a crop's camera would not do: the EWA Jacobian's
+frustum clamp depends on the image bounds), each pixel gets exactly the Gaussians and
+order of the whole render, and the 11x11 SSIM window of every owned pixel lies inside
+the rendered rows.
 """
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
 
-__all__ = ["Strip", "units_of", "balance", "even_split", "strips_of", "crop_rows", "row_costs", "CostModel",
+__all__ = ["Strip", "units_of", "balance", "even_split", "strips_of", "strip_tiles", "row_costs", "CostModel",
            "HALO_TILES"]
 
 HALO_TILES = 1
@@ -95,19 +95,11 @@ def strips_of(units: List[tuple], bounds: np.ndarray, tile_rows: Sequence[int]) 
     return out
 
 
-def crop_rows(cameras: Cameras, y0: int, y1: int) -> Cameras:
-    """The cameras of pixel rows [y0, y1) of `cameras`' images: the same camera with the
-    principal point moved up by `y0` pixels and height ``y1 - y0`` (every camera model:
-    lenses act on normalised coordinates). Raises ``ValueError`` for rows outside the image
-    or a rolling-shutter camera (its read-out time depends on the row in the whole image)."""
-    if not 0 <= y0 < y1 <= cameras.height:
-        raise ValueError(f"crop_rows: rows [{y0}, {y1}) are not inside an image of height {cameras.height}")
-    if cameras.rolling_shutter != "global":
-        raise ValueError("crop_rows: a rolling-shutter camera cannot be cropped (its read-out time follows the row "
-                         "of the whole image)")
-    Ks = cameras.Ks.clone()
-    Ks[:, 1, 2] -= y0
-    return dataclasses.replace(cameras, Ks=Ks, height=int(y1 - y0))
+def strip_tiles(strip: Strip, tile_width: int, device=None) -> Tensor:
+    """Flat tile indices (`splat.rasterize`'s ``tiles``) of `strip`'s rows with their halo, in a
+    view of `tile_width` tile columns -> int64 [rows * tile_width]."""
+    h0, h1 = strip.halo_rows
+    return torch.arange(h0 * tile_width, h1 * tile_width, dtype=torch.int64, device=device)
 
 
 def row_costs(tmin: Tensor, tmax: Tensor, tile_rows: int) -> Tensor:

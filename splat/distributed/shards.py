@@ -12,6 +12,7 @@ count (as density control's `splat.strategies.ops` does for optimizer state).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -77,7 +78,7 @@ def pack_rows(tensors: Sequence[Tensor], dtype=None) -> Tuple[Tensor, List[Tuple
     dtype = dtype or tensors[0].dtype
     cols, layout = [], []
     for t in tensors:
-        flat = t.detach().reshape(n, -1)
+        flat = t.detach().reshape(n, math.prod(t.shape[1:]))
         layout.append((tuple(t.shape[1:]), t.dtype, flat.shape[1]))
         cols.append(flat.to(dtype))
     return torch.cat(cols, 1) if cols else torch.empty(n, 0, dtype=dtype), layout

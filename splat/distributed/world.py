@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import os
 import re
+import time
 from typing import List, Optional, Sequence
 
 import torch
@@ -93,8 +94,22 @@ class World:
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.timeout))
         return cls(dist.get_rank(), dist.get_world_size(), True, device, where)
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
+        """Leave the group: after a barrier when `clean` (so that no rank closes its connections
+        while another still reads from them); at once after an error (the others may never reach
+        the barrier: torchrun stops them when this process exits)."""
         if self.distributed and dist.is_initialized():
+            if not clean:
+                return  # exiting tears the connections down; the peers' next collective fails
+            try:
+                if self.size > 1:
+                    dist.barrier()
+            except (RuntimeError, OSError):
+                pass  # a peer is gone already: nothing left to wait for
+            # gloo's worker threads drop their finished work (and the Python tensors it holds) just after
+            # the barrier returns; they need the GIL for it, and aborting the process when it is gone.
+            # Give it to them before the interpreter can start shutting down.
+            time.sleep(0.2)
             dist.destroy_process_group()
 
     @property

@@ -56,12 +56,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     reflow_help()
     cfg = tyro.cli(TrainConfig, args=argv, description=__doc__)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    world = None
+    world, clean = None, False
     try:
         world = World.from_env(cfg.dist, cfg.device, str(cfg.out))
         if world.distributed and world.rank != 0:
             cfg.progress = False
         train(cfg, world=world)
+        clean = True
     except KeyboardInterrupt:
         sys.exit(130)
     except RankLost as e:
@@ -73,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(2)
     finally:
         if world is not None:
-            world.close()
+            world.close(clean)
 
 
 if __name__ == "__main__":

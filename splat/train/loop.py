@@ -175,8 +175,7 @@ class Trainer:
             if len(views):
                 model_cls.check_cameras(views.camera(0), where=f"{self.data.root} ({name} views)")
         if world.distributed:
-            check_shardable(cfg, model_cls, optimizer_cls,
-                            any(c.rolling_shutter != "global" for c in self.train_views.cameras))
+            check_shardable(cfg, model_cls, optimizer_cls)
         self.background = torch.tensor(np.asarray(self.data.background, dtype=np.float32), device=self.device)
         # on resume, the scene scale the run started with (learning rates and thresholds depend on it)
         scene_scale = float(ck["scene_scale"]) if ck is not None else float(self.data.scene_scale)
@@ -486,7 +485,11 @@ class Trainer:
     def distributed_stats(self) -> Optional[dict]:
         """A multi-process run's figures per rank (seconds per stage, bytes sent, rows exchanged,
         pixels rendered), gathered on every rank (a collective)."""
-        got = self.world.gather_objects(dict(self.sharded.stats), "the statistics")
+        import resource
+
+        mine = dict(self.sharded.stats, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    num_gaussians=self.model.num_gaussians)
+        got = self.world.gather_objects(mine, "the statistics")
         got = self.world.broadcast_object(got, what="the statistics")
         return {"processes": self.world.size, "balance": self.cfg.dist.balance, "per_rank": got,
                 "kappa": self.sharded.cost.kappa}

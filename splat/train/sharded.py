@@ -11,8 +11,8 @@ density-control statistics (`splat.distributed.shards`). One step:
    measured render times);
 3. sparse all-to-all: each rank sends every other rank only its Gaussians whose tile
    rectangles meet that rank's strips (with their one-tile halo);
-4. each rank renders its strips (tile-aligned crops, so every pixel gets exactly the
-   Gaussians and order of the whole image) and takes its share of the loss
+4. each rank renders its strips (tile subsets of the whole image, so every pixel gets
+   exactly the Gaussians and order of the whole render) and takes its share of the loss
    (`splat.train.losses.photometric_loss_rows`: L1 and SSIM of its own rows, normalised by
    the whole image), then runs the backward;
 5. the received Gaussians' gradients (and their 2D-mean gradients per view, for density
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ..backends.torch_ref import tile_bounds
-from ..distributed.partition import CostModel, balance, crop_rows, even_split, row_costs, strips_of, units_of
+from ..distributed.partition import CostModel, balance, even_split, row_costs, strip_tiles, strips_of, units_of
 from ..distributed.shards import (concat_rows, pack_rows, rebalance_plan, shard_bounds, slice_rows, state_rows,
                                   unpack_rows)
 from ..distributed.world import World
@@ -52,11 +52,11 @@ TILE = 16
 _EVENT_KEYS = ("clone", "split", "prune", "relocated", "added", "reset", "prune_weight")
 
 
-def check_shardable(cfg, model_cls, optimizer_cls, cameras_rolling: bool) -> None:
+def check_shardable(cfg, model_cls, optimizer_cls) -> None:
     """Raise ``ValueError`` for what the sharded step cannot train: a model whose render needs
     every Gaussian (shadows toward a light) or whose losses span the whole model, an optimizer
     without a plain gradient update (Levenberg-Marquardt), SteepGS (2D conic gradients),
-    absgrad, rolling-shutter cameras (their crops change the read-out time)."""
+    absgrad."""
     if not getattr(model_cls, "shardable", True):
         raise ValueError(f"--model {cfg.model} cannot train on several processes yet: "
                          f"{getattr(model_cls, 'shardable_reason', 'its render needs every Gaussian')}")
@@ -69,9 +69,6 @@ def check_shardable(cfg, model_cls, optimizer_cls, cameras_rolling: bool) -> Non
     if getattr(cfg.options("strategy"), "absgrad", False):
         raise ValueError("--adc.absgrad cannot train on several processes yet (per-pixel |gradient| sums do not "
                          "add up over image strips); leave it off")
-    if cameras_rolling:
-        raise ValueError("rolling-shutter cameras cannot train on several processes yet (an image strip changes "
-                         "the read-out time)")
 
 
 def rank_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -187,8 +184,9 @@ class ShardedStep:
         st["exchange_s"] += time.perf_counter() - t0
         st["rows_sent"] += sum(len(r) for d, r in enumerate(send_rows) if d != rank)
         st["rows_received"] += sum(c for s, c in enumerate(recv_counts) if s != rank)
-        # what an all-gather of every Gaussian would move instead (parameters out, gradients back)
-        st["bytes_naive"] += 2 * (self.total - n_own) * packed.shape[1] * packed.element_size()
+        # what replicating every Gaussian would send instead: a ring all-gather of the parameters
+        # ((R-1)/R of them) and a ring all-reduce of their gradients (2 (R-1)/R)
+        st["bytes_naive"] += 3 * (R - 1) / R * self.total * packed.shape[1] * packed.element_size()
 
         # 4. render the own strips from the received Gaussians; the own share of the loss
         t0 = time.perf_counter()
@@ -211,15 +209,15 @@ class ShardedStep:
                 h0, h1 = s.halo_rows
                 y0, y1 = h0 * TILE, min(H, h1 * TILE)
                 r0, r1 = s.row0 * TILE - y0, min(H, s.row1 * TILE) - y0
-                out = model.render(crop_rows(cam, y0, y1), t.settings, step=step,
-                                   backgrounds=t.background[None])
+                out = model.render(cam, t.settings, step=step, backgrounds=t.background[None],
+                                   tiles=strip_tiles(s, math.ceil(W / TILE), dev))
                 if out.info["means2d"].requires_grad:
                     out.info["means2d"].retain_grad()
                 gt = t.train_views.image(i)[y0:y1]
                 mask = t.train_views.mask(i)
                 mcount = None if mask is None else float(mask.sum())
                 mcrop = None if mask is None else mask[y0:y1]
-                pred = out.colors[0]
+                pred = out.colors[0, y0:y1]
                 loss = loss + photometric_loss_rows(pred, gt, cfg.ssim_lambda, slice(r0, r1), mcrop, mcount,
                                                     H * W) / B
                 with torch.no_grad():
@@ -311,7 +309,8 @@ class ShardedStep:
         st["density_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         self.refresh_sizes()
-        if any(events.get(k) for k in ("clone", "split", "prune", "added")) or (step + 1) % cfg.dist.rebalance_every == 0:
+        grew = any(events.get(k) for k in ("clone", "split", "prune", "added"))
+        if grew or (step + 1) % cfg.dist.rebalance_every == 0:
             self.rebalance()
         st["rebalance_s"] += time.perf_counter() - t0
         st["steps"] += 1
