@@ -52,6 +52,9 @@ class DistConfig:
                              f"{self.timeout}, {self.rebalance_every}, {self.viewer_every}")
 
 
+_LOST = re.compile(r"connection|closed|reset|timed? ?out|broken pipe|peer|NCCL", re.IGNORECASE)
+
+
 class RankLost(RuntimeError):
     """Another process of the run ended (or stopped answering) during a collective."""
 
@@ -126,7 +129,7 @@ class World:
         except RankLost:
             raise
         except (RuntimeError, OSError) as e:  # gloo: "Connection closed by peer", timeouts
-            if not self.distributed:
+            if not self.distributed or not _LOST.search(str(e)):
                 raise
             ck = self.last_checkpoint or "none written yet"
             why = re.sub(r"\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
@@ -204,6 +207,12 @@ class World:
         with self.collective(what):
             dist.gather_object(obj, out, dst=0)
         return out
+
+    def any(self, flag: bool, what: str = "a flag") -> bool:
+        """Whether `flag` is set on any rank (every rank gets the same answer)."""
+        if not (self.distributed and self.size > 1):
+            return bool(flag)
+        return bool(self.all_reduce_(torch.tensor([float(bool(flag))], device=self.device), what) > 0)
 
     def barrier(self, what: str = "a barrier") -> None:
         if self.distributed and self.size > 1:

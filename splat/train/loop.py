@@ -408,6 +408,12 @@ class Trainer:
         # Ctrl-C between steps: let the current step finish, so the checkpoint written
         # on interrupt is a consistent state that --resume continues exactly
         interrupted = []
+
+        def stop() -> bool:  # every rank of a multi-process run stops at the same step (Ctrl-C reaches them apart)
+            if self.sharded is not None:
+                return self.world.any(bool(interrupted), "the interrupt flag")
+            return bool(interrupted)
+
         old_handlers = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -415,7 +421,7 @@ class Trainer:
         try:
             t_last = time.perf_counter()
             while step < self.iterations:
-                if interrupted:
+                if stop():
                     raise KeyboardInterrupt
                 r = self.train_step(step)
                 step += 1
@@ -444,7 +450,7 @@ class Trainer:
                     self.save_checkpoint(step)
                 self.callbacks.on_pause_point(self, step, lambda: bool(interrupted))  # not training time
                 t_last = time.perf_counter()
-            if interrupted:
+            if stop():
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
             if bar is not None:

@@ -190,7 +190,8 @@ class ShardedStep:
 
         # 4. render the own strips from the received Gaussians; the own share of the loss
         t0 = time.perf_counter()
-        local = [torch.nn.Parameter(x) for x in unpack_rows(recv, layout)]
+        local = [torch.nn.Parameter(x, requires_grad=p.requires_grad and x.is_floating_point())
+                 for x, p in zip(unpack_rows(recv, layout), own_tensors)]
         shared = {k: p for k, p in model.params.items() if k not in names}
         local_params = GaussianParams({**dict(zip(names, local)), **shared}, names)
         m = recv.shape[0]
@@ -274,11 +275,13 @@ class ShardedStep:
         for p, g in zip(own_tensors, unpack_rows(gsum, layout)):
             if p.requires_grad:
                 p.grad = g if p.grad is None else p.grad + g
-        for k, p in shared.items():
+        for k, p in shared.items():  # a decoder's weights: the sum over ranks, where any rank has a gradient
             if p.requires_grad:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                world.all_reduce_(p.grad, "the shared gradients")
+                has = world.all_reduce_(torch.tensor([float(p.grad is not None)], device=dev), "the shared gradients")
+                if float(has) > 0:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    world.all_reduce_(p.grad, "the shared gradients")
         sums = torch.cat([torch.tensor([loss.item(), render_time, isect_mine, pixels_rendered], dtype=torch.float64),
                           sq_err])
         per_rank = torch.zeros(R, 4, dtype=torch.float64)
