@@ -7,7 +7,9 @@
 #      the CPU backend, edge cases), cuda parameters included;
 #   2. compute-sanitizer memcheck, racecheck and synccheck on forward and backward passes;
 #   3. bench/rasterize.py side by side with gsplat: garden, 1M and 5M random
-#      Gaussians at 1080p, forward and forward+backward ms and peak memory.
+#      Gaussians at 1080p, forward and forward+backward ms and peak memory;
+#   4. the multi-process trainer's NCCL path on the one GPU (torchrun, 1 process):
+#      the default scene for 300 steps, against the plain one-process run.
 #
 # gsplat on a machine without internet (such as this project's lent GPU
 # machines): here, `echo /.whl/ >> .git/info/exclude; python3 -m pip download
@@ -38,5 +40,10 @@ python3 bench/rasterize.py --device cuda --scenes garden 1M 5M --size 1920x1080 
     --json "$OUT/results_rasterize_cuda.json" 2>&1 | tee "$OUT/bench.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 python3 bench/raytrace.py --device cuda --scenes garden random_100k --repeats 10 \
     --json "$OUT/results_raytrace_cuda.json" 2>&1 | tee "$OUT/bench_raytrace.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+for launch in plain nccl; do
+    if [ "$launch" = plain ]; then cmd=(python3 -m splat.train); else cmd=(torchrun --standalone --nproc-per-node=1 -m splat.train); fi
+    "${cmd[@]}" --device cuda --iterations 300 --no-progress --save-renders 0 --out "$OUT/train_$launch" 2>&1 \
+        | tee "$OUT/train_$launch.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+done
 echo "gpu_validate: exit $status"
 exit $status

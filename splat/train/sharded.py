@@ -196,7 +196,7 @@ class ShardedStep:
         local_params = GaussianParams({**dict(zip(names, local)), **shared}, names)
         m = recv.shape[0]
         g2d = torch.zeros(B, m, 2, dtype=torch.float32, device=dev)
-        sq_err = torch.zeros(2 * B, dtype=torch.float64)  # per view: squared error sum, pixel count
+        sq_err = torch.zeros(2 * B, dtype=torch.float64, device=dev)  # per view: squared error sum, pixel count
         loss = torch.zeros((), device=dev)
         infos = []
         pixels_rendered = owned = isect_mine = 0.0
@@ -282,13 +282,12 @@ class ShardedStep:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                     world.all_reduce_(p.grad, "the shared gradients")
-        sums = torch.cat([torch.tensor([loss.item(), render_time, isect_mine, pixels_rendered], dtype=torch.float64),
-                          sq_err])
-        per_rank = torch.zeros(R, 4, dtype=torch.float64)
-        per_rank[rank] = sums[:4]
+        per_rank = torch.zeros(R, 4, dtype=torch.float64, device=dev)
+        per_rank[rank] = torch.tensor([loss.item(), render_time, isect_mine, pixels_rendered], dtype=torch.float64)
         world.all_reduce_(per_rank, "the step's figures")
         world.all_reduce_(sq_err, "the step's figures")
         st["return_s"] += time.perf_counter() - t0
+        per_rank, sq_err = per_rank.cpu(), sq_err.cpu()
         for sec, ic, px in per_rank[:, 1:].tolist():
             self.cost.add(sec, ic, px)
         st["render_time_max"] += float(per_rank[:, 1].max())
@@ -306,7 +305,7 @@ class ShardedStep:
             events = strategy.step_post_backward(model.params, t.optimizer.optimizers, t.state, step, info,
                                                  generator=rank_generator(cfg.seed, step, rank))
         events.update(model.update(step))
-        ev = torch.tensor([float(events.get(k, 0)) for k in _EVENT_KEYS], dtype=torch.float64)
+        ev = torch.tensor([float(events.get(k, 0)) for k in _EVENT_KEYS], dtype=torch.float64, device=dev)
         world.all_reduce_(ev, "the density-control events")
         events = {k: int(v) for k, v in zip(_EVENT_KEYS, ev.tolist()) if k in events or v}
         st["density_s"] += time.perf_counter() - t0
