@@ -343,3 +343,21 @@ def test_viewer_on_rank_zero_shows_the_whole_model(scene, tmp_path):
     assert rec0["sizes"] == [150, 150]
     assert rec0["shown"] and all(shown == total == 300 for _, shown, total in rec0["shown"])
     assert rec1["shown"] == []  # callbacks (the viewer) live on rank 0 only
+
+
+def test_shard_slices_per_gaussian_entries_by_name():
+    """A shared parameter (a decoder's weights) whose first dimension happens to equal the row
+    count stays whole, with its Adam state; per-Gaussian ones and their state are cut."""
+    from splat.distributed.world import World
+    from splat.train.sharded import ShardedStep
+
+    n = 16
+    splats = {"means": torch.arange(n * 3.0).reshape(n, 3), "mlp_b1": torch.arange(16.0)}
+    opt = {"means": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(n, 3)}}},
+           "mlp_b1": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(16)}}}}
+    strategy = {"grad2d": torch.arange(float(n)), "scene_scale": 1.0}
+    step = ShardedStep(None, World(rank=1, size=2))
+    s, o, st = step.shard(splats, opt, strategy, ("means",), n)
+    assert torch.equal(s["means"], splats["means"][8:]) and torch.equal(s["mlp_b1"], splats["mlp_b1"])
+    assert o["means"]["state"][0]["exp_avg"].shape == (8, 3) and o["mlp_b1"]["state"][0]["exp_avg"].shape == (16,)
+    assert torch.equal(st["grad2d"], torch.arange(8.0, 16.0)) and st["scene_scale"] == 1.0

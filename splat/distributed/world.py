@@ -33,8 +33,10 @@ class DistConfig:
 
     backend: str = "auto"
     """torch.distributed backend: auto (nccl for --device cuda, else gloo), gloo or nccl."""
-    timeout: float = 600.0
-    """Seconds a collective waits for the other processes before the run stops with an error."""
+    timeout: float = 1800.0
+    """Seconds a collective waits for the other processes before the run stops with an error (a process
+    that dies is noticed at once; this bounds one that hangs, and rank 0's work alone: its evaluation,
+    checkpoint writes, a viewer pause)."""
     balance: bool = True
     """Split each step's pixels over the processes by their measured cost (Gaussian-tile intersections and
     pixels, weighted by the render times measured so far); off: equal numbers of tile rows."""
@@ -75,6 +77,7 @@ class World:
         self.device = torch.device(device)
         self.where = where  # the run directory, for error messages
         self.last_checkpoint: Optional[str] = None
+        self.timeout = DistConfig.timeout
         self.bytes_sent = 0  # by this rank's all-to-all exchanges (statistics)
 
     @classmethod
@@ -82,6 +85,7 @@ class World:
         """Join torchrun's process group when launched by torchrun (gloo, or NCCL for CUDA
         devices; each process takes the GPU of its ``LOCAL_RANK``), else a one-process World.
         Raises ``ValueError`` for NCCL without CUDA."""
+        config.check()  # before joining: a bad option is an error of this command, not of the group
         if not launched_by_torchrun():
             return cls(device=device, where=where)
         backend = config.backend
@@ -95,17 +99,17 @@ class World:
             device = f"cuda:{local}"
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.timeout))
-        return cls(dist.get_rank(), dist.get_world_size(), True, device, where)
+        world = cls(dist.get_rank(), dist.get_world_size(), True, device, where)
+        world.timeout = config.timeout
+        return world
 
     def close(self, clean: bool = True) -> None:
         """Leave the group: after a barrier when `clean` (so that no rank closes its connections
-        while another still reads from them); at once after an error (the others may never reach
-        the barrier: torchrun stops them when this process exits)."""
+        while another still reads from them); without one after an error (the others may never
+        reach it: torchrun stops them when this process exits)."""
         if self.distributed and dist.is_initialized():
-            if not clean:
-                return  # exiting tears the connections down; the peers' next collective fails
             try:
-                if self.size > 1:
+                if clean and self.size > 1:  # after an error the others may never reach a barrier
                     dist.barrier()
             except (RuntimeError, OSError):
                 pass  # a peer is gone already: nothing left to wait for
@@ -133,8 +137,12 @@ class World:
                 raise
             ck = self.last_checkpoint or "none written yet"
             why = re.sub(r"\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
-            raise RankLost(f"rank {self.rank} of {self.size}: another process of the run stopped during {what} "
-                           f"({why[:120]}); the run stops. Last checkpoint: {ck}"
+            timed_out = re.search(r"timed? ?out", why, re.IGNORECASE)
+            cause = (f"another process did not answer within --dist.timeout {self.timeout:g} s during {what} (it "
+                     f"stopped, hangs, or rank 0 was busy or paused in the viewer for longer)" if timed_out else
+                     f"another process of the run stopped during {what}")
+            raise RankLost(f"rank {self.rank} of {self.size}: {cause} ({why[:120]}); the run stops. Last "
+                           f"checkpoint: {ck}"
                            + (f"; continue with --out {self.where} --resume (any number of processes)"
                               if self.last_checkpoint else "")) from None
 

@@ -14,12 +14,13 @@ name: --static.*, --adc.*, --mcmc.*, --steepgs.*, --adam.*, --lm.*.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
 import torch
 
-from ..distributed.world import RankLost, World
+from ..distributed.world import RankLost, World, launched_by_torchrun
 from .config import TrainConfig
 from .loop import Trainer, _quiet
 from ..cli_help import reflow_help
@@ -50,6 +51,11 @@ def train(cfg: TrainConfig, log=print, world=None) -> dict:
     return m
 
 
+def _one_node() -> bool:
+    """Whether every process of a torchrun launch is on this machine."""
+    return os.environ.get("LOCAL_WORLD_SIZE", "1") == os.environ.get("WORLD_SIZE", "1")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     import tyro
 
@@ -69,8 +75,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"splat-train: error: {e}", file=sys.stderr)
         sys.exit(1)
     except (ValueError, FileNotFoundError, OSError) as e:
-        rank = f" (rank {world.rank})" if world is not None and world.distributed else ""
-        print(f"splat-train{rank}: error: {e}", file=sys.stderr)
+        # on one machine every rank meets the same bad option or data: rank 0 says it once
+        rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+        if rank == 0 or not _one_node():
+            where = f" (rank {rank})" if not _one_node() else ""
+            print(f"splat-train{where}: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
         if world is not None:

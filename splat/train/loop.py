@@ -153,8 +153,7 @@ class Trainer:
         if cfg.backend == "raytrace" and cfg.strategy == "steepgs":
             raise ValueError("--strategy steepgs splits on the gradients of the rasterizer's 2D conics, which the ray "
                              "tracer does not have; with --backend raytrace use --strategy adc or mcmc")
-        if world.distributed:
-            cfg.dist.check()
+        cfg.dist.check()
         self.callbacks = CallbackList(callbacks if world.is_main else ())
         if cfg.viewer and world.is_main:  # the plugin checks its port now, before the data is loaded
             self.callbacks.append(load_callback("viewer", cfg))
@@ -190,15 +189,18 @@ class Trainer:
             self.start_step, self.train_seconds, self.history = 0, 0.0, []
             model = model_cls.create(model_options, self.data, seed=cfg.seed)  # every rank the same
             if self.sharded is not None:
-                model = model_cls.from_state(model_options, self.sharded.shard(model.state(), model.num_gaussians),
-                                             model.scene_scale)
+                splats, _, _ = self.sharded.shard(model.state(), None, None, model.params.per_gaussian,
+                                                  model.num_gaussians)
+                model = model_cls.from_state(model_options, splats, model.scene_scale)
             self.set_model(model)
         else:
             self.start_step, self.train_seconds, self.history = int(ck["step"]), float(ck["train_seconds"]), ck["history"]
             splats, opt_state, strat_state = ck["splats"], ck["optimizer"], ck["strategy_state"]
             if self.sharded is not None:  # this rank's rows of the whole run (any process count wrote it)
-                n = int(splats["means"].shape[0])
-                splats, opt_state, strat_state = self.sharded.shard((splats, opt_state, strat_state), n)
+                whole = model_cls.from_state(model_options, splats, scene_scale)
+                splats, opt_state, strat_state = self.sharded.shard(splats, opt_state, strat_state,
+                                                                    whole.params.per_gaussian, whole.num_gaussians)
+                del whole
             self.set_model(model_cls.from_state(model_options, splats, scene_scale))
             self.optimizer.load_state_dict(opt_state)
             self.state.update({k: v.to(self.device) if isinstance(v, torch.Tensor) else v
@@ -221,7 +223,7 @@ class Trainer:
         state = self.sharded.gather(self.model.state())
         if state is None:
             return None
-        return type(self.model).from_state(self._model_options, state, self.model.scene_scale).to(self.device)
+        return type(self.model).from_state(self._model_options, state[0], self.model.scene_scale).to(self.device)
 
     @property
     def display_model(self) -> Model:
@@ -332,7 +334,7 @@ class Trainer:
         state = (self.model.state(), self.optimizer.state_dict(),
                  {k: v for k, v in self.state.items() if k != "scene_scale"})
         if self.sharded is not None:
-            state = self.sharded.gather(state)
+            state = self.sharded.gather(*state)
         path = self.out / "ckpts" / f"ckpt_{step}.pt"
         if state is not None:
             splats, optimizer, strategy_state = state

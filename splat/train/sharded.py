@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -50,13 +50,14 @@ __all__ = ["ShardedStep", "TILE", "check_shardable"]
 
 TILE = 16
 _EVENT_KEYS = ("clone", "split", "prune", "relocated", "added", "reset", "prune_weight")
+_EVENT_FLAGS = ("reset",)  # every rank reports it; the others are counts, summed
 
 
 def check_shardable(cfg, model_cls, optimizer_cls) -> None:
     """Raise ``ValueError`` for what the sharded step cannot train: a model whose render needs
     every Gaussian (shadows toward a light) or whose losses span the whole model, an optimizer
     without a plain gradient update (Levenberg-Marquardt), SteepGS (2D conic gradients),
-    absgrad."""
+    absgrad, a temporal hierarchy (row-sparse gradients)."""
     if not getattr(model_cls, "shardable", True):
         raise ValueError(f"--model {cfg.model} cannot train on several processes yet: "
                          f"{getattr(model_cls, 'shardable_reason', 'its render needs every Gaussian')}")
@@ -66,6 +67,9 @@ def check_shardable(cfg, model_cls, optimizer_cls) -> None:
     if cfg.strategy == "steepgs":
         raise ValueError("--strategy steepgs cannot train on several processes yet (its splitting matrices need "
                          "each view's 2D conic gradients in one place); use --strategy adc or mcmc")
+    if getattr(cfg.options("model"), "hierarchy_levels", 0):
+        raise ValueError(f"--{cfg.model}.hierarchy-levels cannot train on several processes yet (its row-sparse "
+                         f"gradients and node assignments are not exchanged); leave it at 0")
     if getattr(cfg.options("strategy"), "absgrad", False):
         raise ValueError("--adc.absgrad cannot train on several processes yet (per-pixel |gradient| sums do not "
                          "add up over image strips); leave it off")
@@ -96,23 +100,37 @@ class ShardedStep:
         """This rank's rows [start, end) of a whole model of `n_total` Gaussians."""
         return shard_bounds(n_total, self.world.size)[self.world.rank]
 
-    def shard(self, obj, n_total: int):
-        """`obj`'s rows of this rank (tensors of first dimension `n_total` sliced)."""
+    def shard(self, splats, optimizer, strategy_state, names, n_total: int):
+        """This rank's rows of a whole run's state: the per-Gaussian parameters `names` of
+        `splats`, their optimizer state, the strategy's per-Gaussian statistics (tensors of first
+        dimension `n_total`); shared parameters (a decoder's weights) and their state whole."""
         a, b = self.own(n_total)
-        return slice_rows(obj, n_total, a, b)
+        splats = {k: v[a:b].clone() if k in names else v for k, v in splats.items()}
+        if optimizer is not None:
+            optimizer = {k: slice_rows(v, n_total, a, b) if k in names else v for k, v in optimizer.items()}
+        if strategy_state is not None:
+            strategy_state = slice_rows(strategy_state, n_total, a, b)
+        return splats, optimizer, strategy_state
 
     def refresh_sizes(self) -> None:
         self.sizes = self.world.all_gather_sizes(self.t.model.num_gaussians, "the shard sizes")
         self.total = sum(self.sizes)
 
-    def gather(self, obj) -> Optional[object]:
-        """`obj` (tensors of this shard's row count among its entries) concatenated over the ranks
-        on rank 0 (None elsewhere)."""
+    def gather(self, splats, optimizer=None, strategy_state=None):
+        """The inverse of `shard` on rank 0 (None elsewhere; a collective): the shards' per-Gaussian
+        parameters, their optimizer state and the strategy's statistics concatenated in rank order,
+        shared entries from rank 0."""
+        names = set(self.t.model.params.per_gaussian)
         n = self.t.model.num_gaussians
-        got = self.world.gather_objects((n, obj), "a gather of the model")
+        got = self.world.gather_objects((n, splats, optimizer, strategy_state), "a gather of the model")
         if got is None:
             return None
-        return concat_rows([o for _, o in got], [k for k, _ in got])
+        ns = [g[0] for g in got]
+        out_splats = {k: torch.cat([g[1][k] for g in got]) if k in names else v for k, v in got[0][1].items()}
+        out_opt = None if optimizer is None else {
+            k: concat_rows([g[2][k] for g in got], ns) if k in names else v for k, v in got[0][2].items()}
+        out_strategy = None if strategy_state is None else concat_rows([g[3] for g in got], ns)
+        return out_splats, out_opt, out_strategy
 
     # ------------------------------------------------------------------ the step
     def train_step(self, step: int) -> dict:
@@ -307,7 +325,7 @@ class ShardedStep:
         events.update(model.update(step))
         ev = torch.tensor([float(events.get(k, 0)) for k in _EVENT_KEYS], dtype=torch.float64, device=dev)
         world.all_reduce_(ev, "the density-control events")
-        events = {k: int(v) for k, v in zip(_EVENT_KEYS, ev.tolist()) if k in events or v}
+        events = {k: (min(int(v), 1) if k in _EVENT_FLAGS else int(v)) for k, v in zip(_EVENT_KEYS, ev.tolist()) if v}
         st["density_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         self.refresh_sizes()
