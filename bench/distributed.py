@@ -6,7 +6,8 @@ Parts (each a real `splat-train` launch, one after another, never two at once):
   ``splat-train``) and on 2 (``torchrun --nproc-per-node=2``): test PSNR, Gaussian count, wall
   time; the check is 0.05 dB and 1% of the Gaussians;
 * ``batch``: ``--batch-size 4`` on 2 processes for S/4 steps against batch 1 on one process for S
-  steps (the same images seen; S = 300): within 1 dB;
+  steps (the same images seen; S = 300): within 1 dB; with Adam's sqrt(B) (Grendel) and linear
+  learning-rate scaling; ``batch_long``: the same at the equal run's length (its batch-1 run);
 * ``split``: per-step seconds of each stage on 2 processes (projection, the Gaussians' exchange,
   render, backward, the gradients' return, optimizer, density control, re-balancing), from the
   ``equal`` run's ``metrics.json``;
@@ -106,7 +107,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=None, help="steps of the equal run (default 3000; 300 with --quick)")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--parts", nargs="+", default=["equal", "batch", "volume"])
+    ap.add_argument("--parts", nargs="+", default=["equal", "batch", "batch_long", "volume"])
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
     a = ap.parse_args()
     if TORCHRUN is None:
@@ -138,17 +139,23 @@ def main():
               f"render balance {s['render_balance']:.3f}")
         OUT.write_text(json.dumps(results, indent=2))
 
-    if "batch" in a.parts:
-        S = 300
-        b1 = run(work / "b1", 0, ["--iterations", str(S)])
-        b4 = run(work / "b4", 2, ["--iterations", str(S // 4), "--batch-size", "4"])
-        r = {"batch1_steps": S, "batch1_psnr": b1["psnr"], "batch1_wall": b1["wall_seconds"],
-             "batch4_steps": S // 4, "batch4_psnr": b4["psnr"], "batch4_wall": b4["wall_seconds"],
-             "difference": b4["psnr"] - b1["psnr"]}
-        results["scenes"]["batch"] = r
-        print(f"batch: batch 4 on 2 processes, {S // 4} steps: {b4['psnr']:.2f} dB ({b4['wall_seconds']:.0f} s) vs "
-              f"batch 1 on 1, {S} steps: {b1['psnr']:.2f} dB ({b1['wall_seconds']:.0f} s): {r['difference']:+.2f} dB "
-              f"(check: within 1 dB)")
+    for part, S in (("batch", 300), ("batch_long", steps)):
+        if part not in a.parts:
+            continue
+        if part == "batch_long" and "equal" in results["scenes"] and results["scenes"]["equal"]["one"]:
+            b1 = dict(results["scenes"]["equal"]["one"])  # the equal run: batch 1, `steps` steps
+        else:
+            b1 = run(work / f"{part}1", 0, ["--iterations", str(S)])
+        r = {"batch1_steps": S, "batch1_psnr": b1["psnr"], "batch1_wall": b1["wall_seconds"], "batch4_steps": S // 4}
+        for rule in ("sqrt", "linear"):
+            b4 = run(work / f"{part}4{rule}", 2, ["--iterations", str(S // 4), "--batch-size", "4",
+                                                  "--adam.batch-scaling", rule])
+            r[rule] = {"psnr": b4["psnr"], "wall": b4["wall_seconds"], "num_gaussians": b4["num_gaussians"],
+                       "difference": b4["psnr"] - b1["psnr"]}
+            print(f"{part}: batch 4 on 2 processes, {S // 4} steps, {rule} learning-rate scaling: {b4['psnr']:.2f} dB "
+                  f"({b4['wall_seconds']:.0f} s) vs batch 1 on 1 process, {S} steps: {b1['psnr']:.2f} dB: "
+                  f"{r[rule]['difference']:+.2f} dB (check at 300 images: within 1 dB)")
+        results["scenes"][part] = r
         OUT.write_text(json.dumps(results, indent=2))
 
     if "volume" in a.parts:

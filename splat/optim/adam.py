@@ -21,10 +21,12 @@ class AdamConfig:
     """Adam's epsilon (3DGS uses 1e-15: the updates of tiny gradients are not damped)."""
     betas: Tuple[float, float] = (0.9, 0.999)
     """Decay rates of the first and second moment estimates."""
-    batch_scaling: Literal["sqrt", "none"] = "sqrt"
+    batch_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
     """With --batch-size B > 1: sqrt scales the learning rates by sqrt(B) and raises the betas to the
-    B-th power (Grendel, Zhao et al. 2024: a batch step then moves about as far as B single steps, and
-    the moments forget at the same rate per view); none keeps both."""
+    B-th power (Grendel, Zhao et al. 2024: for independent per-view gradients a batch step then moves
+    about as far as B single steps, and the moments forget at the same rate per view); linear scales
+    them by B (betas as sqrt: for short runs, whose early gradients agree across views, see the README);
+    none keeps both."""
 
 
 class AdamOptimizer(Optimizer):
@@ -48,8 +50,8 @@ class AdamOptimizer(Optimizer):
 
     def attach(self, trainer) -> None:
         B = int(getattr(trainer.cfg, "batch_size", 1))
-        if B > 1 and self.config.batch_scaling == "sqrt":
-            self.lr_scale = math.sqrt(B)
+        if B > 1 and self.config.batch_scaling in ("sqrt", "linear"):
+            self.lr_scale = math.sqrt(B) if self.config.batch_scaling == "sqrt" else float(B)
             betas = tuple(b ** B for b in self.config.betas)
             for opt in self.optimizers.values():
                 for group in opt.param_groups:

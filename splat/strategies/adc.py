@@ -64,16 +64,17 @@ def prune_step(params, optimizers, state, step: int, prune_opa: float, prune_sca
     return {"prune": n}
 
 
-def scaled_schedule(strategy, factor: float):
+def scaled_schedule(strategy, factor: float, batch: int = 1):
     """A refinement schedule (``refine_start_iter``, ``refine_stop_iter``, ``refine_every``,
     ``reset_every``: ADC's, SteepGS's) for a run `factor` times as long as 30k steps: start,
     stop and reset steps are multiplied by `factor`. `refine_every` shrinks no lower than
-    100 steps, so each decision still averages gradients over many views (scaling it down
-    with short runs makes the count grow geometrically)."""
+    100 views (100 / `batch` steps of `batch` views), so each decision still averages gradients
+    over many views (scaling it down with short runs makes the count grow geometrically)."""
+    floor = max(1, min(strategy.refine_every, 100) // max(1, int(batch)))
     return dataclasses.replace(
         strategy, refine_start_iter=int(strategy.refine_start_iter * factor),
         refine_stop_iter=int(strategy.refine_stop_iter * factor),
-        refine_every=max(min(strategy.refine_every, 100), int(strategy.refine_every * factor)),
+        refine_every=max(floor, int(strategy.refine_every * factor)),
         reset_every=int(strategy.reset_every * factor))
 
 
@@ -167,5 +168,5 @@ class ADCStrategy(Strategy):
     def _prune(self, params, optimizers, state, step) -> Dict[str, int]:
         return prune_step(params, optimizers, state, step, self.prune_opa, self.prune_scale3d, self.reset_every)
 
-    def scaled(self, factor: float) -> "ADCStrategy":
-        return scaled_schedule(self, factor)
+    def scaled(self, factor: float, batch: int = 1) -> "ADCStrategy":
+        return scaled_schedule(self, factor, batch)

@@ -35,9 +35,10 @@ class Strategy:
     absgrad = False
     """Whether the renderer must accumulate |d loss / d means2d| (AbsGS) for this strategy."""
 
-    def scaled(self, factor: float) -> "Strategy":
-        """The strategy for a run `factor` times as long as 30k steps (its step counts scaled);
-        a strategy without a schedule returns itself."""
+    def scaled(self, factor: float, batch: int = 1) -> "Strategy":
+        """The strategy for a run `factor` times as long as 30k steps (its step counts scaled) of
+        `batch` views per step (a schedule counts views: Grendel's rule; a floor of N views between
+        two rounds is N / batch steps); a strategy without a schedule returns itself."""
         return self
 
     def check_sanity(self, params: torch.nn.ParameterDict, optimizers: Dict[str, torch.optim.Optimizer]) -> None:

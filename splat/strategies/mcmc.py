@@ -92,7 +92,7 @@ class MCMCStrategy(Strategy):
     grow_rate: float = 0.05
     """Fraction of Gaussians added per round until cap_max."""
 
-    def scaled(self, factor: float) -> "MCMCStrategy":
+    def scaled(self, factor: float, batch: int = 1) -> "MCMCStrategy":
         """The schedule of a run `factor` times as long as 30k steps, as gsplat's ``steps_scaler``
         scales MCMC's: start, stop and the interval (so a short run grows and relocates as
         often, per step, as a long one; at least every step), and the cap with them: the

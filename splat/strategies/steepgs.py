@@ -237,9 +237,9 @@ class SteepGSStrategy(Strategy):
         order = torch.argsort(score)
         return rows[order], v[order], var_v[order].sqrt()
 
-    def scaled(self, factor: float) -> "SteepGSStrategy":
+    def scaled(self, factor: float, batch: int = 1) -> "SteepGSStrategy":
         """The schedule for a run `factor` times as long as 30k steps, as ADC scales its own."""
-        return scaled_schedule(self, factor)
+        return scaled_schedule(self, factor, batch)
 
 
 def unpack_symmetric(packed: Tensor) -> Tensor:

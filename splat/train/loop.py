@@ -159,7 +159,7 @@ class Trainer:
             self.callbacks.append(load_callback("viewer", cfg))
         if cfg.scale_schedule:
             factor = self.iterations / DEFAULT_ITERATIONS
-            strategy = strategy.scaled(factor)
+            strategy = strategy.scaled(factor, batch=cfg.batch_size) if cfg.batch_size > 1 else strategy.scaled(factor)
             model_options = model_options.scaled(factor) if hasattr(model_options, "scaled") else model_options
         self.strategy = strategy
         self.settings = RenderSettings(cfg.backend, cfg.rasterize_mode)
