@@ -77,7 +77,8 @@ def scene_path(name: str) -> Path:
     raise ValueError(f"unknown scene {name!r} (object, wide)")
 
 
-def bench_scene(name: str, steps: int, context: str, tmp: Path, margin: float = 0.2, coarse: float = 0.25) -> dict:
+def bench_scene(name: str, steps: int, context: str, tmp: Path, margin: float = 0.3, coarse: float = 0.5,
+                single: dict = None) -> dict:
     data = scene_path(name)
     common = ["--data", str(data), "--iterations", str(steps), "--no-progress", "--save-every", "0",
               "--save-renders", "0", "--seed", "0"]
@@ -85,13 +86,16 @@ def bench_scene(name: str, steps: int, context: str, tmp: Path, margin: float = 
     base = run_measured([sys.executable, "-c", _BASELINE, str(data)])
     print(f"  baseline (python + torch + splat + the dataset): {base['peak_rss_mib']:.0f} MiB", flush=True)
 
-    single_out = tmp / f"{name}_single"
-    s = run_measured([sys.executable, "-m", "splat.train", *common, "--out", str(single_out)])
-    sm = json.loads((single_out / "metrics.json").read_text())
-    single = {"psnr": sm["psnr"], "ssim": sm["ssim"], "num_gaussians": sm["num_gaussians"], "iterations": steps,
-              "train_seconds": sm["train_seconds"], "wall_s": s["wall_s"], "peak_rss_mib": s["peak_rss_mib"],
-              "train_views": sm["train_views"], "test_views": sm["test_views"]}
-    print(f"  one model : PSNR {single['psnr']:.2f}  {single['num_gaussians']:8,d} Gaussians  "
+    if single is None:
+        single_out = tmp / f"{name}_single"
+        s = run_measured([sys.executable, "-m", "splat.train", *common, "--out", str(single_out)])
+        sm = json.loads((single_out / "metrics.json").read_text())
+        single = {"psnr": sm["psnr"], "ssim": sm["ssim"], "num_gaussians": sm["num_gaussians"], "iterations": steps,
+                  "train_seconds": sm["train_seconds"], "wall_s": s["wall_s"], "peak_rss_mib": s["peak_rss_mib"],
+                  "train_views": sm["train_views"], "test_views": sm["test_views"]}
+    else:
+        single = dict(single, reused=True)
+    print(f"  one model{' (reused)' if single.get('reused') else ''} : PSNR {single['psnr']:.2f}  {single['num_gaussians']:8,d} Gaussians  "
           f"{single['wall_s']:6.1f} s  peak {single['peak_rss_mib']:.0f} MiB", flush=True)
 
     out = tmp / f"{name}_blocks"
@@ -155,9 +159,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", default="object,wide", help="comma-separated: object, wide")
     ap.add_argument("--context", default="aux", choices=["aux", "coarse", "none"],
                     help="what a block renders beside its Gaussians (--blocks-context)")
-    ap.add_argument("--margin", type=float, default=0.2, help="--blocks-margin")
-    ap.add_argument("--coarse", type=float, default=0.25, help="--blocks-coarse")
+    ap.add_argument("--margin", type=float, default=0.3, help="--blocks-margin")
+    ap.add_argument("--coarse", type=float, default=0.5, help="--blocks-coarse")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results_blocks.json")
+    ap.add_argument("--reuse-single", action="store_true",
+                    help="take the one-model run of each scene from bench/results_blocks.json (same steps) instead of "
+                         "training it again (its code does not depend on the block options)")
     a = ap.parse_args(argv)
     steps = a.steps or (300 if a.quick else 2000)
     from splat.train import blocks as tb
@@ -166,13 +173,16 @@ def main(argv=None) -> int:
                 "masked_loss": tb.MASK_LOSS}  # the steps are per scene (each scene's "steps")
     results = {"machine": {"cpu": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
                "settings": settings, "scenes": {}}
+    singles = {}
     if RESULTS.is_file():
         old = json.loads(RESULTS.read_text())
         if old.get("settings") == settings:
             results["scenes"].update(old.get("scenes", {}))
+        singles = {k: v["single"] for k, v in old.get("scenes", {}).items() if v.get("steps") == steps}
     with tempfile.TemporaryDirectory(prefix="bench_blocks_") as tmp:
         for name in a.scenes.split(","):
-            results["scenes"][name] = bench_scene(name.strip(), steps, a.context, Path(tmp), a.margin, a.coarse)
+            results["scenes"][name] = bench_scene(name.strip(), steps, a.context, Path(tmp), a.margin, a.coarse,
+                                                  singles.get(name.strip()) if a.reuse_single else None)
             if not a.no_save:
                 RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     if not a.no_save:

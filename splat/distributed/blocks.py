@@ -32,7 +32,7 @@ from ..cameras import _horizon_axes, camera_frame
 __all__ = ["BlockPartition", "ground_frame", "camera_visibility", "point_loads", "partition_points",
            "block_cameras", "merge_blocks", "DEFAULT_MARGIN"]
 
-DEFAULT_MARGIN = 0.2
+DEFAULT_MARGIN = 0.3
 """Margin of a block's training region, as a fraction of its core cell's size (each bounded side)."""
 
 

@@ -65,10 +65,10 @@ class TrainConfig:
     block: Optional[int] = None
     """With --blocks K: train only block i (0..K-1) into OUT/blocks/<i> (to spread the blocks over machines by
     hand); a later `--blocks K` run without --block trains what is missing and merges."""
-    blocks_margin: float = 0.2
+    blocks_margin: float = 0.3
     """With --blocks: each block trains the Gaussians of its core cell grown by this fraction of the cell's size on
     each bounded side."""
-    blocks_coarse: float = 0.25
+    blocks_coarse: float = 0.5
     """With --blocks: steps of the coarse global model (all views) that the blocks start from, as a fraction of
     --iterations (CityGaussian's prior)."""
     blocks_context: Literal["aux", "coarse", "none"] = "aux"
