@@ -26,10 +26,16 @@ def make_views(n_views=12, width=48, height=40, n_gauss=300, seed=0, radius=3.0)
         eye = (radius * math.cos(a) * math.cos(el), -radius * math.sin(el), radius * math.sin(a) * math.cos(el))
         viewmats.append(look_at(eye).float())
         Ks.append(torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]]))
-    viewmats, Ks = torch.stack(viewmats), torch.stack(Ks)
+    return render_views((means, quats, scales, opac, sh), torch.stack(viewmats), torch.stack(Ks), width, height)
+
+
+def render_views(gaussians, viewmats, Ks, width, height, backend="torch"):
+    """Views of Gaussians (means, quats, scales, opacities, SH of degree 1) as `write_blender` takes
+    them: RGBA uint8 renders on white, cameras, and the means as points with their base colour."""
+    means, quats, scales, opac, sh = gaussians
     with torch.no_grad():
         img, alpha, _ = splat.rasterize(means, quats, scales, opac, sh, viewmats, Ks, width, height, sh_degree=1,
-                                        backgrounds=torch.ones(n_views, 3), backend="torch")
+                                        backgrounds=torch.ones(len(viewmats), 3), backend=backend)
     rgba = torch.cat([img, alpha], -1).clamp(0, 1)
     rgb = (sh[:, 0] * 0.28209479177387814 + 0.5).clamp(0, 1)
     return {"viewmats": viewmats, "Ks": Ks, "rgba": (rgba * 255 + 0.5).to(torch.uint8).numpy(),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scene_utils import gaussians, look_at
-from synthetic_data import small_train_config, write_blender
+from synthetic_data import render_views, small_train_config, write_blender
 
 import splat
 from splat.distributed.blocks import (BlockPartition, block_cameras, camera_visibility, ground_frame,
@@ -101,15 +101,8 @@ def _toy_views(n_views=18, width=48, height=40, n_gauss=500, seed=0):
         target = (x + 0.5 * math.cos(a), 0.0, 0.5 * math.sin(a))
         viewmats.append(look_at(eye, target).float())
         Ks.append(torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]]))
-    viewmats, Ks = torch.stack(viewmats), torch.stack(Ks)
-    with torch.no_grad():
-        img, alpha, _ = splat.rasterize(means, quats, scales, opac, sh, viewmats, Ks, width, height, sh_degree=1,
-                                        backgrounds=torch.ones(n_views, 3), backend="cpu")
-    rgba = torch.cat([img, alpha], -1).clamp(0, 1)
-    rgb = (sh[:, 0] * 0.28209479177387814 + 0.5).clamp(0, 1)
-    return {"viewmats": viewmats, "Ks": Ks, "rgba": (rgba * 255 + 0.5).to(torch.uint8).numpy(),
-            "points": means.numpy(), "rgb": (rgb * 255 + 0.5).to(torch.uint8).numpy(), "width": width,
-            "height": height}
+    return render_views((means, quats, scales, opac, sh), torch.stack(viewmats), torch.stack(Ks), width, height,
+                        backend="cpu")
 
 
 @pytest.fixture(scope="module")
