@@ -83,8 +83,10 @@ def test_strip_tiles_render_the_image_rows(backend, camera_model):
         r0, r1 = strip.row0 * 16, min(61, strip.row1 * 16)
         gm_part, = torch.autograd.grad((part[:, r0:r1] * w[:, r0:r1]).sum(), means)
         gm_rows, = torch.autograd.grad((full[:, r0:r1] * w[:, r0:r1]).sum(), means, retain_graph=True)
-        # the CPU tracer sums gradients in thread order: equal up to float order
-        assert torch.allclose(gm_part, gm_rows, atol=1e-6, rtol=1e-4), strip
+        # the CPU tracer sums gradients in thread order: equal up to float order, so the
+        # tolerance follows the gradients' scale (a cancelling sum loses digits of the largest terms)
+        scale = float(gm_rows.abs().max())
+        assert torch.allclose(gm_part, gm_rows, atol=1e-5 * scale, rtol=1e-4), strip
         assert gm_rows.abs().sum() > 0
 
 
