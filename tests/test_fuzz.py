@@ -72,6 +72,8 @@ def model_seeds(tmp_path_factory):
     out["spz_v1"] = (_spz_v1(s), ".spz", {})
     for v in (2, 3, 4):
         out[f"spz_v{v}"] = (sio.spz.encode_spz(s, version=v), ".spz", {})
+    out["sog"] = (sio.sog.encode_sog(s), ".sog", {})
+    out["glb"] = (sio.glb.encode_glb(s), ".glb", {})
     buf = io.BytesIO()
     torch.save({"splats": s, "step": 7}, buf)
     out["checkpoint"] = (buf.getvalue(), ".pt", {})
@@ -85,7 +87,8 @@ def _inner(data: bytes):
     return data, None
 
 
-MODEL_READERS = ["ply", "ply_ascii", "compressed_ply", "splat", "spz_v1", "spz_v2", "spz_v3", "spz_v4", "checkpoint"]
+MODEL_READERS = ["ply", "ply_ascii", "compressed_ply", "splat", "spz_v1", "spz_v2", "spz_v3", "spz_v4", "sog", "glb",
+                 "checkpoint"]
 
 
 @pytest.mark.parametrize("kind", MODEL_READERS)

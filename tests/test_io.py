@@ -87,8 +87,10 @@ def gsplat_bytes(s, fmt):
 
 
 def test_detect_format_and_api():
-    assert sio.FORMATS == ("ply", "compressed_ply", "splat", "spz")
+    assert sio.FORMATS == ("ply", "compressed_ply", "splat", "spz", "sog", "glb")
     assert sio.detect_format("a/b.compressed.ply") == "compressed_ply"
+    assert sio.detect_format("x.sog") == "sog" and sio.detect_format("dir/meta.json") == "sog"
+    assert sio.detect_format("x.glb") == "glb" and sio.detect_format("x.gltf") == "glb"
     assert sio.detect_format("x.PLY") == "ply"
     assert sio.detect_format("x.splat") == "splat"
     assert sio.detect_format("x.spz") == "spz"

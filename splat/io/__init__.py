@@ -9,6 +9,9 @@ name                file names                      what it is
 ``compressed_ply``  ``*.compressed.ply``            PlayCanvas/SuperSplat compressed .ply
 ``splat``           ``*.splat``                     antimatter15 .splat (32 bytes, SH degree 0)
 ``spz``             ``*.spz``                       Niantic .spz (v3 written; v1-v4 read)
+``sog``             ``*.sog``, ``meta.json``        PlayCanvas SOG v2 (zip of WebP images; read:
+                                                    also unbundled meta.json + images)
+``glb``             ``*.glb`` (``*.gltf`` read)     glTF 2.0 with KHR_gaussian_splatting
 ==================  ==============================  =========================================
 
 ``load`` also reads training checkpoints (``*.pt``, ``*.pth``, ``*.ckpt``: a
@@ -48,7 +51,9 @@ from typing import Any, Mapping
 import torch
 
 from . import compressed_ply as _compressed_ply
+from . import glb as _glb
 from . import ply as _ply
+from . import sog as _sog
 from . import splat_format as _splat
 from . import spz as _spz
 from .common import (SH_C0, SPLAT_KEYS, FormatError, atomic_write, identity_for_degenerate_quats, num_gaussians,
@@ -71,7 +76,7 @@ __all__ = [
     "validate_splats",
 ]
 
-FORMATS = ("ply", "compressed_ply", "splat", "spz")
+FORMATS = ("ply", "compressed_ply", "splat", "spz", "sog", "glb")
 LOAD_FORMATS = FORMATS + ("checkpoint",)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -79,7 +84,8 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 def detect_format(path: str | os.PathLike) -> str:
     """Format name from a file name: ``*.compressed.ply`` -> ``compressed_ply``,
-    ``*.ply`` -> ``ply``, ``*.splat`` -> ``splat``, ``*.spz`` -> ``spz``,
+    ``*.ply`` -> ``ply``, ``*.splat`` -> ``splat``, ``*.spz`` -> ``spz``, ``*.sog`` and
+    ``meta.json`` -> ``sog``, ``*.glb``/``*.gltf`` -> ``glb``,
     ``*.pt``/``*.pth``/``*.ckpt`` -> ``checkpoint`` (read only)."""
     name = Path(path).name.lower()
     if name.endswith(".compressed.ply"):
@@ -90,11 +96,15 @@ def detect_format(path: str | os.PathLike) -> str:
         return "splat"
     if name.endswith(".spz"):
         return "spz"
+    if name.endswith(".sog") or name == "meta.json":
+        return "sog"
+    if name.endswith((".glb", ".gltf")):
+        return "glb"
     if name.endswith(CHECKPOINT_SUFFIXES):
         return "checkpoint"
     raise FormatError(
         f"{path}: cannot tell the format from the name; use a .ply, .compressed.ply, "
-        ".splat, .spz (or .pt checkpoint) name or pass format= one of " + ", ".join(FORMATS)
+        ".splat, .spz, .sog, .glb (or .pt checkpoint) name or pass format= one of " + ", ".join(FORMATS)
     )
 
 
@@ -103,6 +113,10 @@ def _sniff(data: bytes) -> str | None:
         return "ply"
     if data[:2] == b"\x1f\x8b" or data[:4] == b"NGSP":
         return "spz"
+    if data[:4] == b"glTF":
+        return "glb"
+    if data[:4] == b"PK\x03\x04":
+        return "sog"
     return None
 
 
@@ -151,6 +165,10 @@ def load(path: str | os.PathLike, format: str | None = None) -> dict[str, torch.
         return _read_any_ply(p)
     if format == "splat":
         return _splat.read_splat(p)
+    if format == "sog":
+        return _sog.read_sog(p)
+    if format == "glb":
+        return _glb.read_glb(p)
     return _spz.read_spz(p)
 
 
@@ -164,7 +182,9 @@ def save(
 
     ``format`` defaults to ``detect_format(path)``. ``options`` go to the
     format's writer: ``ply``: ``normals=True``; ``spz``: ``version=3``,
-    ``antialiased=False``; the others take none."""
+    ``antialiased=False``; ``sog``: ``order="morton"`` (or a permutation, e.g.
+    `splat.compress.plas.grid_order`), ``sh_palette=None``, ``antialiased=False``; the others
+    take none."""
     if format is None:
         format = detect_format(path)
     if format == "checkpoint":
@@ -176,5 +196,7 @@ def save(
         "compressed_ply": _compressed_ply.write_compressed_ply,
         "splat": _splat.write_splat,
         "spz": _spz.write_spz,
+        "sog": _sog.write_sog,
+        "glb": _glb.write_glb,
     }[format]
     return writer(path, splats, **options)
