@@ -855,6 +855,53 @@ def test_viewer_sends_the_scenes_render_modes_display_and_level_of_detail(server
     assert img.first_k is None
 
 
+def test_budget_slider_changes_the_gaussians_sent(servers):
+    """The Budget slider shows apply_budget's fast path of the model (importance measured once, off
+    the GUI callbacks): fewer Gaussians sent to viser's client splats, and the server frames are
+    renders of that smaller model; back at 1 the whole model."""
+    from splat.compress.budget import apply_budget, gaussian_importance
+    from viewer.scene import TrainingCamera
+
+    s = random_splats(N=120, seed=6)
+    scene = SplatScene(s)
+    v = servers.viewer(scene, resolution=96)
+    assert v.budget is not None and (v.budget.min, v.budget.max, v.budget.value) == (0.01, 1.0, 1.0)
+    c = servers.client(v, width=160, height=120)
+    c.set_camera((0, 0, -3), (0, 0, 0), up=(0, -1, 0))
+    h = server_client(v)
+    v.display.value = "client splats"
+    assert v._splats_node.buffer.shape[0] == 120
+    v.budget.value = 0.25
+    assert wait_until(lambda: v._splats_node.buffer.shape[0] == 30, 30), v.last_error
+    assert scene.num_shown == 30 and scene.num_gaussians == 120 and "30 of 120" in v.info.content
+    imp = scene._importance
+    assert imp is not None and imp.shape == (120,)
+    v.budget.value = 0.5
+    assert wait_until(lambda: v._splats_node.buffer.shape[0] == 60, 30), v.last_error
+    assert scene._importance is imp  # measured once
+    v.display.value = "server render"
+    shown = SplatScene(apply_budget(s, 0.5, imp, distill_steps=0), scene_scale=scene.scene_scale)
+    assert _frame_matches(v, h, lambda cam: shown.render(cam, "rgb")), v.last_error
+    v.budget.value = 1.0
+    assert _frame_matches(v, h, lambda cam: SplatScene(s).render(cam, "rgb"))
+    assert scene.num_shown == 120 and "of" not in v.info.content
+    with pytest.raises(ValueError, match="fraction"):
+        scene.set_budget(0.0)
+
+    # a model with its training cameras measures importance in them (a bare file: views around it)
+    cams = [TrainingCamera(f"c{i}", viewmat_from_pose(*pose_from_viewmat(front_camera().viewmat)), front_camera().K,
+                           48, 40) for i in range(2)]
+    with_cams = SplatScene(s, cameras=cams)
+    from splat.cameras import Cameras
+    from splat.render import NEAR_PLANE
+
+    want = gaussian_importance(s, Cameras(torch.as_tensor(np.stack([c.viewmat for c in cams]), dtype=torch.float32),
+                                          torch.as_tensor(np.stack([c.K for c in cams]), dtype=torch.float32), 48, 40),
+                               near_plane=NEAR_PLANE * with_cams.scene_scale)
+    assert torch.equal(with_cams.budget_importance(), want)
+    assert torch.equal(scene.budget_importance(), gaussian_importance(s, near_plane=NEAR_PLANE * scene.scene_scale))
+
+
 # ----------------------------------------------------------------------------- 10. jump to a training camera
 
 

@@ -8,7 +8,8 @@ viser's client-side Gaussian splatting for smooth navigation ("Display").
 Threads: viser's server thread and callbacks only record what changed (the
 camera, a control) and wake one render thread, which renders the newest state
 of each client, latest wins: a lower resolution while the camera moves, the
-full one once it rests. A live training hands over parameter copies through
+full one once it rests. The Budget slider's fraction is applied there too (its first
+use measures the Gaussians' importance). A live training hands over parameter copies through
 `viewer.live.TrainingLink` and never waits for the viewer.
 """
 from __future__ import annotations
@@ -113,6 +114,7 @@ class Viewer:
         self._stop = threading.Event()
         self._last_request = 0.0
         self._splats_version = -1
+        self._budget_failed: Optional[float] = None
         self._snap_count = 0
         self.render_count = 0
         self.last_frames: Dict[int, tuple] = {}  # client id -> (image, full resolution?, mode) last sent
@@ -174,6 +176,14 @@ class Viewer:
                                              initial_value=resolution,
                                              hint="long side of the server render, in pixels (half while moving)")
             self.backend = gui.add_dropdown("Backend", tuple(_backends()), initial_value="auto")
+            self.budget = None
+            if getattr(scene, "supports_budget", False) and self.link is None:  # a model file, not a training
+                self.budget = gui.add_slider(
+                    "Budget", min=0.01, max=1.0, step=0.01, initial_value=1.0,
+                    hint="fraction of the Gaussians shown: the most important ones (blend weight summed over "
+                         + ("the training views" if scene.cameras else "views around the model")
+                         + "), each dropped one merged into a near survivor (splat.compress.budget)")
+                self.budget.on_update(lambda _: self._wake.set())  # the render thread applies it
             self.render_info = gui.add_markdown("")
             self.snapshot = gui.add_button("Snapshot (PNG)", hint="render this view at full resolution, save it "
                                            f"under {self.snapshot_dir} and download it")
@@ -331,6 +341,27 @@ class Viewer:
                 self._splats_node.visible = False
         self._invalidate()
 
+    def _apply_budget(self) -> None:
+        """In the render thread: show the Budget slider's fraction when it differs from the scene's
+        (the first time measures the importance: seconds, while callbacks stay free)."""
+        if self.budget is None:
+            return
+        want = float(self.budget.value)
+        if want == self.scene.budget or want == self._budget_failed:
+            return
+        first = not self.scene.importance_measured and want < 1.0
+        if first:
+            self.render_info.content = "measuring the Gaussians' importance for the budget..."
+        try:
+            self.scene.set_budget(want)
+        except Exception as e:  # keep serving the last model shown
+            self.last_error = f"budget: {type(e).__name__}: {e}"
+            self.render_info.content = self.last_error
+            self._budget_failed = want  # not again until the slider moves
+            return
+        self._budget_failed = None
+        self.info.content = self._info_text()
+
     def _sync_client_splats(self, force: bool = False) -> None:
         version = self.scene.version  # read first: a change while they are computed is synced next time
         if not force and self._splats_version == version:
@@ -415,6 +446,7 @@ class Viewer:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            self._apply_budget()
             with self._lock:
                 views = list(self._views.values())
             if not views:
@@ -422,8 +454,11 @@ class Viewer:
             if self.display.value == "client splats":
                 if self.link is not None:
                     self._maybe_request(float(self.refresh.value) * 5)
+                if self.link is not None or self.budget is not None:  # a new snapshot, a new budget
                     try:
-                        self._sync_client_splats()
+                        with self._send_lock:  # not after a switch back to server renders
+                            if self.display.value == "client splats":
+                                self._sync_client_splats()
                     except Exception as e:
                         self.last_error = str(e)
                 continue
@@ -478,6 +513,8 @@ class Viewer:
         sc = self.scene
         what = "2D image model" if sc.kind == "image2d" else "3D Gaussians"
         live = " (training)" if self.link is not None else ""
+        if getattr(self, "budget", None) is not None and sc.budget < 1.0:
+            return f"**{sc.name}**: {sc.num_shown:,} of {sc.num_gaussians:,} {what} (budget {sc.budget:.2f})"
         return f"**{sc.name}**{live}: {sc.num_gaussians:,} {what}"
 
     def _status_text(self) -> str:

@@ -6,6 +6,8 @@ Two kinds exist today:
 * `SplatScene`: static 3D Gaussians (a splats dict: a model file, a checkpoint
   or a live training's parameters). Modes rgb / depth / alpha, any backend,
   plus the Gaussians in the form viser's client-side splat renderer takes.
+  `set_budget(F)` shows a fraction F of them (`splat.compress.budget`'s fast path:
+  the most important, the others merged into them; importance measured once).
 * `Image2DScene`: a 2D image model (`splat.models.image2d.Image2D`). The viewer
   camera pans and zooms over the image plane and every frame is rendered by
   the 2D renderer at exactly the zoom shown (arbitrary-scale rendering).
@@ -165,6 +167,7 @@ class SplatScene:
     modes = ("rgb", "depth", "alpha")
     time_range: Optional[Tuple[float, float]] = None
     has_light = False
+    supports_budget = True  # `set_budget`: the viewer's Budget slider
 
     def __init__(self, splats: Dict[str, torch.Tensor], *, cameras: Sequence[TrainingCamera] = (),
                  background=(1.0, 1.0, 1.0), rasterize_mode: str = "classic", name: str = "model",
@@ -183,6 +186,9 @@ class SplatScene:
         self.rasterize_mode = rasterize_mode
         self.name = name
         self.up = up
+        self.budget = 1.0  # the fraction of the Gaussians shown (`set_budget`)
+        self._shown: Optional[Dict[str, torch.Tensor]] = None  # the budgeted model, None: the whole one
+        self._importance: Optional[torch.Tensor] = None  # cached per model (`budget_importance`)
 
     @staticmethod
     def _check(splats, name):
@@ -193,19 +199,90 @@ class SplatScene:
         return {k: splats[k].detach().float().contiguous() for k in need}
 
     def update(self, splats: Dict[str, torch.Tensor]) -> None:
+        """Swap in a new model; it is shown whole (budget back to 1, importance measured anew when
+        a budget is set again)."""
         s = self._check(splats, self.name)
         with self._lock:
             self._splats = s
+            self._shown, self._importance, self.budget = None, None, 1.0
             self.version += 1
 
     @property
     def splats(self) -> Dict[str, torch.Tensor]:
+        """The whole model (whatever the budget)."""
         with self._lock:
             return self._splats
 
     @property
+    def shown_splats(self) -> Dict[str, torch.Tensor]:
+        """What is rendered and sent: the model cut to the budget (`set_budget`), else the whole one."""
+        with self._lock:
+            return self._splats if self._shown is None else self._shown
+
+    @property
     def num_gaussians(self) -> int:
         return int(self.splats["means"].shape[0])
+
+    @property
+    def num_shown(self) -> int:
+        """How many Gaussians the budget shows."""
+        return int(self.shown_splats["means"].shape[0])
+
+    def importance_cameras(self):
+        """The views importance is measured in: the training cameras (as `splat.cameras.Cameras`
+        batches, one per image size, as pinhole cameras), or None for `splat.compress.budget`'s
+        fallback (views on the upper hemisphere around the model)."""
+        if not self.cameras:
+            return None
+        from splat.cameras import Cameras
+
+        by_size: Dict[Tuple[int, int], list] = {}
+        for c in self.cameras:
+            by_size.setdefault((int(c.width), int(c.height)), []).append(c)
+        return [Cameras(torch.as_tensor(np.stack([c.viewmat for c in cs]), dtype=torch.float32),
+                        torch.as_tensor(np.stack([c.K for c in cs]), dtype=torch.float32), W, H)
+                for (W, H), cs in by_size.items()]
+
+    @property
+    def importance_measured(self) -> bool:
+        """Whether `budget_importance` is cached for the current model (else `set_budget` below 1
+        measures it first)."""
+        with self._lock:
+            return self._importance is not None
+
+    def budget_importance(self) -> torch.Tensor:
+        """Each Gaussian's importance (`splat.compress.budget.gaussian_importance` from
+        `importance_cameras`), measured on first use and cached until the model changes."""
+        with self._lock:
+            splats, imp = self._splats, self._importance
+        if imp is None:
+            from splat.compress.budget import gaussian_importance
+
+            imp = gaussian_importance(splats, self.importance_cameras(), rasterize_mode=self.rasterize_mode,
+                                      near_plane=NEAR_PLANE * self.scene_scale)
+            with self._lock:
+                if self._splats is splats:
+                    self._importance = imp
+        return imp
+
+    def set_budget(self, fraction: float) -> None:
+        """Show a fraction `fraction` in (0, 1] of the Gaussians: `splat.compress.budget.apply_budget`'s
+        fast path (the most important ones, each dropped one merged into a near survivor; no
+        distillation), importance from `budget_importance`. 1 shows the whole model. Slow the
+        first time (the importance is measured); call it off the GUI thread. Raises ``ValueError``
+        for a fraction outside (0, 1]."""
+        from splat.compress.budget import apply_budget, kept_count
+
+        with self._lock:
+            splats = self._splats
+        kept_count(1, fraction)  # checks the fraction
+        F = float(fraction)
+        shown = None if F >= 1.0 else apply_budget(splats, F, self.budget_importance(), distill_steps=0)
+        with self._lock:
+            if self._splats is not splats:  # the model changed meanwhile: it is shown whole
+                return
+            self._shown, self.budget = shown, F
+            self.version += 1
 
     @property
     def scene_scale(self) -> float:
@@ -224,7 +301,7 @@ class SplatScene:
 
         if mode not in self.modes:
             raise ValueError(f"render mode {mode!r}: choose one of {', '.join(self.modes)}")
-        s = self.splats
+        s = self.shown_splats
         render_mode = "ED" if mode == "depth" else "RGB"
         bg = torch.tensor(self.background, dtype=torch.float32)[None] if mode == "rgb" else None
         with torch.no_grad():
@@ -238,8 +315,8 @@ class SplatScene:
 
     def client_splats(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(centers [N,3], covariances [N,3,3], rgbs [N,3] in [0,1], opacities [N,1]) for
-        viser's client-side splatting (view-independent colour: the SH degree-0 term)."""
-        return client_splats_of(self.splats)
+        viser's client-side splatting (view-independent colour: the SH degree-0 term), within the budget."""
+        return client_splats_of(self.shown_splats)
 
     def home_pose(self) -> Tuple[np.ndarray, np.ndarray, float]:
         """(wxyz, position, fov_y) of the first view: the first training camera, else
@@ -276,6 +353,7 @@ class ModelScene(SplatScene):
     model's 3D Gaussians at the current time, or shaded under the current light."""
 
     modes = ("rgb", "depth", "alpha")
+    supports_budget = False  # a model that renders itself has no splats dict to cut
 
     def __init__(self, model, *, cameras: Sequence[TrainingCamera] = (), background=(1.0, 1.0, 1.0),
                  rasterize_mode: str = "classic", name: str = "model", up: Optional[np.ndarray] = None):
