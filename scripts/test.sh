@@ -10,4 +10,9 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     $SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
         || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }
 fi
+# PlayCanvas splat-transform (npm, pinned by tools/splat-transform/package-lock.json): the .sog
+# interoperability test runs it on our files; skipped where node/npm are missing
+if command -v npm >/dev/null; then
+    bash scripts/install_splat_transform.sh >/dev/null || echo "warning: splat-transform not installed" >&2
+fi
 python3 -m pytest -q "$@"
