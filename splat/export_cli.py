@@ -25,8 +25,8 @@ the Gaussians that contribute less than T pixels in all (their blending weight s
 views), ``--budget F`` keeps the most important fraction F and adjusts the survivors (merge and
 a short distillation against the full model), ``--sh-degree D`` drops the higher SH bands,
 ``--sh-palette K`` vector-quantises the higher-order SH into K entries (a .sog always stores a
-palette: K is its size). The views are the run's training cameras (a run directory, or
-``--data DIR``), otherwise views around the model.
+palette: K is its size). The views are the run's training cameras (a run directory, a model
+file beside its run's config.json, or ``--data DIR``), otherwise views around the model.
 Bad input exits with status 1 and a one-line message, and leaves no output.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ class ExportCommand(ExportArgs):
     (the Z-order of the positions that PlayCanvas's writer uses)."""
     data: Optional[Path] = None
     """The dataset whose training cameras measure importance for --budget / --prune-below (default: the
-    run's, for a run directory; views around the model for a bare file)."""
+    run's, for a run directory or a model file beside its config.json; else views around the model)."""
 
 
 def _is_run_model(path: Path) -> bool:
@@ -113,9 +113,14 @@ def export(args: ExportCommand, out=print) -> dict:
         if not _compressing(args):
             return convert(args, out)
         from .io import load
+        from .train.run import resolve_model_path
 
         splats = load(src, format=args.input_format)
-        return _convert_compressed(args, out, splats, None, None, os.path.getsize(src))
+        try:  # a model file beside its run's config.json: that run's training views measure importance
+            run_cfg = resolve_model_path(src)[1]
+        except (OSError, ValueError):
+            run_cfg = None
+        return _convert_compressed(args, out, splats, None, run_cfg, os.path.getsize(src))
     model, run_cfg = load_model(src)
     relightable = "light_position" in model.requires
     lit_args = (args.light, args.light_intensity, args.light_sh_degree)

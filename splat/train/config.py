@@ -29,6 +29,7 @@ from ..render import Backend, RasterizeMode
 from ..strategies.adc import ADCStrategy
 from ..strategies.mcmc import MCMCStrategy
 from ..strategies.steepgs import SteepGSStrategy
+from ..compress.grid_loss import GridConfig
 from .registry import MODELS, OPTIMIZERS, STRATEGIES
 
 __all__ = ["TrainConfig", "config_to_json", "config_from_json", "DEFAULT_ITERATIONS", "DEFAULT_SCENE_ITERATIONS"]
@@ -39,7 +40,7 @@ DEFAULT_SCENE_ITERATIONS = 3000
 ModelName = Literal[MODELS.names()]  # type: ignore[valid-type]
 StrategyName = Literal[STRATEGIES.names()]  # type: ignore[valid-type]
 OptimizerName = Literal[OPTIMIZERS.names()]  # type: ignore[valid-type]
-ExportFormat = Literal["ply", "splat", "spz", "compressed_ply"]
+ExportFormat = Literal["ply", "splat", "spz", "compressed_ply", "sog", "glb"]
 
 
 @dataclasses.dataclass
@@ -158,6 +159,11 @@ class TrainConfig:
     """--optimizer adam: Adam per parameter."""
     lm: LMConfig = dataclasses.field(default_factory=LMConfig)
     """--optimizer lm: Adam warm-up, then Levenberg-Marquardt steps (3DGS-LM; PCG on the normal equations)."""
+    compress: Literal["none", "sog"] = "none"
+    """sog: train for compression (Self-Organizing Gaussians): the Gaussians kept sorted into the .sog
+    image grid (PLAS) with a smoothness loss on it, and model.sog written in the trained grid order."""
+    sog: GridConfig = dataclasses.field(default_factory=GridConfig)
+    """--compress sog: the grid smoothness loss and sorting."""
 
     def options(self, kind: str):
         """The options of the chosen piece of `kind` ("model", "strategy", "optimizer"):

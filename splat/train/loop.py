@@ -29,6 +29,7 @@ from typing import Iterable, List, Optional
 import numpy as np
 import torch
 
+from ..compress.grid_loss import GridSmoothness
 from ..data import Dataset
 from ..distributed.world import RankLost, World
 from ..io.common import atomic_write
@@ -47,7 +48,8 @@ from .sharded import ShardedStep, check_shardable
 
 __all__ = ["Trainer", "EXPORT_SUFFIXES"]
 
-EXPORT_SUFFIXES = {"ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply"}
+EXPORT_SUFFIXES = {"ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply", "sog": ".sog",
+                   "glb": ".glb"}
 # options of this command, not of the run, when resuming
 _SESSION_FIELDS = ("viewer", "viewer_port", "viewer_host", "viewer_wait", "dist")
 
@@ -154,6 +156,14 @@ class Trainer:
             raise ValueError("--strategy steepgs splits on the gradients of the rasterizer's 2D conics, which the ray "
                              "tracer does not have; with --backend raytrace use --strategy adc or mcmc")
         cfg.dist.check()
+        if cfg.compress == "sog":
+            cfg.sog.check()
+            if world.distributed:
+                raise ValueError("--compress sog sorts every Gaussian into one grid; it runs in one process "
+                                 "(launch splat-train without torchrun)")
+            if cfg.model != "static":
+                raise ValueError(f"--compress sog trains the static 3D Gaussians .sog stores; --model {cfg.model} "
+                                 "is written through splat-export instead")
         self.callbacks = CallbackList(callbacks if world.is_main else ())
         if cfg.viewer and world.is_main:  # the plugin checks its port now, before the data is loaded
             self.callbacks.append(load_callback("viewer", cfg))
@@ -183,6 +193,11 @@ class Trainer:
             f"scene scale {scene_scale:.3f} ({time.perf_counter() - t0:.1f} s)")
         self._optimizer_cls = optimizer_cls
         self._model_options = model_options
+        self.grid = None
+        if cfg.compress == "sog":
+            self.grid = GridSmoothness(cfg.sog, self.iterations)
+            if ck is not None:
+                self.grid.load_state(ck.get("grid"))
         if world.distributed:
             self.sharded = ShardedStep(self, world)
         if ck is None:
@@ -290,6 +305,10 @@ class Trainer:
             info = step_info(outs)
             for term in self.strategy.losses(self.model.params, self.state, step, info).values():
                 loss = loss + term
+            if self.grid is not None:
+                term = self.grid.loss(self.model.params, step)
+                if term is not None:
+                    loss = loss + term
             return loss, outs
 
         loss, outs = self.optimizer.step(forward)
@@ -343,6 +362,7 @@ class Trainer:
                 "splats": splats, "optimizer": optimizer, "strategy_state": strategy_state,
                 "config": config_to_json(self.cfg), "history": self.history,
                 "transform": np.asarray(self.data.transform).tolist(),
+                **({"grid": self.grid.state()} if self.grid is not None else {}),
             }, keep=self.cfg.keep_checkpoints)
             self.callbacks.on_checkpoint(self, step, path)
         self.world.barrier("the checkpoint")
@@ -365,8 +385,11 @@ class Trainer:
                          f"{', '.join(self.cfg.export)}{hint}")
             return []
         paths = []
-        for fmt in self.cfg.export:
-            opts = {"antialiased": self.cfg.rasterize_mode == "antialiased"} if fmt == "spz" else {}
+        formats = list(self.cfg.export) + (["sog"] if self.grid is not None and "sog" not in self.cfg.export else [])
+        for fmt in formats:
+            opts = {"antialiased": self.cfg.rasterize_mode == "antialiased"} if fmt in ("spz", "sog") else {}
+            if fmt == "sog" and self.grid is not None:  # the trained grid, re-sorted for the final values
+                opts["order"] = self.grid.sort(splats, self.iterations, keep=False).numpy()
             paths.append(splat_io.save(self.out / f"model{EXPORT_SUFFIXES[fmt]}", splats, format=fmt, **opts))
         return paths
 
