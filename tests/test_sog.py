@@ -291,6 +291,18 @@ def test_bad_files(tmp_path, case, match):
     assert str(p) in str(e.value)
 
 
+def test_null_codebook_entries_read_as_far_below(tmp_path):
+    """Older writers stored -Infinity (a flat Gaussian's log scale) as JSON null."""
+    meta, files = _good(tmp_path)
+    meta["scales"]["codebook"][0] = None
+    r = read_sog(_zip(tmp_path, meta, files, "null.sog"))
+    book = [v for v in meta["scales"]["codebook"] if v is not None]
+    assert float(r["scales"].min()) >= min(book) - 20 - 1e-5
+    meta["scales"]["codebook"] = [None] * 256
+    with pytest.raises(FormatError, match="256 finite"):
+        read_sog(_zip(tmp_path, meta, files, "allnull.sog"))
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     s = make_splats(10, 0)
     s["means"][3, 1] = float("nan")

@@ -251,13 +251,19 @@ def _field(meta: Mapping, key: str, where: str, kind=dict):
 
 
 def _codebook(entry: Mapping, key: str, where: str) -> np.ndarray:
+    """The 256-entry codebook. ``null`` entries (older writers put ``-Infinity`` there, which JSON
+    cannot hold, e.g. the log scale of a flat Gaussian) become 20 below the smallest entry, as
+    PlayCanvas's writer now stores them."""
     book = entry.get("codebook")
-    try:
-        arr = np.asarray(book, dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = None
-    if arr is None or arr.shape != (256,) or not np.isfinite(arr).all():
+    arr = None
+    if isinstance(book, list) and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                                      for v in book):
+        arr = np.array([np.nan if v is None else v for v in book], dtype=np.float64)
+    if arr is None or arr.shape != (256,) or np.isinf(arr).any() or np.isnan(arr).all():
         raise FormatError(f"{where}: meta.json '{key}.codebook' must be 256 finite numbers")
+    nulls = np.isnan(arr)
+    if nulls.any():
+        arr[nulls] = np.nanmin(arr) - 20.0
     return arr
 
 
