@@ -1,7 +1,7 @@
 """View a model in the browser.
 
     splat-view runs/default                 # a run: its last checkpoint, with the training cameras
-    splat-view model.spz --port 8081        # any .ply / .compressed.ply / .splat / .spz / checkpoint
+    splat-view model.spz --port 8081        # any .ply / .compressed.ply / .splat / .spz / .sog / .glb / checkpoint
     splat-view kodim01.sgi                  # a 2D image model (.pt from `splat-image fit`, or .sgi)
 
 Open the printed address in a browser. To watch a training as it runs, use
@@ -25,7 +25,7 @@ class ViewConfig:
     """Serve a trained model in a web viewer (viser)."""
 
     model: Positional[Path]
-    """Run directory, checkpoint (.pt), model file (.ply, .compressed.ply, .splat, .spz) or 2D image model (.pt, .sgi)."""
+    """Run directory, checkpoint (.pt), model file (.ply, .compressed.ply, .splat, .spz, .sog, .glb) or 2D image model (.pt, .sgi)."""
     port: int = 8080
     """Port to serve on (0: any free port)."""
     host: str = "127.0.0.1"

@@ -537,7 +537,7 @@ class Image2DScene:
 
 # ----------------------------------------------------------------------------- opening files
 
-MODEL_SUFFIXES = (".ply", ".splat", ".spz", ".pt", ".pth", ".ckpt", ".sgi")
+MODEL_SUFFIXES = (".ply", ".splat", ".spz", ".sog", ".glb", ".gltf", ".pt", ".pth", ".ckpt", ".sgi")
 
 
 def _training_cameras(run_cfg: Optional[dict], data: Optional[Path], background, log) -> List[TrainingCamera]:
@@ -592,7 +592,8 @@ def _is_image2d_pt(path: Path) -> bool:
 
 def load_scene(path, *, data: Optional[Path] = None, log=print):
     """Open a model for viewing: a run directory, a checkpoint, a .ply / .compressed.ply /
-    .splat / .spz file, or a 2D image model (.pt from `splat-image fit`, .sgi).
+    .splat / .spz / .sog (or its meta.json) / .glb file, or a 2D image model (.pt from
+    `splat-image fit`, .sgi).
 
     A model that comes from a run (its directory, or a file beside config.json)
     brings the run's training cameras; `data` names the dataset explicitly."""
@@ -601,7 +602,7 @@ def load_scene(path, *, data: Optional[Path] = None, log=print):
     p = Path(path)
     if not p.exists():
         raise SceneError(f"{p}: no such model file or run directory")
-    if p.is_file() and p.suffix.lower() not in MODEL_SUFFIXES:
+    if p.is_file() and p.suffix.lower() not in MODEL_SUFFIXES and p.name.lower() != "meta.json":
         raise SceneError(f"{p}: not a model file this viewer reads (expected a run directory or one of "
                          f"{', '.join(MODEL_SUFFIXES)})")
     try:
