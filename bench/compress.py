@@ -166,17 +166,44 @@ def bench_scene(scene: str, steps: int, reuse: bool, log=print) -> dict:
             "rows": rows, "interop": interop, "checks": checks}
 
 
+def markdown(results: dict) -> str:
+    """The README's tables from the results."""
+    out = []
+    for sc in results["scenes"]:
+        title = {"default": "The default scene", "object": "A held-out-style object"}.get(sc["scene"], sc["scene"])
+        out.append(f"**{title}** ({sc['gaussians']:,} Gaussians, SH degree 3, {sc['steps']} steps; the model's "
+                   f"test PSNR {sc['psnr_model']:.2f} dB):\n")
+        out.append("| file | bytes | bits / Gaussian | vs .ply | test PSNR (dB) | vs model (dB) | write (s) |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        for r in sc["rows"]:
+            label = r["label"].strip()
+            indent = "&nbsp;&nbsp;" if r["label"].startswith("  ") else ""
+            vs = "exact" if r["psnr_vs_model"] >= 99 else f"{r['psnr_vs_model']:.1f}"
+            secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+            gauss = "" if r["gaussians"] == sc["gaussians"] else f" ({r['gaussians']:,} Gaussians)"
+            note = f" ({r['note']})" if r.get("note") else ""
+            out.append(f"| {indent}{label}{gauss}{note} | {r['bytes']:,} | {r['bits_per_gaussian']:.1f} | "
+                       f"{r['ratio']:.1f}x | {r['psnr']:.2f} | {vs} | {secs} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", default="default,object", help="comma-separated: default, object")
     ap.add_argument("--reuse", action="store_true", help="reuse trained models from the cache")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results_compress.json"))
+    ap.add_argument("--table", action="store_true", help="print the README's tables from --out and stop")
     a = ap.parse_args(argv)
+    if a.table:
+        print(markdown(json.loads(Path(a.out).read_text())))
+        return 0
     steps = {"default": 3000, "object": 2000}
     results = {"machine": f"{os.cpu_count()} CPU cores", "torch": torch.__version__, "scenes": []}
     for scene in a.scenes.split(","):
         results["scenes"].append(bench_scene(scene, steps[scene], a.reuse))
     Path(a.out).write_text(json.dumps(results, indent=1))
+    print(markdown(results))
     print(f"wrote {a.out}")
     return 0
 
