@@ -72,8 +72,8 @@ class ExportCommand(ExportArgs):
     """Vector-quantise the higher-order SH into this many k-means entries (1..65536). .sog: the size of
     its palette (default: Gaussians / 32 as a power of two, >= 1024); other formats: off by default."""
     sog_order: Literal["plas", "morton"] = "plas"
-    """.sog: the Gaussians' layout in its images: plas (a self-organising grid, smaller files) or morton
-    (the Z-order of the positions that PlayCanvas's writer uses)."""
+    """.sog: the Gaussians' layout in its images: plas (a self-organising grid; the file is also encoded in
+    Morton order and the smaller one written) or morton (the Z-order of the positions PlayCanvas's writer uses)."""
     data: Optional[Path] = None
     """The dataset whose training cameras measure importance for --budget / --prune-below (default: the
     run's, for a run directory or a model file beside its config.json; else views around the model)."""
@@ -241,7 +241,8 @@ def _convert_compressed(args: ExportCommand, out, splats: dict, source: Optional
             from .compress.plas import grid_order
 
             t0 = time.perf_counter()
-            extra["order"] = grid_order(splats).numpy()
+            extra["order"] = [grid_order(splats).numpy(), "morton"]  # the smaller file of the two is written
+            extra["chosen"] = []
             notes.append(f"self-organising grid (PLAS) in {time.perf_counter() - t0:.1f} s")
     elif args.sh_palette is not None and sh_degree(splats) > 0:
         from .compress.quantize import quantize_sh
@@ -250,7 +251,11 @@ def _convert_compressed(args: ExportCommand, out, splats: dict, source: Optional
         notes.append(f"SH vector-quantised to {args.sh_palette} entries")
     for note in notes:
         out(f"compress:     {note}")
-    return convert(args, out, splats=splats, source=source, in_size=in_size, extra_options=extra)
+    summary = convert(args, out, splats=splats, source=source, in_size=in_size, extra_options=extra)
+    if "chosen" in extra:
+        summary["sog_layout"] = ["plas", "morton"][extra["chosen"][0]]
+        out(f"layout:       {summary['sog_layout']} (the smaller of the PLAS grid and the Morton order)")
+    return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -84,7 +84,10 @@ def test_grid_order_beats_morton_on_the_features_it_sorts():
 
 
 def test_grid_loss_is_lower_on_a_sorted_grid_and_differentiable():
-    s = {k: v.clone().requires_grad_(True) for k, v in make_splats(900, 1).items()}
+    s = make_splats(900, 1)
+    s["sh0"] = s["means"][:, None] + 0.1 * torch.randn(900, 1, 3)  # attributes that vary smoothly in space
+    s["scales"] = s["means"].flip(1) * 0.3 - 3
+    s = {k: v.clone().requires_grad_(True) for k, v in s.items()}
     g = GridSmoothness(GridConfig(smoothness=1.0, start=0.0), iterations=100)
     assert GridSmoothness(GridConfig(start=0.5), 100).loss(s, 10) is None  # before the start
     g.order = torch.randperm(900, generator=torch.Generator().manual_seed(0))
@@ -94,8 +97,12 @@ def test_grid_loss_is_lower_on_a_sorted_grid_and_differentiable():
     sorted_loss = g.loss(s, 2)
     assert g.sorts == 1 and sorted_loss < 0.8 * random_loss
     sorted_loss.backward()
-    for k in ("means", "scales", "quats", "opacities", "sh0"):
+    for k in ("scales", "quats", "opacities", "sh0"):
         assert torch.isfinite(s[k].grad).all() and s[k].grad.abs().sum() > 0, k
+    assert s["means"].grad is None or s["means"].grad.abs().sum() == 0  # positions only with --sog.positions
+    g2 = GridSmoothness(GridConfig(smoothness=1.0, start=0.0, positions=True), iterations=100)
+    g2.loss(s, 0).backward()
+    assert s["means"].grad.abs().sum() > 0
     with pytest.raises(ValueError, match="sort-every"):
         GridConfig(sort_every=0).check()
 

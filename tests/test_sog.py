@@ -129,6 +129,15 @@ def test_orders_lay_the_gaussians_out_as_asked(tmp_path):
     assert not (tmp_path / "x.sog").exists()
 
 
+def test_a_list_of_orders_writes_the_smallest():
+    s = make_splats(400, 1)
+    chosen = []
+    rand = np.random.default_rng(1).permutation(400)
+    best = encode_sog(s, order=[rand, "morton"], chosen=chosen)
+    assert chosen == [1] and best == encode_sog(s, order="morton")  # a random layout compresses worse
+    assert len(encode_sog(s, order=rand)) > len(best)
+
+
 def test_palette_smaller_than_the_gaussians(tmp_path):
     s = make_splats(500, 2)
     g = torch.Generator().manual_seed(1)  # SH vectors around 16 centres: the palette finds them
@@ -316,3 +325,102 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_encode_is_deterministic():
     s = make_splats(120, 2)
     assert encode_sog(s) == encode_sog(s)
+
+
+# ------------------------------------------------------------------ review: odd containers and orders
+def _flag_encrypted(data: bytes) -> bytes:
+    """The zip with bit 0 (encrypted) set in every local and central header."""
+    b = bytearray(data)
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = b.find(sig)
+        while i >= 0:
+            b[i + off] |= 1
+            i = b.find(sig, i + 4)
+    return bytes(b)
+
+
+def _corrupt_entry(data: bytes, name: bytes, skip: int = 0) -> bytes:
+    """The zip with entry `name`'s (compressed) data scrambled from its byte `skip` on."""
+    b = bytearray(data)
+    i = b.find(b"PK\x03\x04")
+    while b[i + 30:i + 30 + int.from_bytes(b[i + 26:i + 28], "little")] != name:
+        i = b.find(b"PK\x03\x04", i + 4)
+    start = i + 30 + int.from_bytes(b[i + 26:i + 28], "little") + int.from_bytes(b[i + 28:i + 30], "little")
+    for k in range(start + skip, start + skip + 35):
+        b[k] ^= 0x55
+    return bytes(b)
+
+
+@pytest.mark.parametrize("case", ["deflate", "lzma", "encrypted", "method"])
+def test_unreadable_zip_entries_are_format_errors(tmp_path, case):
+    """Corrupt deflate/LZMA data, encryption and compression methods zipfile lacks: FormatError
+    naming the file (zipfile raises zlib.error, LZMAError, RuntimeError, NotImplementedError)."""
+    meta, files = _good(tmp_path)
+    comp = {"deflate": zipfile.ZIP_DEFLATED, "lzma": zipfile.ZIP_LZMA}.get(case, zipfile.ZIP_STORED)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=comp) as z:
+        z.writestr("meta.json", json.dumps(meta))
+        for k, v in files.items():
+            z.writestr(k, v)
+    data = buf.getvalue()
+    if case in ("deflate", "lzma"):
+        data = _corrupt_entry(data, b"means_l.webp", 0 if case == "deflate" else 5)  # zlib.error / LZMAError
+    elif case == "encrypted":
+        data = _flag_encrypted(data)
+    else:  # compression method 99 (AES, not in zipfile) in the central directory entry of meta.json
+        b = bytearray(data)
+        i = b.find(b"PK\x01\x02")
+        b[i + 10:i + 12] = (99).to_bytes(2, "little")
+        data = bytes(b)
+    p = tmp_path / f"{case}.sog"
+    p.write_bytes(data)
+    with pytest.raises(FormatError) as e:
+        read_sog(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["deep", "big_codebook", "big_mins"])
+def test_meta_json_beyond_python_limits(tmp_path, case):
+    """JSON nested past the recursion limit and integers beyond float64: FormatError, not
+    RecursionError / OverflowError."""
+    meta, files = _good(tmp_path)
+    if case == "deep":
+        text = "[" * 100_000 + "]" * 100_000
+    else:
+        if case == "big_codebook":
+            meta["scales"]["codebook"][5] = 10 ** 400
+        else:
+            meta["means"]["mins"][0] = 10 ** 400
+        text = json.dumps(meta)
+    p = _zip(tmp_path, text, files, f"{case}.sog")
+    with pytest.raises(FormatError) as e:
+        read_sog(p)
+    assert str(p) in str(e.value)
+
+
+def test_order_must_hold_integers_and_errors_name_the_file(tmp_path):
+    s = make_splats(5, 0)
+    for bad in (np.array([0.5, 1, 2, 3, 4]), np.array([0, 1, 2, 3, np.nan]), np.array(["a"] * 5), np.arange(4)):
+        with pytest.raises(FormatError, match="permutation of the integers") as e:
+            write_sog(tmp_path / "x.sog", s, order=bad)
+        assert str(tmp_path / "x.sog") in str(e.value)
+    with pytest.raises(FormatError, match="unknown SOG order") as e:
+        write_sog(tmp_path / "x.sog", s, order="plas")
+    assert str(tmp_path / "x.sog") in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    r = read_sog(write_sog(tmp_path / "f.sog", s, order=np.array([4.0, 3, 2, 1, 0])))  # floats holding integers
+    assert r["means"].shape == (5, 3)
+
+
+def test_directory_of_an_unbundled_sog_opens(tmp_path):
+    """splat.io.load and load_model (splat-view, splat-export) take the directory holding meta.json."""
+    from splat.train.run import load_model
+
+    s = make_splats(30, 1)
+    p = write_sog(tmp_path / "m.sog", s, order="none")
+    d = tmp_path / "unbundled"
+    zipfile.ZipFile(p).extractall(d)
+    a = read_sog(p)
+    for b in (sio.load(d), load_model(d)[0].to_splats()):
+        for k in a:
+            assert torch.equal(a[k], b[k].float()), k

@@ -539,7 +539,7 @@ def apply_budget(splats: Mapping[str, Tensor], fraction: float, importance: Opti
             opacities [N] logits, sh0 [N,1,3], shN [N,K-1,3]), N >= 1.
         fraction: F in (0, 1], the share of Gaussians kept: ``kept_count(N, F)`` = ceil(F N).
             F = 1 returns the model unchanged (a new dict holding the same tensors) without
-            measuring anything.
+            measuring anything; so does any F with ``ceil(F N) = N`` (after checking `importance`).
         importance: [N] per-Gaussian importance (`gaussian_importance`), larger = kept first;
             None: measured here from `cameras`. Pass it when applying several budgets to one model.
         cameras: the views importance is measured in and distillation fits (a `Cameras` batch, a
@@ -583,6 +583,8 @@ def apply_budget(splats: Mapping[str, Tensor], fraction: float, importance: Opti
     if not torch.isfinite(imp).all():
         raise ValueError("importance has non-finite values")
     k = kept_count(N, F)
+    if k >= N:  # ceil(F N) = N (a small model, F near 1): nothing is dropped, the model is its own best fit
+        return dict(splats)
     order = torch.argsort(-imp, stable=True)  # ties: the earlier Gaussian first
     keep = order[:k].sort().values
     drop = order[k:].sort().values

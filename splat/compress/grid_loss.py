@@ -9,9 +9,9 @@ the blurred grid around it::
     L_grid = lambda * mean over occupied cells and attribute channels of
              huber(f(cell) - blur_sigma(f)(cell))
 
-with ``f`` the attributes the images store (positions as ``sign(x) log(1 + |x|)``, log scales, the
-unit quaternion with w >= 0, SH DC colour, sigmoid(opacity)), each channel divided by its (detached)
-standard deviation, and ``blur_sigma`` a Gaussian blur over the occupied cells (empty cells are left
+with ``f`` the attributes the images store (log scales, the unit quaternion with w >= 0, SH DC
+colour, sigmoid(opacity); with ``positions``, also the positions as ``sign(x) log(1 + |x|)``), each
+channel divided by its (detached) standard deviation, and ``blur_sigma`` a Gaussian blur over the occupied cells (empty cells are left
 out of the average). Neighbouring cells then hold closer values and the attribute images compress
 better; the photometric loss keeps the quality. The loss starts at ``start`` x the run's steps (after
 densification has done most of its work: every change of the number of Gaussians forces a new sort)
@@ -46,6 +46,8 @@ class GridConfig:
     """Standard deviation of the Gaussian blur the cells are pulled toward, in grid cells."""
     huber_delta: float = 0.5
     """The Huber loss's quadratic zone, in standard deviations of each attribute."""
+    positions: bool = False
+    """Also pull the positions toward their grid neighbours' (moves geometry; off: the other attributes only)."""
 
     def check(self) -> None:
         """Raise ``ValueError`` for options out of range."""
@@ -55,10 +57,10 @@ class GridConfig:
             raise ValueError(f"--sog.sort-every must be >= 1, got {self.sort_every}")
         if not 0 <= self.start < 1:
             raise ValueError(f"--sog.start must be in [0, 1), got {self.start}")
-        if not self.blur_sigma > 0:
-            raise ValueError(f"--sog.blur-sigma must be > 0, got {self.blur_sigma}")
-        if not self.huber_delta > 0:
-            raise ValueError(f"--sog.huber-delta must be > 0, got {self.huber_delta}")
+        if not (self.blur_sigma > 0 and math.isfinite(self.blur_sigma)):
+            raise ValueError(f"--sog.blur-sigma must be a finite number > 0, got {self.blur_sigma}")
+        if not (self.huber_delta > 0 and math.isfinite(self.huber_delta)):
+            raise ValueError(f"--sog.huber-delta must be a finite number > 0, got {self.huber_delta}")
 
 
 def _attributes(params: Dict[str, Tensor]) -> Tensor:
@@ -73,7 +75,8 @@ def _attributes(params: Dict[str, Tensor]) -> Tensor:
 
 def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of img [C, H, W] (zero padding)."""
-    r = max(1, int(math.ceil(2.5 * sigma)))
+    # taps beyond the image only meet the zero padding: at most max(H, W) a side (a huge sigma stays cheap)
+    r = max(1, min(int(math.ceil(2.5 * sigma)), max(img.shape[1:])))
     x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     k = k / k.sum()
@@ -127,16 +130,21 @@ class GridSmoothness:
         return order
 
     def loss(self, params: Dict[str, Tensor], step: int) -> Optional[Tensor]:
-        """The weighted smoothness loss at `step` (None before ``start`` or with weight 0)."""
+        """The weighted smoothness loss at `step` (None before ``start``, with weight 0, or with fewer
+        than two Gaussians: one has no neighbour, and its standard deviation would be NaN)."""
         if step < self.start_step or self.cfg.smoothness == 0:
             return None
         n = params["means"].shape[0]
+        if n < 2:
+            return None
         if self.order is None or len(self.order) != n or step - self.sorted_at >= self.cfg.sort_every:
             self.sort(params, step)
         from ..io.sog import image_shape
 
         H, W = image_shape(n)
         f = _attributes(params)
+        if not self.cfg.positions:
+            f = f[:, 3:]
         f = f / f.detach().std(dim=0).clamp_min(1e-8)
         order = self.order.to(f.device)
         grid = torch.zeros(H * W, f.shape[1], dtype=f.dtype, device=f.device)

@@ -100,7 +100,7 @@ def _cross_mean(grid: Tensor, mask: Tensor, H: int, W: int) -> Tensor:
 
 def plas_sort(features: Tensor, shape: Optional[Tuple[int, int]] = None, *, init: Optional[Tensor] = None,
               min_radius: int = 1, radius_factor: float = 0.9, max_iters: int = 8, improvement_break: float = 1e-3,
-              seed: int = 0) -> Tensor:
+              seed: int = 0, max_radius: Optional[int] = None) -> Tensor:
     """Sort N elements into a 2D grid so that neighbours are similar (PLAS, Morgenstern et al. 2024).
 
     Args:
@@ -110,8 +110,9 @@ def plas_sort(features: Tensor, shape: Optional[Tuple[int, int]] = None, *, init
             the first N in raster order stay empty.
         init: [N] long, a permutation of 0..N-1: the arrangement to start from (cell k in raster
             order holds element init[k]); default a random one.
-        min_radius, radius_factor: the blur radii, from half the grid's larger side down to
-            `min_radius`, each ``radius_factor`` times the last (at least one smaller).
+        min_radius, radius_factor, max_radius: the blur radii, from half the grid's larger side
+            (or `max_radius`) down to `min_radius`, each ``radius_factor`` times the last (at
+            least one smaller). A small `max_radius` only refines `init` locally.
         max_iters, improvement_break: per radius, at most `max_iters` rounds of group swaps, fewer
             once a round improves the distance to the target by less than `improvement_break`
             (relative).
@@ -145,7 +146,7 @@ def plas_sort(features: Tensor, shape: Optional[Tuple[int, int]] = None, *, init
     mask[:N] = 1.0
     D = X.shape[1]
     grid = torch.zeros(cells, D)
-    r = max(H, W) / 2.0
+    r = max(H, W) / 2.0 if max_radius is None else float(min(max_radius, max(H, W) / 2.0))
     final = False
     while True:
         radius = max(min_radius, int(r))

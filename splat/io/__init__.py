@@ -10,7 +10,8 @@ name                file names                      what it is
 ``splat``           ``*.splat``                     antimatter15 .splat (32 bytes, SH degree 0)
 ``spz``             ``*.spz``                       Niantic .spz (v3 written; v1-v4 read)
 ``sog``             ``*.sog``, ``meta.json``        PlayCanvas SOG v2 (zip of WebP images; read:
-                                                    also unbundled meta.json + images)
+                                                    also unbundled meta.json + images, or
+                                                    the directory holding them)
 ``glb``             ``*.glb`` (``*.gltf`` read)     glTF 2.0 with KHR_gaussian_splatting
 ==================  ==============================  =========================================
 
@@ -151,6 +152,8 @@ def load(path: str | os.PathLike, format: str | None = None) -> dict[str, torch.
     if format is not None and format not in LOAD_FORMATS:
         raise FormatError(f"unknown format {format!r}; expected one of {', '.join(LOAD_FORMATS)}")
     p = Path(path)
+    if p.is_dir() and (p / "meta.json").is_file() and format in (None, "sog"):
+        p, format = p / "meta.json", "sog"  # a directory holding an unbundled SOG
     if format is None:
         try:
             format = detect_format(p)

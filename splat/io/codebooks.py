@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -76,13 +76,16 @@ def default_palette_size(n: int) -> int:
     return int(min(65536, max(1024, 2 ** math.floor(math.log2(max(1, n / 32))))))
 
 
-def sh_palette(shN: np.ndarray, k: int, iters: int = 20, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+def sh_palette(shN: np.ndarray, k: int, iters: int = 20, seed: int = 0,
+               weights: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """k-means palette of the higher-order SH vectors.
 
     Args:
         shN: [N, K-1, 3] float (K-1 = 3, 8 or 15).
         k: palette size (<= 65536); more than the distinct vectors: every vector is its own entry.
         iters: Lloyd iterations (scikit-learn's ``max_iter``).
+        weights: [N] >= 0, how much each vector counts in the centroids (e.g. how much of the
+            image the Gaussian covers); None: all alike.
 
     Returns:
         ``(centroids [k', K-1, 3] float32, labels [N] int64)`` with ``k' <= k`` entries.
@@ -108,7 +111,7 @@ def sh_palette(shN: np.ndarray, k: int, iters: int = 20, seed: int = 0) -> Tuple
         else:  # Lloyd on n x k distances per iteration gets slow; mini-batches keep it linear
             km = MiniBatchKMeans(n_clusters=k, n_init=1, max_iter=iters, random_state=seed, batch_size=4 * k,
                                  init="random")
-        labels = km.fit_predict(x)
+        labels = km.fit_predict(x, sample_weight=weights)
     centroids = km.cluster_centers_.astype(np.float32)
     # drop entries no Gaussian uses, so that the palette holds only what is used
     used, labels = np.unique(labels, return_inverse=True)

@@ -554,7 +554,10 @@ def _node_matrix(node: dict, ctx: str) -> np.ndarray:
         if not isinstance(v, list) or len(v) != n or not all(isinstance(x, (int, float)) and
                                                              not isinstance(x, bool) for x in v):
             raise FormatError(f"{ctx}: '{key}' must be a list of {n} numbers")
-        a = np.array(v, np.float64)
+        try:
+            a = np.array(v, np.float64)
+        except OverflowError:  # an integer beyond float64
+            a = np.full(n, np.inf)
         if not np.isfinite(a).all():
             raise FormatError(f"{ctx}: '{key}' is not finite")
         return a

@@ -97,23 +97,31 @@ def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
-def sog_order(means: np.ndarray, order: Union[str, np.ndarray, torch.Tensor] = "morton") -> np.ndarray:
+def sog_order(means: np.ndarray, order: Union[str, np.ndarray, torch.Tensor] = "morton",
+              where: str = "splats") -> np.ndarray:
     """The permutation the writer lays the Gaussians out in (pixel k holds Gaussian ``order[k]``):
     ``"morton"``: the Z-order of the positions (PlayCanvas's writer); ``"none"``: as given; or an
-    explicit permutation [N] (`splat.compress.plas.grid_order` gives the self-organising one).
-    Raises FormatError for a bad name or permutation."""
+    explicit permutation [N] of integers (`splat.compress.plas.grid_order` gives the self-organising
+    one). Raises FormatError naming `where` for a bad name or permutation."""
     from .compressed_ply import morton_order
 
     n = means.shape[0]
     if not isinstance(order, str):
-        o = np.asarray(order, dtype=np.int64)
-        if o.shape != (n,) or not np.array_equal(np.sort(o), np.arange(n)):
-            raise FormatError(f"order must be a permutation of 0..{n - 1}")
+        try:
+            raw = np.asarray(order.detach().cpu() if isinstance(order, torch.Tensor) else order)
+            with np.errstate(invalid="ignore"):  # NaN/inf: refused below
+                o = raw.astype(np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raw = o = None
+        # integers (or floats holding integers): 0.5 must not be truncated into a valid index
+        integral = raw is not None and raw.dtype.kind in "iuf" and np.array_equal(o, raw)
+        if not integral or o.shape != (n,) or not np.array_equal(np.sort(o), np.arange(n)):
+            raise FormatError(f"{where}: the SOG order must be a permutation of the integers 0..{n - 1}")
         return o
     if order == "none":
         return np.arange(n)
     if order != "morton":
-        raise FormatError(f"unknown SOG order {order!r}; expected 'morton', 'none' or a permutation")
+        raise FormatError(f"{where}: unknown SOG order {order!r}; expected 'morton', 'none' or a permutation")
     return morton_order(means)
 
 
@@ -126,20 +134,22 @@ def _encode_webp(rgba: np.ndarray, effort: int) -> bytes:
     return buf.getvalue()
 
 
-def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch.Tensor] = "morton",
+def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch.Tensor, list] = "morton",
                sh_palette: Optional[int] = None, antialiased: bool = False, webp_effort: int = 100,
-               seed: int = 0, where: str = "splats") -> bytes:
+               seed: int = 0, where: str = "splats", chosen: Optional[list] = None) -> bytes:
     """Encode a splats dict to the bytes of a ``.sog`` (zip) file.
 
     Args:
         splats: the model (see `splat.io`); validated first.
-        order: the Gaussians' layout in the images (`sog_order`): "morton" (default), "none" or
-            a permutation [N] (`splat.compress.plas.grid_order`: the self-organising grid, which
-            ``splat-export`` uses by default).
+        order: the Gaussians' layout in the images (`sog_order`): "morton" (default), "none",
+            a permutation [N] (`splat.compress.plas.grid_order`: the self-organising grid), or a
+            list of these: each is encoded (the quantisation is shared, only the images differ)
+            and the smallest file is returned (``splat-export`` passes ``[grid, "morton"]``).
         sh_palette: SH palette entries (1..65536; default `default_palette_size(N)`).
         antialiased: mark the model as trained with antialiasing (meta.json ``"model"``).
         webp_effort: libwebp's lossless effort 0..100 (Pillow's ``quality`` in lossless mode).
         seed: of k-means (the file is deterministic).
+        chosen: a list that gets the index of the order used appended (for a report).
 
     Raises:
         FormatError: an invalid model, a bad order or palette size, a model too large for WebP.
@@ -153,38 +163,30 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
         raise FormatError(f"{where}: {n} Gaussians do not fit WebP's 16383-pixel images")
     if sh_palette is not None and not 1 <= int(sh_palette) <= 65536:
         raise FormatError(f"{where}: SH palette size must be 1..65536, got {sh_palette}")
-    perm = sog_order(a["means"], order)
-    a = {k: v[perm] for k, v in a.items()}
+    orders = list(order) if isinstance(order, list) else [order]
+    if not orders:
+        raise FormatError(f"{where}: no order given")
+    perms = [sog_order(a["means"], o, where) for o in orders]
 
-    def image(channels: list) -> bytes:
-        img = np.zeros((H * W, 4), np.uint8)
-        img[:, 3] = 255
-        for c, v in enumerate(channels):
-            img[:n, c] = v
-        return _encode_webp(img.reshape(H, W, 4), webp_effort)
-
-    files: dict[str, bytes] = {}
-    # means: 16 bits per axis of the log-transformed positions
-    v = _log_transform(a["means"].astype(np.float64))
+    # per-Gaussian pixel channels (in the model's order): the quantisation does not depend on the layout
+    channels: dict[str, list] = {}
+    v = _log_transform(a["means"].astype(np.float64))  # means: 16 bits per axis, log-transformed
     mins, maxs = v.min(0), v.max(0)
     span = np.where(maxs > mins, maxs - mins, 1.0)
     q16 = np.clip(np.floor((v - mins) / span * 65535 + 0.5), 0, 65535).astype(np.uint32)
-    files["means_l.webp"] = image([q16[:, i] & 0xFF for i in range(3)])
-    files["means_u.webp"] = image([q16[:, i] >> 8 for i in range(3)])
-    # quats: smallest three, the largest made positive
-    quat = a["quats"].astype(np.float64)
+    channels["means_l.webp"] = [q16[:, i] & 0xFF for i in range(3)]
+    channels["means_u.webp"] = [q16[:, i] >> 8 for i in range(3)]
+    quat = a["quats"].astype(np.float64)  # quats: smallest three, the largest made positive
     quat /= np.linalg.norm(quat, axis=1, keepdims=True)
     big = np.abs(quat).argmax(1)
     quat *= np.where(quat[np.arange(n), big] < 0, -1.0, 1.0)[:, None] * np.sqrt(2.0)
     rest = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[big]
     three = np.take_along_axis(quat, rest, 1)
-    files["quats.webp"] = image([_u8(255 * (three[:, i] * 0.5 + 0.5)) for i in range(3)] + [252 + big])
-    # scales and DC colours: 256-entry codebooks; opacity in sh0's alpha
-    scale_book, scale_idx = codebook_1d(a["scales"], 256, seed=seed)
-    files["scales.webp"] = image([scale_idx[:, i] for i in range(3)])
-    dc = a["sh0"].reshape(n, 3)
-    dc_book, dc_idx = codebook_1d(dc, 256, seed=seed)
-    files["sh0.webp"] = image([dc_idx[:, i] for i in range(3)] + [_u8(_sigmoid(a["opacities"].astype(np.float64)) * 255)])
+    channels["quats.webp"] = [_u8(255 * (three[:, i] * 0.5 + 0.5)) for i in range(3)] + [252 + big]
+    scale_book, scale_idx = codebook_1d(a["scales"], 256, seed=seed)  # 256-entry codebooks
+    channels["scales.webp"] = [scale_idx[:, i] for i in range(3)]
+    dc_book, dc_idx = codebook_1d(a["sh0"].reshape(n, 3), 256, seed=seed)  # opacity in sh0's alpha
+    channels["sh0.webp"] = [dc_idx[:, i] for i in range(3)] + [_u8(_sigmoid(a["opacities"].astype(np.float64)) * 255)]
     meta: dict = {"version": 2, "asset": {"generator": "splat"}, "count": int(n)}
     if antialiased:
         meta["model"] = "antialiased"
@@ -194,10 +196,10 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
         "quats": {"files": ["quats.webp"]},
         "sh0": {"codebook": _short(dc_book), "files": ["sh0.webp"]},
     })
+    fixed: dict[str, bytes] = {}
     shN = a["shN"]
     if shN.shape[1] > 0:
         coeffs = shN.shape[1]
-        bands = {3: 1, 8: 2, 15: 3}[coeffs]
         k = default_palette_size(n) if sh_palette is None else int(sh_palette)
         centroids, labels = fit_palette(shN, k, seed=seed)
         P = len(centroids)
@@ -206,15 +208,35 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
         cen = np.zeros((rows * 64, coeffs, 4), np.uint8)
         cen[:, :, 3] = 255
         cen[:P, :, :3] = sh_idx
-        files["shN_centroids.webp"] = _encode_webp(cen.reshape(rows, 64 * coeffs, 4), webp_effort)
-        files["shN_labels.webp"] = image([labels & 0xFF, labels >> 8])
-        meta["shN"] = {"count": int(P), "bands": bands, "codebook": _short(sh_book),
+        fixed["shN_centroids.webp"] = _encode_webp(cen.reshape(rows, 64 * coeffs, 4), webp_effort)
+        channels["shN_labels.webp"] = [labels & 0xFF, labels >> 8]
+        meta["shN"] = {"count": int(P), "bands": {3: 1, 8: 2, 15: 3}[coeffs], "codebook": _short(sh_book),
                        "files": ["shN_centroids.webp", "shN_labels.webp"]}
+
+    def image(chans: list, perm: np.ndarray) -> bytes:
+        img = np.zeros((H * W, 4), np.uint8)
+        img[:, 3] = 255
+        for c, val in enumerate(chans):
+            img[:n, c] = np.asarray(val)[perm]
+        return _encode_webp(img.reshape(H, W, 4), webp_effort)
+
+    best = None
+    for i, perm in enumerate(perms):
+        files = {name: image(chans, perm) for name, chans in channels.items()}
+        files.update(fixed)
+        size = sum(len(b) for b in files.values())
+        if best is None or size < best[0]:
+            best = (size, i, files)
+    _, index, files = best
+    if chosen is not None:
+        chosen.append(index)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr("meta.json", json.dumps(meta))
-        for name, data in files.items():
-            z.writestr(name, data)
+        for name in ("means_l.webp", "means_u.webp", "quats.webp", "scales.webp", "sh0.webp", "shN_centroids.webp",
+                     "shN_labels.webp"):
+            if name in files:
+                z.writestr(name, files[name])
     return buf.getvalue()
 
 
@@ -258,7 +280,10 @@ def _codebook(entry: Mapping, key: str, where: str) -> np.ndarray:
     arr = None
     if isinstance(book, list) and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
                                       for v in book):
-        arr = np.array([np.nan if v is None else v for v in book], dtype=np.float64)
+        try:
+            arr = np.array([np.nan if v is None else v for v in book], dtype=np.float64)
+        except OverflowError:  # an integer beyond float64
+            arr = None
     if arr is None or arr.shape != (256,) or np.isinf(arr).any() or np.isnan(arr).all():
         raise FormatError(f"{where}: meta.json '{key}.codebook' must be 256 finite numbers")
     nulls = np.isnan(arr)
@@ -295,7 +320,7 @@ def decode_sog(meta: Mapping, load, where: str = "<sog>") -> dict:
     try:
         mins = np.asarray(means_e.get("mins"), dtype=np.float64)
         maxs = np.asarray(means_e.get("maxs"), dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         mins = maxs = np.zeros(0)
     if mins.shape != (3,) or maxs.shape != (3,) or not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
         raise FormatError(f"{where}: meta.json 'means.mins'/'means.maxs' must be 3 finite numbers each")
@@ -375,8 +400,13 @@ def read_sog(path: str | os.PathLike) -> dict:
                 raise FormatError(f"{where}: {name} is too large ({info.file_size} bytes)")
             try:
                 return z.read(name)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-                raise FormatError(f"{where}: {name} in the zip is corrupt ({e})") from None
+            except RuntimeError as e:  # an encrypted entry: zipfile asks for a password
+                raise FormatError(f"{where}: {name} in the zip is encrypted ({e})") from None
+            except NotImplementedError as e:  # a compression method or encryption zipfile lacks
+                raise FormatError(f"{where}: {name} in the zip is stored in a way this reader does not "
+                                  f"support ({e}); .sog entries are stored or deflated") from None
+            except Exception as e:  # noqa: BLE001 - zlib.error, LZMAError, BadZipFile, EOFError, ... of corrupt data
+                raise FormatError(f"{where}: {name} in the zip is corrupt ({type(e).__name__}: {e})") from None
         raw = load("meta.json")
     else:
         raw = data
@@ -389,4 +419,6 @@ def read_sog(path: str | os.PathLike) -> dict:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{where}: meta.json is not valid JSON ({e})") from None
+    except RecursionError:
+        raise FormatError(f"{where}: meta.json is nested too deeply to be a SOG meta.json") from None
     return decode_sog(meta, load, where)

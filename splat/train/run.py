@@ -58,7 +58,7 @@ def model_default_scene(model: Optional[str]) -> str:
 
 def resolve_model_path(path: Path) -> Tuple[Path, Optional[dict]]:
     """(the model file, the run's config.json as a dict or None) for a run directory (its
-    last checkpoint, else model.ply), a checkpoint inside ``ckpts/``, or a model file
+    last checkpoint, else model.ply; a directory of an unbundled SOG: its meta.json), a checkpoint inside ``ckpts/``, or a model file
     beside a config.json. Raises ``FileNotFoundError`` / ``ValueError`` naming the path."""
     path = Path(path)
     if not path.exists():
@@ -71,6 +71,8 @@ def resolve_model_path(path: Path) -> Tuple[Path, Optional[dict]]:
             path = ck
         elif (run / "model.ply").exists():
             path = run / "model.ply"
+        elif (run / "meta.json").is_file():  # not a run: an unbundled SOG (meta.json and its images)
+            path = run / "meta.json"
         else:
             raise ValueError(f"{run}: no checkpoint in ckpts/ and no model.ply")
     elif path.parent.name == "ckpts" and (path.parent.parent / "config.json").exists():
