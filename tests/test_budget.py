@@ -278,3 +278,15 @@ def test_adjusting_the_survivors_renders_closer_to_the_full_model_than_pruning()
     assert merged < 0.8 * pruned, (merged, pruned)
     assert distilled < merged, (distilled, merged)
     assert math.isfinite(distilled)
+
+
+def test_a_budget_that_keeps_every_gaussian_returns_the_model_without_distilling(monkeypatch):
+    """ceil(F N) = N (a tiny model, or F near 1): nothing dropped, no 300 distillation steps of the model
+    against itself."""
+    monkeypatch.setattr(B, "distill", lambda *a, **k: pytest.fail("distilled a model that lost nothing"))
+    for N, F in ((1, 0.01), (5, 0.99)):
+        s = splats_of(N)
+        out = apply_budget(s, F, torch.rand(N))
+        assert out.keys() == s.keys() and all(out[k] is s[k] for k in s)
+    with pytest.raises(ValueError, match="importance must have shape"):
+        apply_budget(splats_of(1), 0.5, torch.rand(2))

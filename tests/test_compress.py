@@ -191,3 +191,19 @@ def test_export_prune_below_drops_the_unseen(tmp_path):
     assert export_main([str(src), str(tmp_path / "p.ply"), "--prune-below", "0.01"]) == 0
     n = sio.load(tmp_path / "p.ply")["means"].shape[0]
     assert n <= 250
+
+
+def test_grid_loss_options_must_be_finite_and_one_gaussian_has_no_loss():
+    """--sog.blur-sigma inf passed the check and crashed the run at the loss's start (OverflowError);
+    a huge finite sigma must not build a kernel of billions of taps; one Gaussian gave a NaN loss."""
+    for bad in (dict(blur_sigma=float("inf")), dict(huber_delta=float("inf")), dict(blur_sigma=float("nan"))):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            GridConfig(**bad).check()
+    s = {k: v.clone().requires_grad_(True) for k, v in make_splats(50, 1).items()}
+    big = GridSmoothness(GridConfig(start=0.0, blur_sigma=1e12), 100).loss(s, 0)
+    big.backward()
+    assert torch.isfinite(big) and all(torch.isfinite(v.grad).all() for v in s.values() if v.grad is not None)
+    one = {k: v[:1].clone().requires_grad_(True) for k, v in make_splats(1, 1).items()}
+    assert GridSmoothness(GridConfig(start=0.0), 100).loss(one, 0) is None
+    two = {k: v[:2].clone().requires_grad_(True) for k, v in make_splats(2, 1).items()}
+    assert torch.isfinite(GridSmoothness(GridConfig(start=0.0), 100).loss(two, 0))

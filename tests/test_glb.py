@@ -626,3 +626,13 @@ def test_no_warnings_for_a_clean_file(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_glb(path)
+
+
+def test_node_numbers_beyond_float64_are_format_errors(tmp_path):
+    """An integer too large for a float in a node transform: FormatError naming the file, not OverflowError."""
+    src = write_glb(tmp_path / "src.glb", make_splats(5, 0))
+    for key, value in (("translation", [10 ** 400, 0, 0]), ("scale", [1, 1, -10 ** 400])):
+        p = edit_glb(src, tmp_path / f"{key}.glb", with_nodes([{"mesh": 0, key: value}]))
+        with pytest.raises(FormatError, match="not finite") as e:
+            read_glb(p)
+        assert str(p) in str(e.value)

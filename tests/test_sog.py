@@ -351,10 +351,10 @@ def _corrupt_entry(data: bytes, name: bytes, skip: int = 0) -> bytes:
     return bytes(b)
 
 
-@pytest.mark.parametrize("case", ["deflate", "lzma", "encrypted", "method"])
+@pytest.mark.parametrize("case", ["deflate", "lzma", "encrypted", "method", "version"])
 def test_unreadable_zip_entries_are_format_errors(tmp_path, case):
-    """Corrupt deflate/LZMA data, encryption and compression methods zipfile lacks: FormatError
-    naming the file (zipfile raises zlib.error, LZMAError, RuntimeError, NotImplementedError)."""
+    """Corrupt deflate/LZMA data, encryption, compression methods and zip versions zipfile lacks:
+    FormatError naming the file (zipfile raises zlib.error, LZMAError, RuntimeError, NotImplementedError)."""
     meta, files = _good(tmp_path)
     comp = {"deflate": zipfile.ZIP_DEFLATED, "lzma": zipfile.ZIP_LZMA}.get(case, zipfile.ZIP_STORED)
     buf = io.BytesIO()
@@ -367,6 +367,11 @@ def test_unreadable_zip_entries_are_format_errors(tmp_path, case):
         data = _corrupt_entry(data, b"means_l.webp", 0 if case == "deflate" else 5)  # zlib.error / LZMAError
     elif case == "encrypted":
         data = _flag_encrypted(data)
+    elif case == "version":  # "version needed to extract" 20.2 in the first central directory entry
+        b = bytearray(data)
+        i = b.find(b"PK\x01\x02")
+        b[i + 6] = 202
+        data = bytes(b)
     else:  # compression method 99 (AES, not in zipfile) in the central directory entry of meta.json
         b = bytearray(data)
         i = b.find(b"PK\x01\x02")
@@ -407,6 +412,10 @@ def test_order_must_hold_integers_and_errors_name_the_file(tmp_path):
     with pytest.raises(FormatError, match="unknown SOG order") as e:
         write_sog(tmp_path / "x.sog", s, order="plas")
     assert str(tmp_path / "x.sog") in str(e.value)
+    for effort in (-5, 200, 50.5):  # Pillow's bare "invalid configuration" before
+        with pytest.raises(FormatError, match="webp_effort must be an integer 0..100") as e:
+            write_sog(tmp_path / "x.sog", s, webp_effort=effort)
+        assert str(tmp_path / "x.sog") in str(e.value)
     assert list(tmp_path.iterdir()) == []
     r = read_sog(write_sog(tmp_path / "f.sog", s, order=np.array([4.0, 3, 2, 1, 0])))  # floats holding integers
     assert r["means"].shape == (5, 3)

@@ -34,10 +34,9 @@ __all__ = ["GridConfig", "GridSmoothness"]
 class GridConfig:
     """--compress sog: the self-organising grid's smoothness loss (Morgenstern et al. 2024)."""
 
-    smoothness: float = 0.2
-    """Weight of the grid smoothness loss (lambda). Measured on a 2000-step object (bench/compress.py,
-    README): 0.05 / 0.2 / 1.0 gave .sog files 5 / 9 / 13 % smaller than the plain model's, at +0.2 /
-    +0.15 / -0.3 dB."""
+    smoothness: float = 0.05
+    """Weight of the grid smoothness loss (lambda). Measured (bench/compress.py, README): 0.2 made the
+    object's .sog 9 % smaller at no loss but cost the default scene 0.7 dB; 0.05 is the default."""
     sort_every: int = 500
     """Re-sort the grid (PLAS, from the last order) every this many steps."""
     start: float = 0.5

@@ -163,6 +163,8 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
         raise FormatError(f"{where}: {n} Gaussians do not fit WebP's 16383-pixel images")
     if sh_palette is not None and not 1 <= int(sh_palette) <= 65536:
         raise FormatError(f"{where}: SH palette size must be 1..65536, got {sh_palette}")
+    if isinstance(webp_effort, bool) or not isinstance(webp_effort, (int, np.integer)) or not 0 <= webp_effort <= 100:
+        raise FormatError(f"{where}: webp_effort must be an integer 0..100 (libwebp's lossless effort), got {webp_effort!r}")
     orders = list(order) if isinstance(order, list) else [order]
     if not orders:
         raise FormatError(f"{where}: no order given")
@@ -389,6 +391,8 @@ def read_sog(path: str | os.PathLike) -> dict:
             names = set(z.namelist())
         except zipfile.BadZipFile as e:
             raise FormatError(f"{where}: not a readable zip archive ({e})") from None
+        except Exception as e:  # noqa: BLE001 - NotImplementedError (a newer zip version), ValueError, ...
+            raise FormatError(f"{where}: not a readable zip archive ({type(e).__name__}: {e})") from None
         if "meta.json" not in names:
             raise FormatError(f"{where}: the zip has no meta.json (not a .sog bundle)")
 
