@@ -184,6 +184,21 @@ def _compressing(args: ExportCommand) -> bool:
             or _output_format(args) == "sog")
 
 
+def _trained_grid(src: Path, n: int):
+    """The grid order a ``--compress sog`` run's checkpoint holds (None for anything else)."""
+    from .train.checkpoint import load_checkpoint
+    from .train.run import resolve_model_path
+
+    try:
+        file, _ = resolve_model_path(Path(src))
+        if file.suffix.lower() not in (".pt", ".pth", ".ckpt"):
+            return None
+        order = (load_checkpoint(file).get("grid") or {}).get("order")
+    except (OSError, ValueError, KeyError):
+        return None
+    return order if order is not None and len(order) == n else None
+
+
 def _views(args: ExportCommand, run_cfg: Optional[dict], out):
     """The training cameras importance is measured in (None: views around the model)."""
     import numpy as np
@@ -241,7 +256,10 @@ def _convert_compressed(args: ExportCommand, out, splats: dict, source: Optional
             from .compress.plas import grid_order
 
             t0 = time.perf_counter()
-            extra["order"] = [grid_order(splats).numpy(), "morton"]  # the smaller file of the two is written
+            init = _trained_grid(args.input, int(splats["means"].shape[0]))
+            if init is not None:
+                notes.append("the run's trained grid (--compress sog) as PLAS's start")
+            extra["order"] = [grid_order(splats, init=init).numpy(), "morton"]  # the smaller file is written
             extra["chosen"] = []
             notes.append(f"self-organising grid (PLAS) in {time.perf_counter() - t0:.1f} s")
     elif args.sh_palette is not None and sh_degree(splats) > 0:

@@ -133,6 +133,11 @@ def test_compress_sog_training_writes_its_grid_and_resumes_bit_for_bit(blender_d
     back = sio.load(sog)
     final = t.grid.sort(ply, 60, keep=False)
     assert (back["means"] - ply["means"][final]).abs().max() < 1e-3
+    lines = []  # splat-export of the run starts PLAS from the grid it trained in
+    from splat.export_cli import ExportCommand, export
+    export(ExportCommand(input=tmp_path / "a", output=tmp_path / "again.sog"), out=lines.append)
+    assert any("trained grid" in line for line in lines) and sio.load(tmp_path / "again.sog")["means"].shape[0] == \
+        ply["means"].shape[0]
     ref = torch.load(tmp_path / "a" / "ckpts" / "ckpt_60.pt", weights_only=True)
     assert torch.equal(ref["grid"]["order"], t.grid.order) and len(t.grid.order) == ply["means"].shape[0]
     orig = Trainer.train_step

@@ -749,3 +749,26 @@ def test_cli_subprocess_exit_code(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().startswith("splat-export: error:") and "not an .spz file" in r.stderr
     assert not (tmp_path / "o.ply").exists()
+
+
+def test_unwritable_directory_names_the_output(tmp_path, monkeypatch, capsys):
+    """A read-only directory (simulated: root ignores permissions): the error names the output file,
+    not the temporary name, and nothing is left behind."""
+    import tempfile
+
+    from splat.export_cli import main as export_main
+
+    src = sio.save(tmp_path / "in.ply", make_splats(n=5))
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".out.glb.abc123.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    out = tmp_path / "out.glb"
+    with pytest.raises(PermissionError) as e:
+        sio.save(out, make_splats(n=5))
+    assert e.value.filename == str(out) and "Permission denied" in str(e.value)
+    assert export_main([str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: cannot create a file in {tmp_path} (Permission denied)" in err and ".tmp" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ply"]

@@ -255,6 +255,7 @@ def _good(tmp_path):
     ("missing_image", "no quats.webp"),
     ("not_webp", "not a readable WebP"),
     ("small_image", "too small for"),
+    ("sizes_differ", "must have one size"),
     ("codebook", "'scales.codebook' must be 256 finite"),
     ("quat_tag", "252..255"),
     ("label", "palette entry"),
@@ -282,6 +283,12 @@ def test_bad_files(tmp_path, case, match):
             files["scales.webp"] = b"RIFF\x00\x00\x00\x00WEBPjunk"
         elif case == "small_image":
             meta["count"] = 10_000
+        elif case == "sizes_differ":
+            img = np.zeros((16, 8, 4), np.uint8)
+            img[..., 3] = 252
+            buf = io.BytesIO()
+            Image.fromarray(img, "RGBA").save(buf, "WEBP", lossless=True, exact=True)
+            files["quats.webp"] = buf.getvalue()
         elif case == "codebook":
             meta["scales"]["codebook"] = meta["scales"]["codebook"][:100]
         elif case == "quat_tag":
@@ -419,6 +426,11 @@ def test_order_must_hold_integers_and_errors_name_the_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     r = read_sog(write_sog(tmp_path / "f.sog", s, order=np.array([4.0, 3, 2, 1, 0])))  # floats holding integers
     assert r["means"].shape == (5, 3)
+    # a plain list of integers is one permutation, not a list of candidate orders
+    a = read_sog(write_sog(tmp_path / "l.sog", s, order=[4, 3, 2, 1, 0]))
+    b = read_sog(write_sog(tmp_path / "a.sog", s, order=np.array([4, 3, 2, 1, 0])))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["means"], read_sog(write_sog(tmp_path / "n.sog", s, order="none"))["means"])
 
 
 def test_directory_of_an_unbundled_sog_opens(tmp_path):

@@ -206,16 +206,19 @@ def grid_features(splats, position_weight: float = POSITION_WEIGHT) -> Tensor:
     return f
 
 
-def grid_order(splats, shape: Optional[Tuple[int, int]] = None, seed: int = 0, **plas_options) -> Tensor:
+def grid_order(splats, shape: Optional[Tuple[int, int]] = None, seed: int = 0, init: Optional[Tensor] = None,
+               **plas_options) -> Tensor:
     """The self-organising grid order of a splats dict (Morgenstern et al. 2024): PLAS over
-    `grid_features`, started from the Morton order of the positions (what other writers use), on
-    the ``.sog`` image layout by default (`splat.io.sog.image_shape`). Returns a permutation [N]
-    long: grid cell k holds Gaussian ``order[k]``. `plas_options` go to `plas_sort`."""
+    `grid_features`, started from `init` (e.g. the order a ``--compress sog`` run trained in) or
+    else the Morton order of the positions (what other writers use), on the ``.sog`` image layout
+    by default (`splat.io.sog.image_shape`). Returns a permutation [N] long: grid cell k holds
+    Gaussian ``order[k]``. `plas_options` go to `plas_sort`."""
     from ..io.compressed_ply import morton_order
     from ..io.sog import image_shape
 
     n = int(torch.as_tensor(splats["means"]).shape[0])
-    start = torch.from_numpy(morton_order(torch.as_tensor(splats["means"]).detach().float().numpy()))
+    start = torch.as_tensor(init, dtype=torch.long) if init is not None and len(init) == n else \
+        torch.from_numpy(morton_order(torch.as_tensor(splats["means"]).detach().float().numpy()))
     return plas_sort(grid_features(splats), shape or image_shape(n), init=start, seed=seed, **plas_options)
 
 

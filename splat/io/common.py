@@ -86,7 +86,10 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     if p.is_dir():
         raise FormatError(f"{p}: is a directory")
     mode = (p.stat().st_mode & 0o7777) if p.exists() else _default_mode()
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+    except OSError as e:  # e.g. a read-only directory: name the output, not the temporary name
+        raise type(e)(e.errno, f"cannot create a file in {parent} ({e.strerror or e})", str(p)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

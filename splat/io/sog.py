@@ -165,7 +165,10 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
         raise FormatError(f"{where}: SH palette size must be 1..65536, got {sh_palette}")
     if isinstance(webp_effort, bool) or not isinstance(webp_effort, (int, np.integer)) or not 0 <= webp_effort <= 100:
         raise FormatError(f"{where}: webp_effort must be an integer 0..100 (libwebp's lossless effort), got {webp_effort!r}")
-    orders = list(order) if isinstance(order, list) else [order]
+    # a list of candidate orders; a list of integers is one permutation (as every version read it)
+    one = not isinstance(order, list) or (len(order) > 0 and all(
+        isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in order))
+    orders = [order] if one else list(order)
     if not orders:
         raise FormatError(f"{where}: no order given")
     perms = [sog_order(a["means"], o, where) for o in orders]
@@ -316,7 +319,14 @@ def decode_sog(meta: Mapping, load, where: str = "<sog>") -> dict:
         im = _decode_webp(load(files[i]), files[i], where)
         if im.shape[0] * im.shape[1] < n:
             raise FormatError(f"{where}: {files[i]} is {im.shape[1]}x{im.shape[0]}, too small for {n} Gaussians")
+        # the engine indexes every per-Gaussian image with the first one's size: they must agree
+        first = sizes.setdefault("first", (files[i], im.shape[:2]))
+        if im.shape[:2] != first[1]:
+            raise FormatError(f"{where}: {files[i]} is {im.shape[1]}x{im.shape[0]} but {first[0]} is "
+                              f"{first[1][1]}x{first[1][0]}; the per-Gaussian images must have one size")
         return im.reshape(-1, 4)[:n].astype(np.int64)
+
+    sizes: dict = {}
 
     means_e = _field(meta, "means", where)
     try:
