@@ -240,8 +240,9 @@ def _convert_compressed(args: ExportCommand, out, splats: dict, source: Optional
         if args.budget < 1:
             n1 = int(splats["means"].shape[0])
             splats = apply_budget(splats, args.budget, importance, cameras, distill_steps=args.budget_distill)
-            notes.append(f"budget {args.budget:g}: kept {int(splats['means'].shape[0]):,} of {n1:,} "
-                         f"(merged, {args.budget_distill} distillation steps)")
+            n2 = int(splats["means"].shape[0])
+            notes.append(f"budget {args.budget:g}: kept {n2:,} of {n1:,} " + (
+                f"(merged, {args.budget_distill} distillation steps)" if n2 < n1 else "(nothing to drop)"))
         notes[-1] += f" ({time.perf_counter() - t0:.1f} s)"
     if args.sh_degree is not None and sh_degree(splats) > args.sh_degree:
         from .compress.quantize import reduce_sh_degree
