@@ -134,6 +134,7 @@ def bench_scene(scene: str, steps: int, reuse: bool, log=print) -> dict:
         ours("  .spz, SH palette 1024", "pal.spz", sh_palette=1024)
         budget = ours("  .sog, --budget 0.3", "b03.sog", budget=0.3)
         ours("  .sog, --budget 0.3 --budget-distill 0", "b03m.sog", budget=0.3, budget_distill=0)
+        ours("  .sog, --budget 0.3 --budget-distill 1500", "b03l.sog", budget=0.3, budget_distill=1500)
         trained = row(".sog of a --compress sog run", sogrun / "model.sog",
                       note=f"its own .ply: {Scorer(sogrun).score(sio.load(sogrun / 'model.ply'))['psnr']:.2f} dB")
         interop = {}
@@ -154,7 +155,8 @@ def bench_scene(scene: str, steps: int, reuse: bool, log=print) -> dict:
 
             theirs = row(".sog (splat-transform 3.7, -g cpu)", *st("st.sog"))
             row(".compressed.ply (splat-transform)", *st("st.compressed.ply"))
-            row(".spz (splat-transform; v4)", *st("st.spz"))
+            row(".spz (splat-transform; v4)", *st("st.spz"),
+                note="it writes the .ply axes where spz has RUB: read here mirrored in y and z, hence the PSNR")
             row("  .sog (splat-transform -H 0: no SH)", *st("st_h0.sog", ["-H", "0"]))
             # interoperability: they read ours, we read theirs
             splat_transform.convert(tmp / "m.sog", tmp / "ours_by_st.ply")

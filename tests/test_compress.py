@@ -128,11 +128,14 @@ def test_compress_sog_training_writes_its_grid_and_resumes_bit_for_bit(blender_d
     assert t.grid.sorts >= 3
     sog = tmp_path / "a" / "model.sog"
     assert sog.is_file() and (tmp_path / "a" / "model.ply").is_file()
-    # the file holds the model in a grid order (re-sorted from the trained one for the final values)
+    # the file holds the model in the grid (re-sorted from the trained one for the final values) or in
+    # Morton order, whichever made the smaller file
+    from splat.io.compressed_ply import morton_order
     ply = sio.load(tmp_path / "a" / "model.ply")
     back = sio.load(sog)
     final = t.grid.sort(ply, 60, keep=False)
-    assert (back["means"] - ply["means"][final]).abs().max() < 1e-3
+    morton = torch.from_numpy(morton_order(ply["means"].numpy()))
+    assert min((back["means"] - ply["means"][o]).abs().max() for o in (final, morton)) < 1e-3
     lines = []  # splat-export of the run starts PLAS from the grid it trained in
     from splat.export_cli import ExportCommand, export
     export(ExportCommand(input=tmp_path / "a", output=tmp_path / "again.sog"), out=lines.append)

@@ -389,8 +389,11 @@ class Trainer:
         for fmt in formats:
             opts = {"antialiased": self.cfg.rasterize_mode == "antialiased"} if fmt in ("spz", "sog") else {}
             if fmt == "sog" and self.grid is not None:  # the trained grid, re-sorted for the final values
-                opts["order"] = self.grid.sort(splats, self.iterations, keep=False).numpy()
+                opts["order"] = [self.grid.sort(splats, self.iterations, keep=False).numpy(), "morton"]
+                opts["chosen"] = chosen = []
             paths.append(splat_io.save(self.out / f"model{EXPORT_SUFFIXES[fmt]}", splats, format=fmt, **opts))
+            if "chosen" in opts:  # the smaller file of the two layouts is written
+                self.log(f"model.sog: {'the trained grid' if chosen[0] == 0 else 'Morton order (smaller here)'}")
         return paths
 
     # ------------------------------------------------------------------ the loop
