@@ -1,6 +1,6 @@
 """Compressed formats: size, bits per Gaussian and quality, ours beside PlayCanvas splat-transform.
 
-    python bench/compress.py                       # the default scene and the held-out-style object
+    python bench/compress.py                       # the default scene, the held-out-style object, the capture
     python bench/compress.py --scenes object --reuse   # reuse trained models in the cache
 
 Per scene it trains (the CLI, as a user would; cached under ~/.cache/splat/bench/compress/):
@@ -87,9 +87,17 @@ def bench_scene(scene: str, steps: int, reuse: bool, log=print) -> dict:
     import splat.io as sio
     from splat.export_cli import ExportCommand, export
 
-    data = None if scene == "default" else object_scene_path(1)
-    plain = train(scene, data, CACHE / scene / "plain", steps, reuse=reuse, log=log)
-    sogrun = train(scene, data, CACHE / scene / "sog", steps, ["--compress", "sog"], reuse=reuse, log=log)
+    extra = []
+    if scene == "default":
+        data = None
+    elif scene == "object":
+        data = object_scene_path(1)
+    else:  # the real-style COLMAP capture (scenes/capture_scene.py): 23 photos of an object on a table
+        from scenes.capture_scene import capture_scene_path
+
+        data, extra = capture_scene_path("default"), ["--downscale", "4", "--test-every", "8"]
+    plain = train(scene, data, CACHE / scene / "plain", steps, extra, reuse=reuse, log=log)
+    sogrun = train(scene, data, CACHE / scene / "sog", steps, extra + ["--compress", "sog"], reuse=reuse, log=log)
     scorer = Scorer(plain)
     ply = plain / "model.ply"
     model = sio.load(ply)
@@ -135,8 +143,11 @@ def bench_scene(scene: str, steps: int, reuse: bool, log=print) -> dict:
         budget = ours("  .sog, --budget 0.3", "b03.sog", budget=0.3)
         ours("  .sog, --budget 0.3 --budget-distill 0", "b03m.sog", budget=0.3, budget_distill=0)
         ours("  .sog, --budget 0.3 --budget-distill 1500", "b03l.sog", budget=0.3, budget_distill=1500)
-        trained = row(".sog of a --compress sog run", sogrun / "model.sog",
-                      note=f"its own .ply: {Scorer(sogrun).score(sio.load(sogrun / 'model.ply'))['psnr']:.2f} dB")
+        t0 = time.perf_counter()  # splat-export of the run: PLAS from its trained grid, or Morton if smaller
+        summary = export(ExportCommand(input=sogrun, output=tmp / "trained.sog"), out=lambda *_: None)
+        trained = row(".sog of a --compress sog run", tmp / "trained.sog", time.perf_counter() - t0,
+                      note=f"its own .ply: {Scorer(sogrun).score(sio.load(sogrun / 'model.ply'))['psnr']:.2f} dB; "
+                           f"layout: {summary.get('sog_layout')}")
         interop = {}
         cli = splat_transform.cli_path()
         if cli is None:
@@ -184,7 +195,9 @@ def markdown(results: dict) -> str:
     """The README's tables from the results."""
     out = []
     for sc in results["scenes"]:
-        title = {"default": "The default scene", "object": "A held-out-style object"}.get(sc["scene"], sc["scene"])
+        title = {"default": "The default scene", "object": "A held-out-style object",
+                 "capture": "A real-style capture (COLMAP, 23 photos, object on a table, --downscale 4)"}.get(
+            sc["scene"], sc["scene"])
         out.append(f"**{title}** ({sc['gaussians']:,} Gaussians, SH degree 3, {sc['steps']} steps; the model's "
                    f"test PSNR {sc['psnr_model']:.2f} dB):\n")
         out.append("| file | bytes | bits / Gaussian | vs .ply | test PSNR (dB) | vs model (dB) | write (s) |")
@@ -204,7 +217,7 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenes", default="default,object", help="comma-separated: default, object")
+    ap.add_argument("--scenes", default="default,object,capture", help="comma-separated: default, object, capture")
     ap.add_argument("--reuse", action="store_true", help="reuse trained models from the cache")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results_compress.json"))
     ap.add_argument("--table", action="store_true", help="print the README's tables from --out and stop")
@@ -212,10 +225,15 @@ def main(argv=None) -> int:
     if a.table:
         print(markdown(json.loads(Path(a.out).read_text())))
         return 0
-    steps = {"default": 3000, "object": 2000}
+    steps = {"default": 3000, "object": 2000, "capture": 3000}
     results = {"machine": f"{os.cpu_count()} CPU cores", "torch": torch.__version__, "scenes": []}
+    if Path(a.out).is_file():  # scenes not run this time keep their last results
+        results["scenes"] = [sc for sc in json.loads(Path(a.out).read_text())["scenes"]
+                             if sc["scene"] not in a.scenes.split(",")]
     for scene in a.scenes.split(","):
         results["scenes"].append(bench_scene(scene, steps[scene], a.reuse))
+    order = ["default", "object", "capture"]
+    results["scenes"].sort(key=lambda sc: order.index(sc["scene"]) if sc["scene"] in order else 99)
     Path(a.out).write_text(json.dumps(results, indent=1))
     print(markdown(results))
     print(f"wrote {a.out}")

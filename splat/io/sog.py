@@ -4,7 +4,8 @@ Written from PlayCanvas's description of the format and checked against its refe
 (splat-transform 3.7 reads what we write and we read what it writes; see the README). SuperSplat and
 the PlayCanvas engine open the same files.
 
-Layout (every image W x H RGBA, ``W = ceil(sqrt(N) / 4) * 4``, ``H = ceil(N / W / 4) * 4``; Gaussian
+Container: a zip (we store the images, already compressed, and deflate meta.json). Layout (every
+image W x H RGBA, ``W = ceil(sqrt(N) / 4) * 4``, ``H = ceil(N / W / 4) * 4``; Gaussian
 i is pixel i in raster order, the pixels after N are padding)::
 
     meta.json           {"version": 2, "asset": {"generator": ...}, "count": N,
@@ -237,7 +238,9 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
         chosen.append(index)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("meta.json", json.dumps(meta))
+        # meta.json deflated (its codebooks' decimals halve; the engine and splat-transform inflate it),
+        # the WebP images stored (already compressed)
+        z.writestr("meta.json", json.dumps(meta, separators=(",", ":")), compress_type=zipfile.ZIP_DEFLATED)
         for name in ("means_l.webp", "means_u.webp", "quats.webp", "scales.webp", "sh0.webp", "shN_centroids.webp",
                      "shN_labels.webp"):
             if name in files:
