@@ -148,3 +148,25 @@ def write_colmap_distorted(root: Path, camera: str = "OPENCV_FISHEYE", n_views=1
         pts.append(f"{p + 1} {m[0]} {m[1]} {m[2]} {rgb[p, 0]} {rgb[p, 1]} {rgb[p, 2]} 0.5 {track}")
     (sp / "points3D.txt").write_text("\n".join(pts) + "\n")
     return root, (means, quats, scales, opac, sh)
+
+
+def interrupt_at(monkeypatch, step: int, run) -> None:
+    """Call `run()` with ``Trainer.train_step`` raising KeyboardInterrupt (a Ctrl-C) at `step` (the
+    trainer writes a checkpoint there and re-raises); the real step is restored afterwards."""
+    import pytest
+
+    from splat.train import Trainer
+
+    orig = Trainer.train_step
+
+    def interrupting(self, s):
+        if s == step:
+            raise KeyboardInterrupt
+        return orig(self, s)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupting)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        monkeypatch.setattr(Trainer, "train_step", orig)

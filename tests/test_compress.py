@@ -2,7 +2,6 @@
 model-level quantisers and splat-export's compression options."""
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from splat.io.codebooks import codebook_1d, default_palette_size, sh_palette
 from splat.io.sog import image_shape
 from splat.train import TrainConfig, Trainer
 from splat.strategies.adc import ADCStrategy
-from synthetic_data import make_views, write_blender
+from synthetic_data import interrupt_at, make_views, write_blender
 
 QUIET = lambda *a: None  # noqa: E731
 
@@ -143,17 +142,8 @@ def test_compress_sog_training_writes_its_grid_and_resumes_bit_for_bit(blender_d
         ply["means"].shape[0]
     ref = torch.load(tmp_path / "a" / "ckpts" / "ckpt_60.pt", weights_only=True)
     assert torch.equal(ref["grid"]["order"], t.grid.order) and len(t.grid.order) == ply["means"].shape[0]
-    orig = Trainer.train_step
-
-    def interrupting(self, step):
-        if step == 37:  # the grid sorted at 30, next at 45
-            raise KeyboardInterrupt
-        return orig(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(_cfg(tmp_path / "b"), log=QUIET, dataset=ds).train()
-    monkeypatch.setattr(Trainer, "train_step", orig)
+    # Ctrl-C at step 37: the grid sorted at 30, next at 45
+    interrupt_at(monkeypatch, 37, lambda: Trainer(_cfg(tmp_path / "b"), log=QUIET, dataset=ds).train())
     Trainer(TrainConfig(out=tmp_path / "b", resume=True, progress=False), log=QUIET, dataset=ds).train()
     got = torch.load(tmp_path / "b" / "ckpts" / "ckpt_60.pt", weights_only=True)
     for k in ref["splats"]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_data import make_views, small_train_config, write_blender
+from synthetic_data import interrupt_at, make_views, small_train_config, write_blender
 
 import splat.io
 from splat.metrics import psnr, ssim
@@ -276,17 +276,7 @@ def test_resume_continues_bit_for_bit(blender_dir, tmp_path, monkeypatch):
 
     # interrupt at step 75 (Ctrl-C): a checkpoint is written, --resume continues from it
     b = tmp_path / "b"
-    orig = Trainer.train_step
-
-    def interrupting(self, step):
-        if step == 75:
-            raise KeyboardInterrupt
-        return orig(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        train(small_train_config(blender_dir, b, export=[]), log=lambda *x: None)
-    monkeypatch.setattr(Trainer, "train_step", orig)
+    interrupt_at(monkeypatch, 75, lambda: train(small_train_config(blender_dir, b, export=[]), log=lambda *x: None))
     assert (b / "ckpts" / "ckpt_75.pt").exists()
     # resuming uses the saved config, whatever else the command line says
     train(TrainConfig(out=b, resume=True, iterations=999, progress=False), log=lambda *x: None)

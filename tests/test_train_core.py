@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_data import make_views, small_train_config, write_blender
+from synthetic_data import interrupt_at, make_views, small_train_config, write_blender
 
 import splat
 from splat.cameras import Cameras
@@ -296,17 +296,8 @@ def test_a_second_model_kind_resumes_bit_for_bit(blender_dir, tmp_path, toy_kind
     ds = _timed_dataset(blender_dir)
     Trainer(_toy_cfg(tmp_path / "a"), log=QUIET, dataset=ds).train()
     ref = torch.load(tmp_path / "a" / "ckpts" / "ckpt_150.pt", weights_only=True)
-    orig = Trainer.train_step
-
-    def interrupting(self, step):
-        if step == 75:  # between two density-control rounds, with the strategy's statistics half-accumulated
-            raise KeyboardInterrupt
-        return orig(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(_toy_cfg(tmp_path / "b"), log=QUIET, dataset=ds).train()
-    monkeypatch.setattr(Trainer, "train_step", orig)
+    # Ctrl-C at step 75: between two density-control rounds, with the strategy's statistics half-accumulated
+    interrupt_at(monkeypatch, 75, lambda: Trainer(_toy_cfg(tmp_path / "b"), log=QUIET, dataset=ds).train())
     Trainer(TrainConfig(out=tmp_path / "b", resume=True, progress=False), log=QUIET, dataset=ds).train()
     got = torch.load(tmp_path / "b" / "ckpts" / "ckpt_150.pt", weights_only=True)
     assert got["splats"].keys() == ref["splats"].keys()
