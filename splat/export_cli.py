@@ -70,7 +70,7 @@ class ExportCommand(ExportArgs):
     """Write at most this SH degree (0..3): the higher bands are dropped."""
     sh_palette: Optional[int] = None
     """Vector-quantise the higher-order SH into this many k-means entries (1..65536). .sog: the size of
-    its palette (default: Gaussians / 32 as a power of two, >= 1024); other formats: off by default."""
+    its palette (default: Gaussians / 32 as a power of two, >= 256); other formats: off by default."""
     sog_order: Literal["plas", "morton"] = "plas"
     """.sog: the Gaussians' layout in its images: plas (a self-organising grid; the file is also encoded in
     Morton order and the smaller one written) or morton (the Z-order of the positions PlayCanvas's writer uses)."""

@@ -56,7 +56,8 @@ def test_sh_palette_and_quantize_sh():
     assert len(np.unique(q["shN"].reshape(400, -1).numpy(), axis=0)) <= 32
     assert torch.equal(q["means"], s["means"])
     assert torch.equal(quantize_sh(make_splats(10, 0))["shN"], make_splats(10, 0)["shN"])
-    assert default_palette_size(36_795) == 1024 and default_palette_size(2_000_000) == 32768 and default_palette_size(10**8) == 65536
+    assert default_palette_size(36_795) == 1024 and default_palette_size(23_822) == 512 and \
+        default_palette_size(100) == 256 and default_palette_size(2_000_000) == 32768 and default_palette_size(10**8) == 65536
     with pytest.raises(ValueError, match="1..65536"):
         sh_palette(s["shN"].numpy(), 0)
 

@@ -67,13 +67,14 @@ def codebook_1d(values: np.ndarray, k: int = 256, alpha: float = 0.5, bins: int 
 
 def default_palette_size(n: int) -> int:
     """The SH palette size for `n` Gaussians by default: ``n / 32`` rounded down to a power of two,
-    between 1024 and 65536 (16-bit labels) -- about 32 Gaussians share a palette entry. (PlayCanvas's
-    writer takes ``n / 1024`` rounded down to a power of two, times 1024: about one entry per
-    Gaussian up to 64k, a file 2-3x larger for a few hundredths of a dB; the README's size/quality
-    table has both and the sizes between.)"""
+    between 256 and 65536 (16-bit labels) -- 32 to 64 Gaussians share a palette entry, and the
+    palette (about 37 bytes an entry in a .sog) stays a small part of a small model's file.
+    (PlayCanvas's writer takes ``n / 1024`` rounded down to a power of two, times 1024: about one
+    entry per Gaussian up to 64k, a file 3x larger for a few hundredths of a dB; the README's
+    size/quality tables have both and the sizes between.)"""
     if n <= 0:
-        return 1024
-    return int(min(65536, max(1024, 2 ** math.floor(math.log2(max(1, n / 32))))))
+        return 256
+    return int(min(65536, max(256, 2 ** math.floor(math.log2(max(1, n / 32))))))
 
 
 def sh_palette(shN: np.ndarray, k: int, iters: int = 20, seed: int = 0,
