@@ -17,7 +17,7 @@ import torch
 
 __all__ = ["SH_C0", "SPLAT_KEYS", "FormatError", "read_file_bytes", "torch_load_bytes", "torch_load_file",
            "atomic_write", "degree_for_rest", "sh_degree", "num_gaussians", "validate_splats", "to_splats", "degenerate_quats",
-           "identity_for_degenerate_quats", "MIN_QUAT_NORM2"]
+           "identity_for_degenerate_quats", "MIN_QUAT_NORM2", "sigmoid", "round_u8"]
 
 SH_C0 = 0.28209479177387814
 SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -27,6 +27,16 @@ _REST_TO_DEGREE = {0: 0, 3: 1, 8: 2, 15: 3}
 
 class FormatError(ValueError):
     """A file (or a model about to be written) is not valid for its format."""
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The opacity an opacity logit stands for, in float64 (what every 8-bit and float writer stores)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def round_u8(x: np.ndarray) -> np.ndarray:
+    """Bytes rounded to nearest (``floor(x + 0.5)``), clamped to 0..255."""
+    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
 def read_file_bytes(path: str | os.PathLike, what: str) -> bytes:

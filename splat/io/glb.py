@@ -106,7 +106,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .common import SH_C0, FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
+from .common import SH_C0, FormatError, atomic_write, read_file_bytes, sigmoid, to_splats, validate_splats
 
 __all__ = ["read_glb", "write_glb", "decode_glb", "encode_glb", "EXTENSION", "ATTR_PREFIX", "sh_attribute",
            "EXTENSION_OBJECT"]
@@ -210,7 +210,7 @@ def encode_glb(splats: Mapping[str, Any], where: str = "splats") -> bytes:
     rotation = np.ascontiguousarray(q[:, [1, 2, 3, 0]], dtype="<f4")
     with np.errstate(over="ignore", under="ignore"):
         scale = np.exp(a["scales"].astype(np.float64)).astype("<f4")
-        opacity = (1.0 / (1.0 + np.exp(-a["opacities"].astype(np.float64)))).astype("<f4")
+        opacity = sigmoid(a["opacities"]).astype("<f4")
     bad = ~np.isfinite(scale)
     if bad.any():
         i = int(np.nonzero(bad.any(axis=1))[0][0])

@@ -60,12 +60,14 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from .common import FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
+from .common import (FormatError, atomic_write, degree_for_rest, read_file_bytes, round_u8, sigmoid, to_splats,
+                     validate_splats)
 
 __all__ = ["write_sog", "read_sog", "encode_sog", "decode_sog", "sog_order", "image_shape"]
 
-_FILES = ("means_l.webp", "means_u.webp", "quats.webp", "scales.webp", "sh0.webp")
-_SH_COEFFS = {1: 3, 2: 8, 3: 15}
+# the images in the order the zip holds them (the SH two only with higher-order SH)
+_FILES = ("means_l.webp", "means_u.webp", "quats.webp", "scales.webp", "sh0.webp", "shN_centroids.webp",
+          "shN_labels.webp")
 _MAX_BYTES = 1 << 31  # a sanity cap on one decoded image (a zip bomb or a corrupt size)
 
 
@@ -84,18 +86,10 @@ def _inv_log_transform(v: np.ndarray) -> np.ndarray:
     return np.sign(v) * np.expm1(np.abs(v))
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 def _short(values) -> list:
     """float32 values as the shortest decimals that read back to the same float32 (a 256-entry
     codebook in meta.json then takes ~2.5 KB instead of ~5)."""
-    return [float(repr(np.float32(v)).replace("np.float32(", "").rstrip(")")) for v in np.asarray(values).ravel()]
-
-
-def _u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+    return [float(str(v)) for v in np.asarray(values, dtype=np.float32).ravel()]
 
 
 def sog_order(means: np.ndarray, order: Union[str, np.ndarray, torch.Tensor] = "morton",
@@ -188,11 +182,11 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
     quat *= np.where(quat[np.arange(n), big] < 0, -1.0, 1.0)[:, None] * np.sqrt(2.0)
     rest = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[big]
     three = np.take_along_axis(quat, rest, 1)
-    channels["quats.webp"] = [_u8(255 * (three[:, i] * 0.5 + 0.5)) for i in range(3)] + [252 + big]
+    channels["quats.webp"] = [round_u8(255 * (three[:, i] * 0.5 + 0.5)) for i in range(3)] + [252 + big]
     scale_book, scale_idx = codebook_1d(a["scales"], 256, seed=seed)  # 256-entry codebooks
     channels["scales.webp"] = [scale_idx[:, i] for i in range(3)]
     dc_book, dc_idx = codebook_1d(a["sh0"].reshape(n, 3), 256, seed=seed)  # opacity in sh0's alpha
-    channels["sh0.webp"] = [dc_idx[:, i] for i in range(3)] + [_u8(_sigmoid(a["opacities"].astype(np.float64)) * 255)]
+    channels["sh0.webp"] = [dc_idx[:, i] for i in range(3)] + [round_u8(sigmoid(a["opacities"]) * 255)]
     meta: dict = {"version": 2, "asset": {"generator": "splat"}, "count": int(n)}
     if antialiased:
         meta["model"] = "antialiased"
@@ -216,7 +210,7 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
         cen[:P, :, :3] = sh_idx
         fixed["shN_centroids.webp"] = _encode_webp(cen.reshape(rows, 64 * coeffs, 4), webp_effort)
         channels["shN_labels.webp"] = [labels & 0xFF, labels >> 8]
-        meta["shN"] = {"count": int(P), "bands": {3: 1, 8: 2, 15: 3}[coeffs], "codebook": _short(sh_book),
+        meta["shN"] = {"count": int(P), "bands": degree_for_rest(coeffs, where), "codebook": _short(sh_book),
                        "files": ["shN_centroids.webp", "shN_labels.webp"]}
 
     def image(chans: list, perm: np.ndarray) -> bytes:
@@ -241,8 +235,7 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
         # meta.json deflated (its codebooks' decimals halve; the engine and splat-transform inflate it),
         # the WebP images stored (already compressed)
         z.writestr("meta.json", json.dumps(meta, separators=(",", ":")), compress_type=zipfile.ZIP_DEFLATED)
-        for name in ("means_l.webp", "means_u.webp", "quats.webp", "scales.webp", "sh0.webp", "shN_centroids.webp",
-                     "shN_labels.webp"):
+        for name in _FILES:
             if name in files:
                 z.writestr(name, files[name])
     return buf.getvalue()
@@ -367,9 +360,9 @@ def decode_sog(meta: Mapping, load, where: str = "<sog>") -> dict:
     if meta.get("shN") is not None:
         e = _field(meta, "shN", where)
         bands = e.get("bands")
-        if bands not in _SH_COEFFS:
+        if bands not in (1, 2, 3):
             raise FormatError(f"{where}: meta.json 'shN.bands' must be 1, 2 or 3, got {bands!r}")
-        coeffs = _SH_COEFFS[bands]
+        coeffs = (int(bands) + 1) ** 2 - 1
         count = e.get("count")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 65536:
             raise FormatError(f"{where}: meta.json 'shN.count' must be 1..65536, got {count!r}")

@@ -35,17 +35,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .common import SH_C0, FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
+from .common import SH_C0, FormatError, atomic_write, read_file_bytes, round_u8, sigmoid, to_splats, validate_splats
 
 __all__ = ["read_splat", "write_splat", "decode_splat", "encode_splat", "sort_order", "RECORD"]
 
 RECORD = np.dtype([("pos", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rot", "u1", (4,))])
 assert RECORD.itemsize == 32
 _OPACITY_EPS = 1e-6
-
-
-def _round_u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
 def sort_order(a: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -69,12 +65,12 @@ def encode_splat(splats: Mapping[str, Any], where: str = "splats") -> bytes:
     rec["pos"] = a["means"]
     rec["scale"] = lin
     rgb = 0.5 + SH_C0 * a["sh0"].reshape(n, 3).astype(np.float64)
-    alpha = 1.0 / (1.0 + np.exp(-a["opacities"].astype(np.float64)))
-    rec["rgba"][:, :3] = _round_u8(rgb * 255.0)
-    rec["rgba"][:, 3] = _round_u8(alpha * 255.0)
+    alpha = sigmoid(a["opacities"])
+    rec["rgba"][:, :3] = round_u8(rgb * 255.0)
+    rec["rgba"][:, 3] = round_u8(alpha * 255.0)
     q = a["quats"].astype(np.float64)
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    rec["rot"] = _round_u8(q * 128.0 + 128.0)
+    rec["rot"] = round_u8(q * 128.0 + 128.0)
     return rec[sort_order(a)].tobytes()
 
 
