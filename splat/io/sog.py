@@ -234,10 +234,16 @@ def encode_sog(splats: Mapping[str, Any], *, order: Union[str, np.ndarray, torch
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
         # meta.json deflated (its codebooks' decimals halve; the engine and splat-transform inflate it),
         # the WebP images stored (already compressed)
-        z.writestr("meta.json", json.dumps(meta, separators=(",", ":")), compress_type=zipfile.ZIP_DEFLATED)
+        # (a fixed timestamp: the same model gives the same bytes, whenever it is written)
+        def entry(name: str, compress_type: int) -> zipfile.ZipInfo:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = compress_type
+            return info
+
+        z.writestr(entry("meta.json", zipfile.ZIP_DEFLATED), json.dumps(meta, separators=(",", ":")))
         for name in _FILES:
             if name in files:
-                z.writestr(name, files[name])
+                z.writestr(entry(name, zipfile.ZIP_STORED), files[name])
     return buf.getvalue()
 
 
