@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .plas import grid_order, sog_attributes
+
 __all__ = ["GridConfig", "GridSmoothness"]
 
 
@@ -60,16 +62,6 @@ class GridConfig:
             raise ValueError(f"--sog.blur-sigma must be a finite number > 0, got {self.blur_sigma}")
         if not (self.huber_delta > 0 and math.isfinite(self.huber_delta)):
             raise ValueError(f"--sog.huber-delta must be a finite number > 0, got {self.huber_delta}")
-
-
-def _attributes(params: Dict[str, Tensor]) -> Tensor:
-    """[N, 14] differentiable attributes the .sog images store."""
-    means = params["means"]
-    q = F.normalize(params["quats"], dim=1)
-    q = q * torch.where(q[:, :1] < 0, -1.0, 1.0).detach()
-    n = means.shape[0]
-    return torch.cat([means.sign().detach() * means.abs().log1p(), params["scales"], q,
-                      params["sh0"].reshape(n, 3), torch.sigmoid(params["opacities"]).reshape(n, 1)], 1)
 
 
 def _gaussian_blur(img: Tensor, sigma: float) -> Tensor:
@@ -113,16 +105,9 @@ class GridSmoothness:
         """Re-sort the grid for `splats` (from the last order when the number of Gaussians is the
         same) and return the order; `keep` False leaves the training state as it was (the export's
         final sort)."""
-        from .plas import grid_features, plas_sort
-        from ..io.compressed_ply import morton_order
-        from ..io.sog import image_shape
-
-        with torch.no_grad():
-            s = {k: v.detach().float().cpu() for k, v in splats.items()}
-            n = s["means"].shape[0]
-            init = self.order if self.order is not None and len(self.order) == n else \
-                torch.from_numpy(morton_order(s["means"].numpy()))
-            order = plas_sort(grid_features(s), image_shape(n), init=init, seed=self.sorts)
+        with torch.no_grad():  # from the last order, or the Morton order when the count changed
+            order = grid_order({k: v.detach().float().cpu() for k, v in splats.items()}, seed=self.sorts,
+                               init=self.order)
         if keep:
             self.order, self.sorted_at = order, step
             self.sorts += 1
@@ -141,7 +126,7 @@ class GridSmoothness:
         from ..io.sog import image_shape
 
         H, W = image_shape(n)
-        f = _attributes(params)
+        f = sog_attributes(params)
         if not self.cfg.positions:
             f = f[:, 3:]
         f = f / f.detach().std(dim=0).clamp_min(1e-8)

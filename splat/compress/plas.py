@@ -41,7 +41,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["grid_shape", "plas_sort", "grid_order", "grid_features", "neighbour_distance", "standardise"]
+__all__ = ["grid_shape", "plas_sort", "grid_order", "grid_features", "sog_attributes", "neighbour_distance",
+           "standardise"]
 
 # the 24 placements of 4 elements on 4 cells: _PERMS[p, i] = the cell (0..3) element i goes to
 _PERMS = torch.tensor(list(itertools.permutations(range(4))), dtype=torch.long)
@@ -187,21 +188,28 @@ POSITION_WEIGHT = 3.0
 """How much more the positions count in `grid_features` than each other attribute column: the
 .sog positions are two images (a 16-bit value split in bytes) whose high byte only compresses when
 neighbours are near in space (measured on a trained object: weight 1 made ``means_u`` 73 % larger
-than in Morton order, 3 made the whole file smallest; see the README)."""
+than in Morton order, 3 gave the smallest file of the weights tried, 1 to 12; Morton order itself
+is often smaller still on a model trained without the grid: see the README)."""
+
+
+def sog_attributes(splats) -> Tensor:
+    """[N, 14] the per-Gaussian attributes the ``.sog`` images store, differentiable: the positions
+    as ``sign(x) log(1 + |x|)``, log scales, the unit quaternion with w >= 0, the SH DC colour and
+    sigmoid(opacity). What the grid is sorted by (`grid_features`) and smoothed by
+    (`splat.compress.grid_loss`)."""
+    means = splats["means"]
+    q = torch.nn.functional.normalize(splats["quats"], dim=1)
+    q = q * torch.where(q[:, :1] < 0, -1.0, 1.0).detach()  # q and -q are one rotation
+    n = means.shape[0]
+    return torch.cat([means.sign().detach() * means.abs().log1p(), splats["scales"], q,
+                      splats["sh0"].reshape(n, 3), torch.sigmoid(splats["opacities"]).reshape(n, 1)], 1)
 
 
 def grid_features(splats, position_weight: float = POSITION_WEIGHT) -> Tensor:
-    """The per-Gaussian features a self-organising grid of a splats dict is sorted by: the positions
-    as ``.sog`` stores them (``sign(x) log(1 + |x|)``) times `position_weight`, log scales, the unit
-    quaternion with w >= 0, the SH DC colour and sigmoid(opacity), each column standardised. [N, 14]."""
-    means = torch.as_tensor(splats["means"]).detach().double()
-    q = torch.nn.functional.normalize(torch.as_tensor(splats["quats"]).detach().double(), dim=1)
-    q = q * torch.where(q[:, :1] < 0, -1.0, 1.0)  # q and -q are one rotation
-    n = means.shape[0]
-    f = standardise(torch.cat([
-        means.sign() * means.abs().log1p(), torch.as_tensor(splats["scales"]).detach().double(), q,
-        torch.as_tensor(splats["sh0"]).detach().double().reshape(n, 3),
-        torch.sigmoid(torch.as_tensor(splats["opacities"]).detach().double())[:, None]], 1))
+    """The per-Gaussian features a self-organising grid of a splats dict is sorted by:
+    `sog_attributes`, each column standardised, the positions times `position_weight`. [N, 14]."""
+    f = standardise(sog_attributes({k: torch.as_tensor(splats[k]).detach().double()
+                                    for k in ("means", "quats", "scales", "sh0", "opacities")}))
     f[:, :3] *= position_weight
     return f
 
