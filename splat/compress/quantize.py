@@ -9,6 +9,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..io.codebooks import default_palette_size, sh_palette
+from ..models.static import num_sh_bases
 
 __all__ = ["reduce_sh_degree", "quantize_sh"]
 
@@ -20,7 +21,7 @@ def reduce_sh_degree(splats: Mapping[str, torch.Tensor], degree: int) -> dict:
     if not 0 <= degree <= 3:
         raise ValueError(f"SH degree must be 0..3, got {degree}")
     out = dict(splats)
-    rest = (degree + 1) ** 2 - 1
+    rest = num_sh_bases(degree) - 1
     shN = splats.get("shN")
     if shN is not None and shN.shape[1] > rest:
         out["shN"] = shN[:, :rest].contiguous()

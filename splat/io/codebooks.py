@@ -37,10 +37,8 @@ def codebook_1d(values: np.ndarray, k: int = 256, alpha: float = 0.5, bins: int 
         return np.zeros(k, np.float32), np.zeros(v.shape, np.uint8 if k <= 256 else np.int64)
     if not np.isfinite(flat).all():
         raise ValueError("codebook_1d: values must be finite")
-    uniq = np.unique(flat.astype(np.float32))
-    if len(uniq) <= k:
-        book = np.concatenate([uniq, np.full(k - len(uniq), uniq[-1], np.float32)])
-    else:
+    book = np.unique(flat.astype(np.float32))  # fewer distinct values than k: they are the codebook
+    if len(book) > k:
         from sklearn.cluster import KMeans
 
         lo, hi = float(flat.min()), float(flat.max())
@@ -54,11 +52,11 @@ def codebook_1d(values: np.ndarray, k: int = 256, alpha: float = 0.5, bins: int 
         w = counts[keep].astype(np.float64) ** alpha
         if len(centres) <= k:
             book = np.sort(centres[:, 0]).astype(np.float32)
-            book = np.concatenate([book, np.full(k - len(book), book[-1], np.float32)])
         else:
             km = KMeans(n_clusters=k, n_init=1, random_state=seed, max_iter=100)
             km.fit(centres, sample_weight=w)
             book = np.sort(km.cluster_centers_[:, 0]).astype(np.float32)
+    book = np.concatenate([book, np.full(k - len(book), book[-1], np.float32)])  # padded with the last
     # nearest entry: between sorted entries the boundary is the midpoint
     mids = (book[1:].astype(np.float64) + book[:-1]) / 2
     labels = np.searchsorted(mids, flat, side="left")
