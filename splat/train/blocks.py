@@ -325,8 +325,7 @@ def merge(cfg: TrainConfig, dataset: Dataset, partition: BlockPartition, log=pri
     views, write OUT/model.<ext>, OUT/ckpts/ckpt_<steps>.pt (a static model checkpoint that
     `splat-render OUT` and `load_model` open), OUT/renders/, OUT/config.json and OUT/metrics.json.
     Returns the metrics."""
-    from .. import io as splat_io
-    from .loop import EXPORT_SUFFIXES
+    from .loop import write_model_files
 
     out = Path(cfg.out)
     K = partition.num_blocks
@@ -358,11 +357,7 @@ def merge(cfg: TrainConfig, dataset: Dataset, partition: BlockPartition, log=pri
         "train_seconds": train_seconds, "scene_scale": model.scene_scale, "model": "static",
         "splats": model.state(), "optimizer": {}, "strategy_state": {}, "config": config_to_json(cfg),
         "history": [], "transform": np.asarray(dataset.transform).tolist()}, keep=cfg.keep_checkpoints)
-    exported = []
-    splats = model.to_splats()
-    for fmt in cfg.export:
-        opts = {"antialiased": cfg.rasterize_mode == "antialiased"} if fmt == "spz" else {}
-        exported.append(splat_io.save(out / f"model{EXPORT_SUFFIXES[fmt]}", splats, format=fmt, **opts))
+    exported = write_model_files(out, model.to_splats(), cfg.export, cfg.rasterize_mode, log=log)
     per_block = []
     for k, (m, n_kept) in enumerate(zip(block_m, kept)):
         b = m.get("block", {})

@@ -46,12 +46,32 @@ from .losses import photometric_loss
 from .registry import MODELS, OPTIMIZERS
 from .sharded import ShardedStep, check_shardable
 
-__all__ = ["Trainer", "EXPORT_SUFFIXES"]
+__all__ = ["Trainer", "EXPORT_SUFFIXES", "write_model_files"]
 
 EXPORT_SUFFIXES = {"ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply", "sog": ".sog",
                    "glb": ".glb"}
 # options of this command, not of the run, when resuming
 _SESSION_FIELDS = ("viewer", "viewer_port", "viewer_host", "viewer_wait", "dist")
+
+
+def write_model_files(out: Path, splats: dict, formats: Iterable[str], rasterize_mode: str,
+                      grid_order: Optional[np.ndarray] = None, log=print) -> List[Path]:
+    """`splats` as OUT/model.<ext> in each of `formats` (`EXPORT_SUFFIXES`): .spz and .sog marked
+    as trained with antialiasing under ``--rasterize-mode antialiased``; with `grid_order` (a
+    ``--compress sog`` run's grid), the .sog laid out in it or in Morton order, whichever file is
+    smaller (said in the log)."""
+    from .. import io as splat_io
+
+    paths = []
+    for fmt in formats:
+        opts: dict = {"antialiased": rasterize_mode == "antialiased"} if fmt in ("spz", "sog") else {}
+        chosen: list = []
+        if fmt == "sog" and grid_order is not None:
+            opts.update(order=[grid_order, "morton"], chosen=chosen)
+        paths.append(splat_io.save(Path(out) / f"model{EXPORT_SUFFIXES[fmt]}", splats, format=fmt, **opts))
+        if chosen:
+            log(f"model.sog: {'the trained grid' if chosen[0] == 0 else 'Morton order (smaller here)'}")
+    return paths
 
 
 def _ignored_on_resume(given: TrainConfig, saved: TrainConfig) -> List[str]:
@@ -371,8 +391,6 @@ class Trainer:
 
     def export(self) -> List[Path]:
         """The model in each --export format as model.<ext> (none for a model kind with no static form)."""
-        from .. import io as splat_io
-
         model = self.whole_model()
         if model is None:  # not rank 0 of a multi-process run
             return []
@@ -384,17 +402,11 @@ class Trainer:
                 self.log(f"export: a {self.model.name} model has no single static form; skipped "
                          f"{', '.join(self.cfg.export)}{hint}")
             return []
-        paths = []
-        formats = list(self.cfg.export) + (["sog"] if self.grid is not None and "sog" not in self.cfg.export else [])
-        for fmt in formats:
-            opts = {"antialiased": self.cfg.rasterize_mode == "antialiased"} if fmt in ("spz", "sog") else {}
-            if fmt == "sog" and self.grid is not None:  # the trained grid, re-sorted for the final values
-                opts["order"] = [self.grid.sort(splats, self.iterations, keep=False).numpy(), "morton"]
-                opts["chosen"] = chosen = []
-            paths.append(splat_io.save(self.out / f"model{EXPORT_SUFFIXES[fmt]}", splats, format=fmt, **opts))
-            if "chosen" in opts:  # the smaller file of the two layouts is written
-                self.log(f"model.sog: {'the trained grid' if chosen[0] == 0 else 'Morton order (smaller here)'}")
-        return paths
+        grid, formats = None, list(self.cfg.export)
+        if self.grid is not None:  # --compress sog: model.sog always, in the trained grid re-sorted for its final values
+            formats += [] if "sog" in formats else ["sog"]
+            grid = self.grid.sort(splats, self.iterations, keep=False).numpy()
+        return write_model_files(self.out, splats, formats, self.cfg.rasterize_mode, grid_order=grid, log=self.log)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
