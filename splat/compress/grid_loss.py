@@ -15,7 +15,8 @@ channel divided by its (detached) standard deviation, and ``blur_sigma`` a Gauss
 out of the average). Neighbouring cells then hold closer values and the attribute images compress
 better; the photometric loss keeps the quality. The loss starts at ``start`` x the run's steps (after
 densification has done most of its work: every change of the number of Gaussians forces a new sort)
-and the final model is written as ``model.sog`` in its trained grid order.
+and the final model is written as ``model.sog`` in its trained grid (or in Morton order, when
+that file is smaller: `splat.train.loop.write_model_files`).
 """
 from __future__ import annotations
 
