@@ -161,7 +161,8 @@ class TrainConfig:
     """--optimizer lm: Adam warm-up, then Levenberg-Marquardt steps (3DGS-LM; PCG on the normal equations)."""
     compress: Literal["none", "sog"] = "none"
     """sog: train for compression (Self-Organizing Gaussians): the Gaussians kept sorted into the .sog
-    image grid (PLAS) with a smoothness loss on it, and model.sog written in the trained grid (or Morton order where smaller)."""
+    image grid (PLAS) with a smoothness loss on it, and model.sog written in the trained grid (or in
+    Morton order where that is smaller)."""
     sog: GridConfig = dataclasses.field(default_factory=GridConfig)
     """--compress sog: the grid smoothness loss and sorting."""
 
