@@ -62,7 +62,8 @@ class Scorer:
         self.views = Views(data.test, "cpu")
         self.train_split = data.train
         self.bg = torch.from_numpy(bg)
-        self.settings = RenderSettings("cpu", self.cfg.get("rasterize_mode", "classic"))
+        # as the trainer evaluates (its near plane follows the scene's scale)
+        self.settings = RenderSettings("cpu", self.cfg.get("rasterize_mode", "classic")).for_scene(data.scene_scale)
         self.StaticModel = StaticModel
         self.reference = None
 

@@ -17,7 +17,7 @@ import torch
 
 __all__ = ["SH_C0", "SPLAT_KEYS", "FormatError", "read_file_bytes", "torch_load_bytes", "torch_load_file",
            "atomic_write", "degree_for_rest", "sh_degree", "num_gaussians", "validate_splats", "to_splats", "degenerate_quats",
-           "identity_for_degenerate_quats", "MIN_QUAT_NORM2", "sigmoid", "round_u8"]
+           "identity_for_degenerate_quats", "MIN_QUAT_NORM2", "sigmoid", "round_u8", "sh_axis_signs"]
 
 SH_C0 = 0.28209479177387814
 SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -32,6 +32,13 @@ class FormatError(ValueError):
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """The opacity an opacity logit stands for, in float64 (what every 8-bit and float writer stores)."""
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def sh_axis_signs(x: float, y: float, z: float) -> np.ndarray:
+    """[15] the sign each higher-order SH basis function (degrees 1-3, gsplat order) takes under the
+    axis sign change (x, y, z) of the coordinates (each +-1): what changing a file's axes does to
+    the SH coefficients (spz's RUB, glTF's y-up)."""
+    return np.array([y, z, x, x * y, y * z, 1, x * z, 1, y, x * y * z, y, z, x, z, x], np.float32)
 
 
 def round_u8(x: np.ndarray) -> np.ndarray:

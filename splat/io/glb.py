@@ -106,7 +106,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .common import SH_C0, FormatError, atomic_write, read_file_bytes, sigmoid, to_splats, validate_splats
+from .common import (SH_C0, FormatError, atomic_write, read_file_bytes, sh_axis_signs, sigmoid, to_splats,
+                     validate_splats)
 
 __all__ = ["read_glb", "write_glb", "decode_glb", "encode_glb", "EXTENSION", "ATTR_PREFIX", "sh_attribute",
            "EXTENSION_OBJECT"]
@@ -157,9 +158,8 @@ _MIN_LINEAR_SCALE = 2.0 ** -126
 
 # model (3DGS/COLMAP, y down) <-> glTF (y up): a rotation by 180 degrees about z, its own inverse
 _AXIS_SIGNS = np.array([-1.0, -1.0, 1.0], np.float32)
-# SH coefficient k (gsplat order, degrees 1-3) has order m = n - l; a turn by pi about z multiplies it by (-1)^m
-_SH_ORDER = np.array([n - l for l in (1, 2, 3) for n in range(2 * l + 1)])
-_SH_SIGNS = np.where(_SH_ORDER % 2 == 0, 1.0, -1.0).astype(np.float32)
+# a turn by pi about z multiplies SH coefficient k of order m by (-1)^m: the signs of that axis change
+_SH_SIGNS = sh_axis_signs(*_AXIS_SIGNS)
 
 
 def sh_attribute(degree: int, coef: int) -> str:

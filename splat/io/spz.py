@@ -72,7 +72,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .common import FormatError, atomic_write, read_file_bytes, to_splats, validate_splats
+from .common import FormatError, atomic_write, read_file_bytes, sh_axis_signs, to_splats, validate_splats
 
 __all__ = ["read_spz", "write_spz", "decode_spz", "encode_spz", "read_header", "MAGIC"]
 
@@ -109,12 +109,6 @@ def _axis_flips(src: int, dst: int) -> tuple[float, float, float]:
     """Per-axis signs taking coordinates in system ``src`` to ``dst`` (1..8)."""
     a, b = src - 1, dst - 1
     return tuple(1.0 if ((a >> i) & 1) == ((b >> i) & 1) else -1.0 for i in range(3))  # type: ignore[return-value]
-
-
-def _sh_flips(x: float, y: float, z: float) -> np.ndarray:
-    """Sign of each higher-order SH basis function (degrees 1-3, gsplat order)
-    under the axis sign change (x, y, z)."""
-    return np.array([y, z, x, x * y, y * z, 1, x * z, 1, y, x * y * z, y, z, x, z, x], np.float32)
 
 
 def _zstd() -> tuple[Callable[[bytes, int], bytes], Callable[[bytes], bytes]] | None:
@@ -235,7 +229,7 @@ def _pack_attributes(a: dict[str, np.ndarray], version: int, where: str) -> tupl
     shN = a["shN"]
     k = shN.shape[1]
     if k:
-        x = shN * _sh_flips(fx, fy, fz)[:k][None, :, None]
+        x = shN * sh_axis_signs(fx, fy, fz)[:k][None, :, None]
         qv = (_round(x * np.float32(128)) + 128).astype(np.int64)
         bucket = np.where(np.arange(k) < 3, 8, 16)[None, :, None]
         qv = (qv + bucket // 2) // bucket * bucket
@@ -452,7 +446,7 @@ def decode_spz(data: bytes, where: str = "<bytes>") -> dict:
     fx, fy, fz = _axis_flips(info["coordinate_system"], RDF)
     p = p * np.array([fx, fy, fz], np.float32)
     q = q * np.array([fy * fz, fx * fz, fx * fy, 1.0], np.float32)
-    shN = shN * _sh_flips(fx, fy, fz)[: shN.shape[1]][None, :, None]
+    shN = shN * sh_axis_signs(fx, fy, fz)[: shN.shape[1]][None, :, None]
     norm = np.linalg.norm(q, axis=1, keepdims=True)
     q = np.where(norm > 0, q / np.where(norm > 0, norm, 1), np.array([0, 0, 0, 1], np.float32))
     return to_splats(
