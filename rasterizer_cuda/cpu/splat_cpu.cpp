@@ -42,30 +42,38 @@ inline TileOrigin tile_origin(int64_t t, int64_t n_tiles, int tw, int tile_size)
 }
 
 // The centres of the P = tile_size^2 pixels of the tile at `o` (row-major) and whether each lies
-// in the image (1/0; the last tiles of a row or column overhang it); returns whether any does.
+// in the image (1/0; the last tiles of a row or column overhang it); returns how many do.
 inline int tile_pixel_centres(const TileOrigin& o, int tile_size, int width, int height, float* px, float* py,
                               int32_t* inside) {
-    int any = 0;
+    int count = 0;
     for (int p = 0; p < tile_size * tile_size; ++p) {
         int x = o.x0 + p % tile_size, y = o.y0 + p / tile_size;
         px[p] = x + 0.5f;
         py[p] = y + 0.5f;
         inside[p] = (x < width && y < height) ? 1 : 0;
-        any |= inside[p];
+        count += inside[p];
     }
-    return any;
+    return count;
 }
 
-// One Gaussian over the P pixels of a tile (the pixels are the SIMD lanes):
-// alpha, the transmittance cut-off and the blend weights w. Returns whether any
-// pixel is still active.
-__attribute__((noinline)) int blend_step(int P, const float* __restrict px, const float* __restrict py,
+// The pixels [p0, p1) of a tile (row-major, `tile_size` wide) in the rows a Gaussian can reach
+// (alpha_row_span); p0 == p1 when it reaches none.
+struct PixelRange { int p0, p1; };
+inline PixelRange gaussian_pixel_range(float a, float b, float c, float my, float opacity, int y0, int tile_size) {
+    const RowSpan r = alpha_row_span(a, b, c, my, opacity, y0, tile_size);
+    return {r.begin * tile_size, r.end * tile_size};
+}
+
+// One Gaussian over the pixels [p0, p1) of a tile (the pixels are the SIMD lanes):
+// alpha, the transmittance cut-off and the blend weights w. Returns how many
+// pixels stopped (transmittance cut-off) at this Gaussian.
+__attribute__((noinline)) int blend_step(int p0, int p1, const float* __restrict px, const float* __restrict py,
                                          float* __restrict T, float* __restrict w, int32_t* __restrict last,
                                          int32_t* __restrict active, float mx, float my, float a, float b, float c,
                                          float o, int32_t id) {
-    int any = 0;
-#pragma omp simd reduction(| : any)
-    for (int p = 0; p < P; ++p) {
+    int stopped = 0;
+#pragma omp simd reduction(+ : stopped)
+    for (int p = p0; p < p1; ++p) {
         float dx = mx - px[p], dy = my - py[p];
         float sigma = gaussian_sigma(a, b, c, dx, dy);
         float raw = gaussian_raw_alpha(o, sigma);
@@ -78,20 +86,19 @@ __attribute__((noinline)) int blend_step(int P, const float* __restrict px, cons
         w[p] = take ? alpha * Tp : 0.f;
         T[p] = take ? Tn : Tp;
         last[p] = take ? id : last[p];
-        int32_t act = active[p] & (stop ^ 1);
-        active[p] = act;
-        any |= act;
+        active[p] = active[p] & (stop ^ 1);
+        stopped += stop;
     }
-    return any;
+    return stopped;
 }
 
-// One Gaussian over the P pixels of a tile in the backward pass (reverse
+// One Gaussian over the pixels [p0, p1) of a tile in the backward pass (reverse
 // order). Updates each pixel's transmittance T and the colour behind it (sdot,
 // dotted with dL/dC), writes the blend factor fac and each pixel's gradient
 // terms into g[8][P] (d mean x, y, d conic a, b, c, d opacity, |d mean| x, y),
 // then sums those over the pixels into out[8]. (Summing in a second loop keeps
 // both loops simple enough for GCC to vectorise.)
-__attribute__((noinline)) void backward_step(int P, const float* __restrict px, const float* __restrict py, float* __restrict T,
+__attribute__((noinline)) void backward_step(int P, int p0, int p1, const float* __restrict px, const float* __restrict py, float* __restrict T,
                    const float* __restrict Tf, float* __restrict sdot, const float* __restrict va,
                    const float* __restrict cdot, float* __restrict fac, const int32_t* __restrict last,
                    float* __restrict g, float mx, float my, float a, float b, float c, float o, int32_t id,
@@ -105,7 +112,7 @@ __attribute__((noinline)) void backward_step(int P, const float* __restrict px, 
     float* __restrict g_ax = g + 6 * P;
     float* __restrict g_ay = g + 7 * P;
 #pragma omp simd
-    for (int p = 0; p < P; ++p) {
+    for (int p = p0; p < p1; ++p) {
         float dx = mx - px[p], dy = my - py[p];
         float sigma = gaussian_sigma(a, b, c, dx, dy);
         float vis = fast_exp(-sigma);
@@ -129,7 +136,7 @@ __attribute__((noinline)) void backward_step(int P, const float* __restrict px, 
         const float* __restrict gj = g + j * P;
         float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-        for (int p = 0; p < P; ++p) sum += gj[p];
+        for (int p = p0; p < p1; ++p) sum += gj[p];
         out[j] = sum;
     }
 }
@@ -375,20 +382,22 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
                 go[k] = opacities[g];
                 memcpy(&col[(size_t)k * D], colors + g * D, sizeof(float) * D);
             }
-            int any = tile_pixel_centres(o, tile_size, width, height, px.data(), py.data(), active.data());
+            int n_active = tile_pixel_centres(o, tile_size, width, height, px.data(), py.data(), active.data());
             std::fill(T.begin(), T.end(), 1.f);
             std::fill(last.begin(), last.end(), -1);
             std::fill(acc.begin(), acc.end(), 0.f);
             int k = 0;
-            for (; k < K && any; ++k) {
-                any = blend_step(P, px.data(), py.data(), T.data(), w.data(), last.data(), active.data(), gx[k],
-                                 gy[k], ga[k], gb[k], gc[k], go[k], (int32_t)(s + k));
+            for (; k < K && n_active > 0; ++k) {
+                const PixelRange r = gaussian_pixel_range(ga[k], gb[k], gc[k], gy[k], go[k], ty0, tile_size);
+                if (r.p1 <= r.p0) continue;
+                n_active -= blend_step(r.p0, r.p1, px.data(), py.data(), T.data(), w.data(), last.data(),
+                                       active.data(), gx[k], gy[k], ga[k], gb[k], gc[k], go[k], (int32_t)(s + k));
                 const float* ck = &col[(size_t)k * D];
                 for (int d = 0; d < D; ++d) {
                     const float cv = ck[d];
                     float* ad = &acc[(size_t)d * P];
 #pragma omp simd
-                    for (int p = 0; p < P; ++p) ad[p] += w[p] * cv;
+                    for (int p = r.p0; p < r.p1; ++p) ad[p] += w[p] * cv;
                 }
             }
             if (tile_work) tile_work[t] = k;
@@ -431,20 +440,23 @@ void splat_rasterize_jvp(int C, int N, int D, int width, int height, int tile_si
             const TileOrigin o = tile_origin(t, n_tiles, tw, tile_size);
             const int c = o.c, tx0 = o.x0, ty0 = o.y0;
             const int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
-            int any = tile_pixel_centres(o, tile_size, width, height, px.data(), py.data(), active.data());
+            int n_active = tile_pixel_centres(o, tile_size, width, height, px.data(), py.data(), active.data());
             std::fill(T.begin(), T.end(), 1.f);
             std::fill(tT.begin(), tT.end(), 0.f);
             std::fill(acc.begin(), acc.end(), 0.f);
-            for (int64_t k = s; k < e && any; ++k) {
+            for (int64_t k = s; k < e && n_active > 0; ++k) {
                 const int64_t g = flatten_ids[k];
                 const float mx = means2d[2 * g], my = means2d[2 * g + 1];
                 const float a = conics[3 * g], b = conics[3 * g + 1], cc = conics[3 * g + 2], o = opacities[g];
+                const PixelRange span = gaussian_pixel_range(a, b, cc, my, o, ty0, tile_size);
+                if (span.p1 <= span.p0) continue;
+                const int p0 = span.p0, p1 = span.p1;
                 const float tmx = t_means2d[2 * g], tmy = t_means2d[2 * g + 1];
                 const float ta = t_conics[3 * g], tb = t_conics[3 * g + 1], tc = t_conics[3 * g + 2];
                 const float to = t_opacities[g];
-                any = 0;
-#pragma omp simd reduction(| : any)
-                for (int p = 0; p < P; ++p) {
+                int stopped = 0;
+#pragma omp simd reduction(+ : stopped)
+                for (int p = p0; p < p1; ++p) {
                     float dx = mx - px[p], dy = my - py[p];
                     float sigma = gaussian_sigma(a, b, cc, dx, dy);
                     float vis = fast_exp(-sigma);
@@ -460,17 +472,17 @@ void splat_rasterize_jvp(int C, int N, int D, int width, int height, int tile_si
                     tw_[p] = take ? r.t_w : 0.f;
                     T[p] = take ? r.T_next : T[p];
                     tT[p] = take ? r.t_T_next : tT[p];
-                    int32_t act = active[p] & (stop ^ 1);
-                    active[p] = act;
-                    any |= act;
+                    active[p] = active[p] & (stop ^ 1);
+                    stopped += stop;
                 }
+                n_active -= stopped;
                 const float* col = colors + g * D;
                 const float* tcol = t_colors + g * D;
                 for (int d = 0; d < D; ++d) {
                     const float cv = col[d], tcv = tcol[d];
                     float* ad = &acc[(size_t)d * P];
 #pragma omp simd
-                    for (int p = 0; p < P; ++p) ad[p] += tw_[p] * cv + w[p] * tcv;
+                    for (int p = p0; p < p1; ++p) ad[p] += tw_[p] * cv + w[p] * tcv;
                 }
             }
             const float* bg = backgrounds ? backgrounds + (int64_t)c * D : nullptr;
@@ -549,18 +561,21 @@ void splat_rasterize_bwd(int C, int N, int D, int width, int height, int tile_si
                 const float mx = means2d[2 * g], my = means2d[2 * g + 1];
                 const float a = conics[3 * g], b = conics[3 * g + 1], cc = conics[3 * g + 2];
                 const float o = opacities[g];
+                const PixelRange span = gaussian_pixel_range(a, b, cc, my, o, ty0, tile_size);
+                if (span.p1 <= span.p0) continue;  // its slot stays zero
+                const int p0 = span.p0, p1 = span.p1;
                 const float* ck = colors + g * D;
                 // cdot[p] = colour . dL/dC(p)
-                std::fill(cdot.begin(), cdot.end(), 0.f);
+                std::fill(cdot.begin() + p0, cdot.begin() + p1, 0.f);
                 for (int d = 0; d < D; ++d) {
                     const float cv = ck[d];
                     const float* vd = &vC[(size_t)d * P];
 #pragma omp simd
-                    for (int p = 0; p < P; ++p) cdot[p] += cv * vd[p];
+                    for (int p = p0; p < p1; ++p) cdot[p] += cv * vd[p];
                 }
                 float sums[8];
-                backward_step(P, px.data(), py.data(), T.data(), Tf.data(), sdot.data(), va.data(), cdot.data(),
-                              fac.data(), last.data(), gbuf.data(), mx, my, a, b, cc, o, (int32_t)i, sums);
+                backward_step(P, p0, p1, px.data(), py.data(), T.data(), Tf.data(), sdot.data(), va.data(),
+                              cdot.data(), fac.data(), last.data(), gbuf.data(), mx, my, a, b, cc, o, (int32_t)i, sums);
                 const float s_mx = sums[0], s_my = sums[1], s_a = sums[2], s_b = sums[3], s_c = sums[4],
                             s_o = sums[5], s_ax = sums[6], s_ay = sums[7];
                 float* slot = &slots[(size_t)i * G];
@@ -571,31 +586,38 @@ void splat_rasterize_bwd(int C, int N, int D, int width, int height, int tile_si
                     const float* vd = &vC[(size_t)d * P];
                     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-                    for (int p = 0; p < P; ++p) sum += fac[p] * vd[p];
+                    for (int p = p0; p < p1; ++p) sum += fac[p] * vd[p];
                     slot[off + d] = sum;
                 }
             }
         }
     }
-    // sum the slots per Gaussian
+    // sum the slots per Gaussian: each thread owns a range of Gaussians and adds up their slots in
+    // intersection order (deterministic for any thread count)
     const int64_t CN = (int64_t)C * N;
-    memset(v_means2d, 0, sizeof(float) * 2 * CN);
-    memset(v_conics, 0, sizeof(float) * 3 * CN);
-    memset(v_colors, 0, sizeof(float) * D * CN);
-    memset(v_opacities, 0, sizeof(float) * CN);
-    if (want_abs) memset(v_means2d_abs, 0, sizeof(float) * 2 * CN);
     const int off = want_abs ? 8 : 6;
-    for (int64_t i = 0; i < M; ++i) {
-        const int64_t g = flatten_ids[i];
-        const float* slot = &slots[(size_t)i * G];
-        v_means2d[2 * g] += slot[0];
-        v_means2d[2 * g + 1] += slot[1];
-        v_conics[3 * g] += slot[2];
-        v_conics[3 * g + 1] += slot[3];
-        v_conics[3 * g + 2] += slot[4];
-        v_opacities[g] += slot[5];
-        if (want_abs) { v_means2d_abs[2 * g] += slot[6]; v_means2d_abs[2 * g + 1] += slot[7]; }
-        for (int d = 0; d < D; ++d) v_colors[g * D + d] += slot[off + d];
+#pragma omp parallel
+    {
+        const int nt = omp_get_num_threads(), th_id = omp_get_thread_num();
+        const int64_t g_lo = CN * th_id / nt, g_hi = CN * (th_id + 1) / nt;
+        memset(v_means2d + 2 * g_lo, 0, sizeof(float) * 2 * (g_hi - g_lo));
+        memset(v_conics + 3 * g_lo, 0, sizeof(float) * 3 * (g_hi - g_lo));
+        memset(v_colors + D * g_lo, 0, sizeof(float) * D * (g_hi - g_lo));
+        memset(v_opacities + g_lo, 0, sizeof(float) * (g_hi - g_lo));
+        if (want_abs) memset(v_means2d_abs + 2 * g_lo, 0, sizeof(float) * 2 * (g_hi - g_lo));
+        for (int64_t i = 0; i < M; ++i) {
+            const int64_t g = flatten_ids[i];
+            if (g < g_lo || g >= g_hi) continue;
+            const float* slot = &slots[(size_t)i * G];
+            v_means2d[2 * g] += slot[0];
+            v_means2d[2 * g + 1] += slot[1];
+            v_conics[3 * g] += slot[2];
+            v_conics[3 * g + 1] += slot[3];
+            v_conics[3 * g + 2] += slot[4];
+            v_opacities[g] += slot[5];
+            if (want_abs) { v_means2d_abs[2 * g] += slot[6]; v_means2d_abs[2 * g + 1] += slot[7]; }
+            for (int d = 0; d < D; ++d) v_colors[g * D + d] += slot[off + d];
+        }
     }
 }
 

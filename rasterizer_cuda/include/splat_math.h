@@ -641,6 +641,34 @@ SPLAT_HD int32_t alpha_contributes(float sigma, float raw_alpha) {
     return (sigma >= 0.f ? 1 : 0) & (raw_alpha >= kAlphaThreshold ? 1 : 0);
 }
 
+// The rows [begin, end) of a tile of `rows` pixel rows, whose first row has pixel
+// centres at y = y0 + 0.5, on which a Gaussian (conic a, b, c; mean y `my`;
+// opacity) can take part in compositing: alpha >= kAlphaThreshold needs
+// sigma <= L = ln(opacity / kAlphaThreshold), and on the ellipse sigma = L the
+// largest |dy| is sqrt(2 L Sigma_yy) with Sigma_yy = a / (a c - b^2) (the 2D
+// covariance is the conic's inverse). Conservative (a small margin covers
+// rounding and fast_exp's error), so a loop over these rows only gives the
+// results of a loop over all of them. Not an ellipse (or NaN): every row;
+// opacity <= kAlphaThreshold: none. The CPU kernels use it to skip the rows of
+// a tile a Gaussian cannot reach (pixels are the SIMD lanes, a row a run of them).
+struct RowSpan { int begin, end; };
+SPLAT_HD RowSpan alpha_row_span(float a, float b, float c, float my, float opacity, int y0, int rows) {
+    RowSpan all{0, rows}, none{0, 0};
+    const float det = a * c - b * b;
+    if (!(a > 0.f && det > 0.f)) return all;
+    const float L = logf(opacity * (1.f + 1e-5f) / kAlphaThreshold);
+    if (!(L > 0.f)) return opacity == opacity ? none : all;
+    const float ey = sqrtf(2.f * L * a / det) * (1.f + 1e-4f) + 1e-3f;
+    const float centre = my - (y0 + 0.5f);
+    const float lo = min_f(max_f(centre - ey, -1.f), (float)rows + 1.f);
+    const float hi = min_f(max_f(centre + ey, -1.f), (float)rows + 1.f);
+    RowSpan r{(int)ceilf(lo), (int)floorf(hi) + 1};
+    r.begin = r.begin < 0 ? 0 : r.begin;
+    r.end = r.end > rows ? rows : r.end;
+    if (!(r.end > r.begin)) return none;
+    return r;
+}
+
 // Gradient of alpha = min(kMaxAlpha, opacity * exp(-sigma(mean - pixel))) for a
 // contributing pair, given v_alpha. `vis` = exp(-sigma). The clamp passes no
 // gradient above kMaxAlpha, as in the reference. Returned by value (no references), so that
