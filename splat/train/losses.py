@@ -1,22 +1,71 @@
-"""The image loss of the 3DGS recipe."""
+"""The image loss of the 3DGS recipe: (1 - lambda) L1 + lambda D-SSIM (Kerbl et al., 3D Gaussian
+Splatting, SIGGRAPH 2023), in torch or fused into the native kernels
+(`splat.backends.fused_loss`, after fused-ssim: Mallick et al., Taming 3DGS, 2024)."""
 from __future__ import annotations
 
-from typing import Optional
+import threading
+from typing import Dict, Optional
 
+import torch
 from torch import Tensor
 
 from ..metrics import ssim as ssim_fn, ssim_map
 
-__all__ = ["photometric_loss", "photometric_loss_rows"]
+__all__ = ["photometric_loss", "photometric_loss_rows", "IMPLS"]
+
+IMPLS = ("auto", "torch", "native")
+
+_native_ok: Dict[str, bool] = {}  # device type -> whether its native library loads
+_native_lock = threading.Lock()
 
 
-def photometric_loss(pred: Tensor, gt: Tensor, ssim_lambda: float, mask: Optional[Tensor] = None) -> Tensor:
-    """(1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM) of images [H,W,3] in [0,1]
+def _native_available(device_type: str) -> bool:
+    """Whether the native library of `device_type` ("cpu" or "cuda") builds and loads (asked once)."""
+    if device_type not in _native_ok:
+        with _native_lock:
+            if device_type not in _native_ok:
+                from ..backends import cpu, cuda
+                from ..backends._build import NativeBuildError
+
+                try:
+                    (cpu if device_type == "cpu" else cuda).load()
+                    _native_ok[device_type] = True
+                except NativeBuildError:
+                    _native_ok[device_type] = False
+    return _native_ok[device_type]
+
+
+def _native_fits(pred: Tensor, gt: Tensor, mask: Optional[Tensor]) -> bool:
+    """Whether impl="auto" takes the native loss for these inputs."""
+    return (isinstance(pred, Tensor) and isinstance(gt, Tensor) and pred.ndim == 3 and gt.shape == pred.shape
+            and pred.numel() > 0 and pred.dtype == torch.float32 and gt.dtype == torch.float32
+            and pred.device == gt.device and pred.device.type in ("cpu", "cuda") and not gt.requires_grad
+            and (mask is None or (mask.device == pred.device and mask.dtype == torch.bool
+                                  and tuple(mask.shape) == (*pred.shape[:2], 1)))
+            and _native_available(pred.device.type))
+
+
+def photometric_loss(pred: Tensor, gt: Tensor, ssim_lambda: float, mask: Optional[Tensor] = None,
+                     impl: str = "auto") -> Tensor:
+    """(1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM) of images [H,W,3] in [0,1] -> a scalar
     (SSIM with zero padding, as 3DGS trains; `splat.metrics.ssim`).
 
     `mask` [H,W,1] bool (a dataset's mask, nerfstudio's ``mask_path``): pixels where it is
     False are left out: L1 is the mean over kept pixels and SSIM is `splat.metrics.ssim`'s
-    masked mean, so a left-out pixel contributes neither error nor gradient."""
+    masked mean, so a left-out pixel contributes neither error nor gradient.
+
+    `impl`: "torch" the torch ops below (any dtype and device, gradients for both images);
+    "native" `splat.backends.fused_loss.fused_photometric_loss`, the same loss as one fused
+    native call each way on the CPU or CUDA library (float32 [H,W,C], gradient for `pred`
+    only; ValueError for other inputs); "auto" native for float32 [H,W,C] images on cpu or
+    cuda whose native library loads, with `gt` not requiring grad and `mask` None or bool
+    [H,W,1], else torch. The two agree to float32 rounding."""
+    if impl not in IMPLS:
+        raise ValueError(f"photometric_loss: impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    if impl == "native" or (impl == "auto" and _native_fits(pred, gt, mask)):
+        from ..backends.fused_loss import fused_photometric_loss
+
+        return fused_photometric_loss(pred, gt, ssim_lambda, mask)
     if mask is None:
         l1 = (pred - gt).abs().mean()
     else:
