@@ -218,7 +218,9 @@ def _assert_same_params(a, b, atol=2e-4):
         sa, sb = a["optimizer"][k]["state"], b["optimizer"][k]["state"]
         for key in ("exp_avg", "exp_avg_sq"):
             x, y = sa[0][key], sb[0][key]
-            assert torch.allclose(x, y, atol=1e-6 * float(x.abs().max()) + 1e-12, rtol=1e-2), (k, key)
+            # the gradients are the same sums in another order: an element 1e-4 of the largest (a sum
+            # with cancellation) can differ by a few percent
+            assert torch.allclose(x, y, atol=1e-5 * float(x.abs().max()) + 1e-12, rtol=1e-2), (k, key)
 
 
 @pytestmark_launch

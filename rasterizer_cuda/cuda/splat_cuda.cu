@@ -743,3 +743,9 @@ SPLAT_API int splatcu_rasterize_bwd(int C, int N, int D, int width, int height, 
 
 // ------------------------------------------------------------------ ray tracing
 #include "raytrace_kernels.cuh"
+
+// ------------------------------------------------------------------ fused L1 + D-SSIM loss
+#include "loss_kernels.cuh"
+
+// ------------------------------------------------------------------ fused Adam
+#include "optim_kernels.cuh"

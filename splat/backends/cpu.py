@@ -46,6 +46,11 @@ _SIGNATURES = {
     "splat_rt_take_lists": ([_P, _I, _P, _P], None),
     "splat_rt_free_lists": ([_P], None),
     "splat_rt_bwd": ([_I, _P, _P, _P, _P, _I, _I] + [_P] * 14, None),
+    # fused L1 + D-SSIM loss (cpu/loss_cpu.cpp; splat.backends.fused_loss)
+    "splat_fused_loss_fwd": ([_I, _I, _I, _P, _P, _P, _F, _P, _P, _P, _P], None),
+    "splat_fused_loss_bwd": ([_I, _I, _I, _P, _P, _P, _F, _P, _P, _P, _P, _P, _P], None),
+    # fused Adam (cpu/optim_cpu.cpp; splat.backends.fused_adam)
+    "splat_adam_rows": ([_I64, _I64, _P, _P, _P, _P, _P, _F, _F, _F, _F, _F], None),
 }
 
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno",
@@ -59,7 +64,8 @@ def load():
         return _lib
     with _lock:
         if _lib is None:
-            path = build_library("splat_cpu", ["cpu/splat_cpu.cpp", "cpu/image2d_cpu.cpp", "cpu/raytrace_cpu.cpp"],
+            path = build_library("splat_cpu", ["cpu/splat_cpu.cpp", "cpu/image2d_cpu.cpp", "cpu/raytrace_cpu.cpp",
+                                               "cpu/loss_cpu.cpp", "cpu/optim_cpu.cpp"],
                                  os.environ.get("CXX", "g++"), CXX_FLAGS)
             lib = bind_signatures(load_library(path), _SIGNATURES)
             lib.splat_set_num_threads(torch.get_num_threads())

@@ -56,6 +56,11 @@ _SIGNATURES = {
     "splatcu_rt_max_channels": ([], _I),
     "splatcu_rt_fwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P], _I),
     "splatcu_rt_bwd": ([_I, _P, _P, _P, _P, _I, _P, _P, _I] + [_P] * 11, _I),
+    # fused L1 + D-SSIM loss (cuda/loss_kernels.cuh; splat.backends.fused_loss)
+    "splatcu_fused_loss_scratch": ([_I, _I, _I], _I64),
+    "splatcu_fused_loss_fwd": ([_I, _I, _I, _P, _P, _P, _F, _P, _P, _P, _P, _P, _P], _I),
+    "splatcu_fused_loss_bwd": ([_I, _I, _I, _P, _P, _P, _F, _P, _P, _P, _P, _P, _P, _P], _I),
+    "splatcu_adam_rows": ([_I64, _I64, _P, _P, _P, _P, _P, _F, _F, _F, _F, _F], _I),
 }
 
 SOURCES = ["cuda/splat_cuda.cu"]

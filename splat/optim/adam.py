@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Literal, Mapping, Tuple
+from typing import Any, Callable, Literal, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .base import Optimizer
 
-__all__ = ["AdamConfig", "AdamOptimizer"]
+__all__ = ["AdamConfig", "AdamOptimizer", "adam_step"]
 
 
 @dataclasses.dataclass
@@ -27,11 +27,23 @@ class AdamConfig:
     about as far as B single steps, and the moments forget at the same rate per view); linear scales
     them by B (betas as sqrt: for short runs, whose early gradients agree across views, see the README);
     none keeps both."""
+    sparse: bool = True
+    """Update only the Gaussians the step's views see (radii > 0 in one of them), leaving the others'
+    parameters and moments as they are: sparse Adam (Mallick et al., Taming 3DGS, 2024; gsplat's
+    SelectiveAdam). --adam.no-sparse updates every row each step (torch.optim.Adam's dense step:
+    unseen Gaussians keep moving on their momentum)."""
+    fused: bool = True
+    """One native pass per parameter (`torch.ops.splat.adam_rows`, rasterizer_cuda/cpu/optim_cpu.cpp
+    and its CUDA twin) instead of torch.optim.Adam's half a dozen; the same formula. Falls back to
+    torch ops where the op is not registered (splat.backends.fused_adam not imported) or a tensor is
+    not float32."""
 
 
 class AdamOptimizer(Optimizer):
-    """``torch.optim.Adam`` per parameter (so density control can resize each one with its
-    moments), learning rates from the model, one forward and backward per step."""
+    """Adam per parameter, its state kept in one ``torch.optim.Adam`` per parameter (so density
+    control can resize each one with its moments, and checkpoints hold torch's format), learning
+    rates from the model, one forward and backward per step. The update is `adam_step` (fused,
+    sparse over the visible Gaussians by default: `AdamConfig`)."""
 
     name = "adam"
     Config = AdamConfig
@@ -47,6 +59,7 @@ class AdamOptimizer(Optimizer):
                                                eps=config.eps, betas=tuple(config.betas))
                            for k, p in params.items()}
         self.lr_scale = 1.0
+        self.per_gaussian = frozenset(getattr(params, "per_gaussian", ()))
 
     def attach(self, trainer) -> None:
         B = int(getattr(trainer.cfg, "batch_size", 1))
@@ -69,14 +82,72 @@ class AdamOptimizer(Optimizer):
     def update(self) -> None:
         """One Adam update from the gradients already in the parameters' ``.grad`` (then cleared):
         the second half of ``step``, for a caller that forms the gradients itself (the sharded
-        step of `splat.train.sharded`, which adds up gradients from other processes)."""
-        for opt in self.optimizers.values():
+        step of `splat.train.sharded`, which adds up gradients from other processes). With
+        ``config.sparse`` and ``self.visible`` set (by the training loop), the per-Gaussian
+        parameters are updated on the visible rows only; ``visible`` is cleared."""
+        visible, self.visible = self.visible, None
+        for name, opt in self.optimizers.items():
             p = opt.param_groups[0]["params"][0]
-            if p.grad is not None and p.grad.is_sparse:
-                lazy_adam_step(opt, p)
-            else:
-                opt.step()
+            if p.grad is not None:
+                if p.grad.is_sparse:
+                    lazy_adam_step(opt, p)
+                else:
+                    rows = None
+                    if (self.config.sparse and visible is not None and name in self.per_gaussian
+                            and p.dim() > 0 and p.shape[0] == visible.shape[0]):
+                        rows = visible
+                    if rows is None and not self.config.fused:
+                        opt.step()
+                    else:
+                        adam_step(opt, p, rows, fused=self.config.fused)
             opt.zero_grad(set_to_none=True)
+
+
+def _adam_state(opt: torch.optim.Adam, p: Tensor) -> dict:
+    """`opt`'s state of `p` in torch.optim.Adam's layout, created (zeros, step 0) if empty."""
+    st = opt.state[p]
+    if not st:
+        st["step"] = torch.tensor(0.0)
+        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return st
+
+
+@torch.no_grad()
+def adam_step(opt: torch.optim.Adam, p: Tensor, rows: Optional[Tensor] = None, fused: bool = True) -> None:
+    """One Adam step of `p` from ``p.grad`` in `opt`'s own state (torch.optim.Adam's formula and
+    state: ``step``, ``exp_avg``, ``exp_avg_sq``; no weight decay or amsgrad, which splat does not
+    use). `rows` [N] bool: only those rows of `p` (and of its moments) change, the others keep
+    their parameters and moments (sparse Adam: Mallick et al., Taming 3DGS, 2024; gsplat's
+    SelectiveAdam); the step count, which sets the bias corrections, advances for the whole
+    parameter. `fused`: the native one-pass op ``torch.ops.splat.adam_rows`` when registered and
+    the tensors are float32, else the same formula in torch ops."""
+    group = opt.param_groups[0]
+    beta1, beta2 = group["betas"]
+    lr, eps = group["lr"], group["eps"]
+    st = _adam_state(opt, p)
+    st["step"] += 1
+    step = float(st["step"])
+    step_size = lr / (1 - beta1 ** step)
+    bc2_sqrt = math.sqrt(1 - beta2 ** step)
+    m, v, g = st["exp_avg"], st["exp_avg_sq"], p.grad
+    op = getattr(torch.ops.splat, "adam_rows", None) if fused else None
+    if (op is not None and p.dtype == torch.float32 and g.dtype == torch.float32 and p.is_contiguous()
+            and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
+        op(p.detach(), g, m, v, rows, beta1, beta2, eps, step_size, bc2_sqrt)
+        return
+    if rows is None:
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.addcdiv_(m, v.sqrt().div_(bc2_sqrt).add_(eps), value=-step_size)
+        return
+    idx = rows.nonzero().squeeze(1)
+    gi = g.index_select(0, idx)
+    mi = m.index_select(0, idx).lerp_(gi, 1 - beta1)
+    vi = v.index_select(0, idx).mul_(beta2).addcmul_(gi, gi, value=1 - beta2)
+    m.index_copy_(0, idx, mi)
+    v.index_copy_(0, idx, vi)
+    p.index_add_(0, idx, mi.div_(vi.sqrt_().div_(bc2_sqrt).add_(eps)).mul_(-step_size))
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ for the step (`splat.models.base.Model.learning_rates`). ``state_dict`` /
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict, Mapping, Tuple
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -34,6 +34,10 @@ class Optimizer:
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     optimizers: Dict[str, torch.optim.Optimizer]
+    visible: Optional[Tensor] = None
+    """[N] bool, the Gaussians (per-Gaussian parameter rows) the step's views see, set by the
+    training loop before the update; a sparse optimizer updates only those rows (Adam with
+    ``--adam.sparse``). None: every row."""
 
     def __init__(self, params: Mapping[str, torch.nn.Parameter], learning_rates: Mapping[str, float], config):
         raise NotImplementedError
@@ -43,6 +47,10 @@ class Optimizer:
         needs more than the step's forward (Levenberg-Marquardt's Jacobian products over
         image subsets, a distributed wrapper's process group) takes them from `trainer`
         here. No-op by default."""
+
+    def set_visible(self, rows: Optional[Tensor]) -> None:
+        """Tell the next update which Gaussians the step's views see (`visible`)."""
+        self.visible = rows
 
     def step(self, forward: Callable[[], Tuple[Tensor, Any]]) -> Tuple[Tensor, Any]:
         """Run ``forward() -> (loss, out)`` and update the parameters; returns the ``(loss, out)``

@@ -171,6 +171,9 @@ class LMOptimizer(Optimizer):
     def set_learning_rates(self, learning_rates: Mapping[str, float]) -> None:
         self.adam.set_learning_rates(learning_rates)
 
+    def set_visible(self, rows) -> None:
+        self.adam.set_visible(rows)
+
     def state_dict(self) -> Dict[str, Any]:
         return {"adam": self.adam.state_dict(), "damping": self.damping, "step_count": self.step_count}
 

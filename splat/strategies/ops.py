@@ -160,6 +160,20 @@ def rendered_pairs(info):
 
 
 @torch.no_grad()
+def visible_rows(info, n: int) -> Tensor:
+    """[n] bool: the parameter rows (of a model with `n` Gaussians) that a render drew in at least
+    one of its cameras (radii > 0), from its `info` (`rendered_pairs`): what a sparse optimizer
+    updates."""
+    ids = info.get("param_ids")
+    seen = (info["radii"] > 0).all(-1).any(0)
+    if ids is None and seen.shape[0] == n:
+        return seen
+    rows = torch.zeros(n, dtype=torch.bool, device=seen.device)
+    rows[seen.nonzero().squeeze(1) if ids is None else ids[seen]] = True
+    return rows
+
+
+@torch.no_grad()
 def blend_weights(info) -> Tensor:
     """Each rendered Gaussian's total blend weight in each camera of a render, sum over pixels of
     alpha * T (in pixels: 1 = one pixel's worth of colour), from `render_gaussians`' `info`

@@ -313,6 +313,7 @@ class ShardedStep:
 
         # 6. the update, density control, re-balancing
         t0 = time.perf_counter()
+        t.optimizer.set_visible(torch.stack(radii_own).gt(0).all(-1).any(0))  # sparse Adam: the own rows seen
         t.optimizer.update()
         st["optimizer_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
