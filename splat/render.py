@@ -511,9 +511,15 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
         if tiles.numel() and (int(tiles.min()) < 0 or int(tiles.max()) >= n_tiles):
             _fail(f"tiles must lie in [0, {n_tiles}) for {C} camera(s) of {math.ceil(width / tile_size)}x"
                   f"{math.ceil(height / tile_size)} tiles")
-    for name, t in tensors.items():
-        if t.numel() and not torch.isfinite(t).all():
-            _fail(f"{name} contains NaN or Inf values")
-    if N and (opacities.min() < 0 or opacities.max() > 1):
-        _fail("opacities must lie in [0, 1] (apply a sigmoid to logits first)")
+    # one pass per tensor (min and max; NaN propagates into both), one transfer for all of them
+    names = [k for k, t in tensors.items() if t.numel()]
+    if names:
+        ranges = torch.stack([torch.stack(torch.aminmax(tensors[k].detach())) for k in names]).tolist()
+        for name, (lo, hi) in zip(names, ranges):
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                _fail(f"{name} contains NaN or Inf values")
+        if N:
+            lo, hi = ranges[names.index("opacities")]
+            if lo < 0 or hi > 1:
+                _fail("opacities must lie in [0, 1] (apply a sigmoid to logits first)")
     return N

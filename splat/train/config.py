@@ -114,6 +114,10 @@ class TrainConfig:
     """classic, or antialiased (Mip-Splatting's opacity compensation)."""
     device: str = "cpu"
     """Torch device of the model and images (cpu, cuda)."""
+    threads: int = 0
+    """CPU threads (torch's and the native kernels'). 0: the cores this process may use, fewer while
+    other processes keep some of them busy (checked every second; splat.train.threads: spinning
+    OpenMP workers beside other work slow a run far below its fair share); N: exactly N."""
     ssim_lambda: float = 0.2
     """Loss = (1 - lambda) * L1 + lambda * (1 - SSIM)."""
     scale_schedule: bool = True

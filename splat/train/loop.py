@@ -29,6 +29,7 @@ from typing import Iterable, List, Optional
 import numpy as np
 import torch
 
+from ..backends import fused_adam  # noqa: F401 (registers torch.ops.splat.adam_rows, Adam's fused step)
 from ..compress.grid_loss import GridSmoothness
 from ..data import Dataset
 from ..distributed.world import RankLost, World
@@ -37,6 +38,7 @@ from ..io.images import save_png
 from ..metrics import psnr as psnr_fn
 from ..models.base import Model
 from ..render import RenderSettings, merge_infos
+from ..strategies.ops import visible_rows
 from .callbacks import Callback, CallbackList, load_callback
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DEFAULT_ITERATIONS, TrainConfig, config_from_json, config_to_json
@@ -45,13 +47,14 @@ from .evaluate import evaluate
 from .losses import photometric_loss
 from .registry import MODELS, OPTIMIZERS
 from .sharded import ShardedStep, check_shardable
+from .threads import ThreadGovernor, set_threads
 
 __all__ = ["Trainer", "EXPORT_SUFFIXES", "write_model_files"]
 
 EXPORT_SUFFIXES = {"ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply", "sog": ".sog",
                    "glb": ".glb"}
 # options of this command, not of the run, when resuming
-_SESSION_FIELDS = ("viewer", "viewer_port", "viewer_host", "viewer_wait", "dist")
+_SESSION_FIELDS = ("viewer", "viewer_port", "viewer_host", "viewer_wait", "dist", "threads")
 
 
 def write_model_files(out: Path, splats: dict, formats: Iterable[str], rasterize_mode: str,
@@ -160,6 +163,9 @@ class Trainer:
             raise ValueError(f"--iterations must be positive, got {self.iterations}")
         if cfg.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+        if cfg.threads < 0:
+            raise ValueError(f"--threads must be 0 (adapt to the machine) or a positive count, got {cfg.threads}")
+        self.threads: Optional[ThreadGovernor] = None  # the run's thread governor (--threads 0, CPU)
         model_cls = MODELS[cfg.model].cls
         optimizer_cls = OPTIMIZERS[cfg.optimizer].cls
         model_options, strategy = cfg.options("model"), cfg.options("strategy")
@@ -323,6 +329,7 @@ class Trainer:
                     loss = loss + term * (len(ids) / B)
                 outs.append(out)
             info = step_info(outs)
+            self.optimizer.set_visible(visible_rows(info, self.num_gaussians))  # sparse Adam's rows
             for term in self.strategy.losses(self.model.params, self.state, step, info).values():
                 loss = loss + term
             if self.grid is not None:
@@ -458,11 +465,18 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
+        governor = None
+        if cfg.threads > 0:
+            set_threads(cfg.threads)
+        elif self.device.type == "cpu":
+            governor = self.threads = ThreadGovernor()
         try:
             t_last = time.perf_counter()
             while step < self.iterations:
                 if stop():
                     raise KeyboardInterrupt
+                if governor is not None:
+                    governor.tick()
                 r = self.train_step(step)
                 step += 1
                 if self.sharded is not None and cfg.viewer and step % cfg.dist.viewer_every == 0:
@@ -504,6 +518,8 @@ class Trainer:
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
+            if governor is not None:
+                governor.close()
         if bar is not None:
             bar.close()
         self.save_checkpoint(step)
