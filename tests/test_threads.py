@@ -41,11 +41,39 @@ def test_tick_follows_other_processes_and_restores(monkeypatch):
     assert set_to[-1] == start
 
 
-def test_unreadable_proc_stat_keeps_the_count(monkeypatch):
-    monkeypatch.setattr(T, "_busy_seconds", lambda cores: None)
+def test_busy_seconds_count_this_process_and_not_idle_time(monkeypatch):
+    """The cores' busy time grows by about the CPU time this process spins on them; idle, iowait
+    and guest time (Linux counts guest time in user time too) are not counted; only the given
+    cores are."""
+    import collections
+    import time
+
+    cores = T._cores()
+    b0, o0 = T._busy_seconds(cores), T._own_seconds()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.5:
+        pass
+    b1, o1 = T._busy_seconds(cores), T._own_seconds()
+    assert o1 - o0 >= 0.3
+    assert b1 - b0 >= 0.8 * (o1 - o0) - 0.05  # our own spinning (the counters tick in 10 ms)
+
+    Times = collections.namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
+    fake = [Times(1, 2, 4, 1000, 500, 8, 16, 32, 1, 2), Times(64, 0, 128, 1000, 0, 0, 0, 0, 0, 0)]
+    monkeypatch.setattr(T.psutil, "cpu_times", lambda percpu=False: fake)
+    assert T._busy_seconds([0]) == 63 and T._busy_seconds([1]) == 192 and T._busy_seconds([0, 1]) == 255
+
+
+def test_unreadable_cpu_times_keep_the_count(monkeypatch):
+    def fail(percpu=False):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(T.psutil, "cpu_times", fail)
+    assert T._busy_seconds([0]) is None
     g = T.ThreadGovernor(max_threads=2)
     n = g.current
-    assert g.tick() == n
+    T.time.sleep(0.01)
+    g.interval = 0.0
+    assert g.tick() == n and g.changes == []
 
 
 def test_bad_threads_option_is_refused(tmp_path):

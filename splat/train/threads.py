@@ -11,12 +11,12 @@ step runs hundreds of small parallel regions.
 
 `ThreadGovernor` keeps the spinning pool and adapts its size instead: every
 `interval` seconds it reads how much CPU time the other processes took on this
-process's cores (/proc/stat's per-core counters less this process's own time) and
+process's cores (the per-core busy times, from psutil, less this process's own) and
 sets the thread count to the cores they leave free, at least 1 and at most the
 count it started with. One thread never waits on another, so beside a busy process
 a run keeps the one core the scheduler gives it; once the machine is idle again it
-returns to all of its threads. Linux only (elsewhere it keeps the count it started
-with).
+returns to all of its threads. Where the per-core times cannot be read it keeps the
+count it started with.
 """
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ import os
 import time
 from typing import List, Optional, Tuple
 
+import psutil
 import torch
 
 __all__ = ["ThreadGovernor", "set_threads"]
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def set_threads(n: int) -> None:
@@ -52,23 +51,20 @@ def _cores() -> List[int]:
         return list(range(os.cpu_count() or 1))
 
 
+_IDLE_FIELDS = ("idle", "iowait", "guest", "guest_nice")  # not busy, or already counted in user/nice (Linux)
+
+
 def _busy_seconds(cores: List[int]) -> Optional[float]:
-    """CPU seconds the given cores have spent busy since boot (/proc/stat: user, nice, system, irq,
-    softirq, steal), or None where that cannot be read."""
-    want = {f"cpu{c}" for c in cores}
-    total = 0
+    """CPU seconds the given cores have spent busy since boot (psutil's per-CPU times: every field but
+    idle and iowait, and guest time, which Linux counts in user time too), or None where that
+    cannot be read."""
+    want = set(cores)
     try:
-        with open("/proc/stat") as f:
-            for line in f:
-                if not line.startswith("cpu") or line.startswith("cpu "):
-                    continue
-                parts = line.split()
-                if parts[0] in want:
-                    v = [int(x) for x in parts[1:9]]
-                    total += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-    except (OSError, ValueError, IndexError):
+        per_cpu = psutil.cpu_times(percpu=True)
+        return float(sum(sum(v for k, v in t._asdict().items() if k not in _IDLE_FIELDS)
+                         for i, t in enumerate(per_cpu) if i in want))
+    except (OSError, RuntimeError, AttributeError, NotImplementedError):
         return None
-    return total / _CLK_TCK
 
 
 def _own_seconds() -> float:
