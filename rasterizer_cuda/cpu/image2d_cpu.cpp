@@ -20,6 +20,7 @@
 
 #include "../include/image2d_math.h"
 #include "flush_denormals.h"
+#include "slot_sums.h"
 
 using namespace splat;
 
@@ -332,19 +333,8 @@ void splat_img_bwd(int N, int D, int width, int height, int tile_size, int tw, i
                 }
         }
     }
-    memset(v_means2d, 0, sizeof(float) * 2 * (size_t)N);
-    memset(v_conics, 0, sizeof(float) * 3 * (size_t)N);
-    memset(v_colors, 0, sizeof(float) * D * (size_t)N);
-    for (int64_t i = 0; i < M; ++i) {
-        const int64_t g = flatten_ids[i];
-        const float* slot = &slots[(size_t)i * G];
-        v_means2d[2 * g] += slot[0];
-        v_means2d[2 * g + 1] += slot[1];
-        v_conics[3 * g] += slot[2];
-        v_conics[3 * g + 1] += slot[3];
-        v_conics[3 * g + 2] += slot[4];
-        for (int d = 0; d < D; ++d) v_colors[g * D + d] += slot[5 + d];
-    }
+    const SlotField fields[] = {{v_means2d, 0, 2}, {v_conics, 2, 3}, {v_colors, 5, D}};
+    sum_slots(flatten_ids, M, N, slots.data(), G, fields, 3);
 }
 
 }  // extern "C"

@@ -22,6 +22,7 @@
 #include "../include/splat_math.h"
 
 #include "flush_denormals.h"
+#include "slot_sums.h"
 
 using namespace splat;
 
@@ -592,33 +593,11 @@ void splat_rasterize_bwd(int C, int N, int D, int width, int height, int tile_si
             }
         }
     }
-    // sum the slots per Gaussian: each thread owns a range of Gaussians and adds up their slots in
-    // intersection order (deterministic for any thread count)
-    const int64_t CN = (int64_t)C * N;
+    // sum the slots per Gaussian (in intersection order: the same bits for any thread count)
     const int off = want_abs ? 8 : 6;
-#pragma omp parallel
-    {
-        const int nt = omp_get_num_threads(), th_id = omp_get_thread_num();
-        const int64_t g_lo = CN * th_id / nt, g_hi = CN * (th_id + 1) / nt;
-        memset(v_means2d + 2 * g_lo, 0, sizeof(float) * 2 * (g_hi - g_lo));
-        memset(v_conics + 3 * g_lo, 0, sizeof(float) * 3 * (g_hi - g_lo));
-        memset(v_colors + D * g_lo, 0, sizeof(float) * D * (g_hi - g_lo));
-        memset(v_opacities + g_lo, 0, sizeof(float) * (g_hi - g_lo));
-        if (want_abs) memset(v_means2d_abs + 2 * g_lo, 0, sizeof(float) * 2 * (g_hi - g_lo));
-        for (int64_t i = 0; i < M; ++i) {
-            const int64_t g = flatten_ids[i];
-            if (g < g_lo || g >= g_hi) continue;
-            const float* slot = &slots[(size_t)i * G];
-            v_means2d[2 * g] += slot[0];
-            v_means2d[2 * g + 1] += slot[1];
-            v_conics[3 * g] += slot[2];
-            v_conics[3 * g + 1] += slot[3];
-            v_conics[3 * g + 2] += slot[4];
-            v_opacities[g] += slot[5];
-            if (want_abs) { v_means2d_abs[2 * g] += slot[6]; v_means2d_abs[2 * g + 1] += slot[7]; }
-            for (int d = 0; d < D; ++d) v_colors[g * D + d] += slot[off + d];
-        }
-    }
+    const SlotField fields[] = {{v_means2d, 0, 2}, {v_conics, 2, 3}, {v_opacities, 5, 1},
+                                {want_abs ? v_means2d_abs : nullptr, 6, 2}, {v_colors, off, D}};
+    sum_slots(flatten_ids, M, (int64_t)C * N, slots.data(), G, fields, 5);
 }
 
 }  // extern "C"
