@@ -163,6 +163,23 @@ struct RowRing {
             rows[k] = (r >= 0 && r < H) ? slot[r % kK][m] : zeros[m];
         }
     }
+    // A band starting at output row r0: its first window reaches row r0 - 5.
+    void start(int r0) { next = r0 - kR < 0 ? 0 : r0 - kR; }
+    // Blur, with blur(r, the NM slot rows of r), every row the window of output row y reaches
+    // that this band has not blurred yet.
+    template <class Blur>
+    void advance(int y, int H, Blur&& blur) {
+        const int need = y + kR + 1 < H ? y + kR + 1 : H;
+        for (; next < need; ++next) blur(next, slot[next % kK]);
+    }
+    // The vertical pass of output row y for every map: out[m] (L floats each).
+    void blur_columns(int y, int H, int L, const SsimWindow& win, float* const out[NM]) const {
+        const float* rows[kK];
+        for (int m = 0; m < NM; ++m) {
+            window(y, H, m, rows);
+            blur_column(L, win, rows, out[m]);
+        }
+    }
 };
 
 // ------------------------------------------------------------------ forward
@@ -189,12 +206,9 @@ void loss_forward(int H, int W, int C, const float* pred, const float* gt, const
             float* ssv = arena.take();
             std::memset(xp, 0, sizeof(float) * Lp);
             std::memset(yp, 0, sizeof(float) * Lp);
-            ring.next = r0 - kR < 0 ? 0 : r0 - kR;
+            ring.start(r0);
             for (int y = r0; y < r1; ++y) {
-                // blur every row the window of row y reaches that this band has not blurred yet
-                const int need = y + kR + 1 < H ? y + kR + 1 : H;
-                for (; ring.next < need; ++ring.next) {
-                    const int r = ring.next;
+                ring.advance(y, H, [&](int r, float* const* s) {  // the five moments of row r, blurred
                     const float* p = pred + (int64_t)r * L;
                     const float* g = gt + (int64_t)r * L;
                     float* xr = xp + kR * C;
@@ -210,14 +224,9 @@ void loss_forward(int H, int W, int C, const float* pred, const float* gt, const
                         std::memcpy(xr, p, sizeof(float) * L);
                         std::memcpy(yr, g, sizeof(float) * L);
                     }
-                    float* const* s = ring.slot[r % kK];
                     blur_row_moments(L, C, win, xp, yp, s[0], s[1], s[2], s[3], s[4]);
-                }
-                const float* rows[kK];
-                for (int m = 0; m < 5; ++m) {
-                    ring.window(y, H, m, rows);
-                    blur_column(L, win, rows, mu[m]);
-                }
+                });
+                ring.blur_columns(y, H, L, win, mu);
                 // per element: SSIM, its partials (weighted by the mask), the L1 term
                 const float* p = pred + (int64_t)y * L;
                 const float* g = gt + (int64_t)y * L;
@@ -268,22 +277,16 @@ void loss_backward(int H, int W, int C, const float* pred, const float* gt, cons
             for (int m = 0; m < 3; ++m) bl[m] = arena.take();
             float* mrow = arena.take();
             std::memset(pp, 0, sizeof(float) * Lp);
-            ring.next = r0 - kR < 0 ? 0 : r0 - kR;
+            ring.start(r0);
             for (int y = r0; y < r1; ++y) {
                 if (with_ssim) {
-                    const int need = y + kR + 1 < H ? y + kR + 1 : H;
-                    for (; ring.next < need; ++ring.next) {
-                        const int r = ring.next;
+                    ring.advance(y, H, [&](int r, float* const* s) {  // the three partial maps of row r, blurred
                         for (int m = 0; m < 3; ++m) {
                             std::memcpy(pp + kR * C, partials[m] + (int64_t)r * L, sizeof(float) * L);
-                            blur_row(L, C, win, pp, ring.slot[r % kK][m]);
+                            blur_row(L, C, win, pp, s[m]);
                         }
-                    }
-                    const float* rows[kK];
-                    for (int m = 0; m < 3; ++m) {
-                        ring.window(y, H, m, rows);
-                        blur_column(L, win, rows, bl[m]);
-                    }
+                    });
+                    ring.blur_columns(y, H, L, win, bl);
                 }
                 const float* p = pred + (int64_t)y * L;
                 const float* g = gt + (int64_t)y * L;

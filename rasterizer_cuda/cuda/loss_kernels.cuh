@@ -45,6 +45,23 @@ __device__ __forceinline__ LossTile loss_tile(int C, int tiles_x) {
     return {b - tile * C, (tile % tiles_x) * kLossTile, (tile / tiles_x) * kLossTile};
 }
 
+// Element i of the tile's span (the tile and its halo, kLossSpan x kLossSpan, row-major):
+// its pixel index p = y * W + x in the image; false where it falls outside the image.
+__device__ __forceinline__ bool span_pixel(const LossTile& t, int i, int H, int W, int64_t& p) {
+    const int gy = t.y0 - kSsimRadius + i / kLossSpan, gx = t.x0 - kSsimRadius + i % kLossSpan;
+    p = (int64_t)gy * W + gx;
+    return gy >= 0 && gy < H && gx >= 0 && gx < W;
+}
+
+// The vertical pass at tile pixel (px, py): the window over a map's horizontally
+// blurred span rows h [kLossSpan x kLossTile].
+__device__ __forceinline__ float blur_column_at(const SsimWindow& win, const float* h, int px, int py) {
+    float a = 0.f;
+#pragma unroll
+    for (int k = 0; k < kSsimWindow; ++k) a += win.w[k] * h[(py + k) * kLossTile + px];
+    return a;
+}
+
 // Forward: per block the sums (L1, SSIM, kept count) of its pixels into
 // block_sums[3 * block ...]; the partial maps [H, W, C] when d_mu != null.
 __global__ void __launch_bounds__(kLossThreads)
@@ -59,10 +76,9 @@ __global__ void __launch_bounds__(kLossThreads)
     const int tid = (int)threadIdx.x;
     // the masked images over the tile and its halo, zero outside the image
     for (int i = tid; i < kLossSpan * kLossSpan; i += kLossThreads) {
-        const int gy = t.y0 - kSsimRadius + i / kLossSpan, gx = t.x0 - kSsimRadius + i % kLossSpan;
+        int64_t p;
         float xv = 0.f, yv = 0.f;
-        if (gy >= 0 && gy < H && gx >= 0 && gx < W) {
-            const int64_t p = (int64_t)gy * W + gx;
+        if (span_pixel(t, i, H, W, p)) {
             const float keep = (mask == nullptr || mask[p]) ? 1.f : 0.f;
             xv = pred[p * C + t.c] * keep;
             yv = gt[p * C + t.c] * keep;
@@ -98,12 +114,7 @@ __global__ void __launch_bounds__(kLossThreads)
     if (gx < W && gy < H) {
         float m[5];
 #pragma unroll
-        for (int j = 0; j < 5; ++j) {
-            float a = 0.f;
-#pragma unroll
-            for (int k = 0; k < kSsimWindow; ++k) a += win.w[k] * hmom[j][(py + k) * kLossTile + px];
-            m[j] = a;
-        }
+        for (int j = 0; j < 5; ++j) m[j] = blur_column_at(win, hmom[j], px, py);
         SsimGrad g;
         const float S = ssim_pixel_grad(m[0], m[1], m[2], m[3], m[4], g);
         const int64_t p = (int64_t)gy * W + gx;
@@ -176,11 +187,10 @@ __global__ void __launch_bounds__(kLossThreads)
     const int tid = (int)threadIdx.x;
     const float* const maps[3] = {d_mu, d_exx, d_exy};
     for (int i = tid; i < kLossSpan * kLossSpan; i += kLossThreads) {
-        const int gy = t.y0 - kSsimRadius + i / kLossSpan, gx = t.x0 - kSsimRadius + i % kLossSpan;
-        const bool inside = gy >= 0 && gy < H && gx >= 0 && gx < W;
-        const int64_t e = ((int64_t)gy * W + gx) * C + t.c;
+        int64_t p;
+        const bool inside = span_pixel(t, i, H, W, p);
 #pragma unroll
-        for (int j = 0; j < 3; ++j) sp[j][i] = inside ? maps[j][e] : 0.f;
+        for (int j = 0; j < 3; ++j) sp[j][i] = inside ? maps[j][p * C + t.c] : 0.f;
     }
     __syncthreads();
     for (int i = tid; i < kLossSpan * kLossTile; i += kLossThreads) {
@@ -199,12 +209,7 @@ __global__ void __launch_bounds__(kLossThreads)
     if (gx >= W || gy >= H) return;
     float b[3];
 #pragma unroll
-    for (int j = 0; j < 3; ++j) {
-        float a = 0.f;
-#pragma unroll
-        for (int k = 0; k < kSsimWindow; ++k) a += win.w[k] * hp[j][(py + k) * kLossTile + px];
-        b[j] = a;
-    }
+    for (int j = 0; j < 3; ++j) b[j] = blur_column_at(win, hp[j], px, py);
     const double go = (double)grad_loss[0], scale = terms[3], lam = (double)ssim_lambda;
     const float coef_l1 = (float)(go * (1.0 - lam) * scale);
     const float coef_ssim = (float)(-go * lam * scale);
