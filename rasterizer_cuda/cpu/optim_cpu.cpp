@@ -19,8 +19,8 @@ extern "C" {
 // gsplat's SelectiveAdam). One pass over memory; deterministic (each element is
 // updated by exactly one thread).
 void splat_adam_rows(int64_t N, int64_t D, float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
-                     const uint8_t* rows, float beta1, float beta2, float eps, float step_size, float bc2_sqrt) {
-    const AdamCoefs c{beta1, beta2, eps, step_size, bc2_sqrt};
+                     const uint8_t* rows, double beta1, double beta2, float eps, float step_size, float bc2_sqrt) {
+    const AdamCoefs c = adam_coefs(beta1, beta2, eps, step_size, bc2_sqrt);
     if (rows == nullptr) {
         const int64_t n = N * D;
 #pragma omp parallel

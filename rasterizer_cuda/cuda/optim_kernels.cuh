@@ -14,11 +14,11 @@ __global__ void adam_rows_kernel(int64_t N, int64_t D, float* __restrict__ param
 }
 
 SPLAT_API int splatcu_adam_rows(int64_t N, int64_t D, float* param, const float* grad, float* exp_avg,
-                                float* exp_avg_sq, const uint8_t* rows, float beta1, float beta2, float eps,
+                                float* exp_avg_sq, const uint8_t* rows, double beta1, double beta2, float eps,
                                 float step_size, float bc2_sqrt, void* stream) {
     const int64_t n = N * D;
     if (n == 0) return 0;
-    const splat::AdamCoefs c{beta1, beta2, eps, step_size, bc2_sqrt};
+    const splat::AdamCoefs c = splat::adam_coefs(beta1, beta2, eps, step_size, bc2_sqrt);
     SPLAT_LAUNCH(adam_rows_kernel, blocks_for(n), kThreads, (cudaStream_t)stream, N, D, param, grad, exp_avg,
                  exp_avg_sq, rows, c);
     RETURN_LAUNCH_ERROR();

@@ -20,6 +20,7 @@ _lock = threading.Lock()
 _P = ctypes.c_void_p
 _I = ctypes.c_int
 _F = ctypes.c_float
+_D = ctypes.c_double
 _I64 = ctypes.c_int64
 
 _SIGNATURES = {
@@ -50,7 +51,7 @@ _SIGNATURES = {
     "splat_fused_loss_fwd": ([_I, _I, _I, _P, _P, _P, _F, _P, _P, _P, _P], None),
     "splat_fused_loss_bwd": ([_I, _I, _I, _P, _P, _P, _F, _P, _P, _P, _P, _P, _P], None),
     # fused Adam (cpu/optim_cpu.cpp; splat.backends.fused_adam)
-    "splat_adam_rows": ([_I64, _I64, _P, _P, _P, _P, _P, _F, _F, _F, _F, _F], None),
+    "splat_adam_rows": ([_I64, _I64, _P, _P, _P, _P, _P, _D, _D, _F, _F, _F], None),
 }
 
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno",

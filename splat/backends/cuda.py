@@ -32,6 +32,7 @@ _lock = threading.Lock()
 _P = ctypes.c_void_p
 _I = ctypes.c_int
 _F = ctypes.c_float
+_D = ctypes.c_double
 _I64 = ctypes.c_int64
 _SZ = ctypes.c_size_t
 
@@ -60,7 +61,7 @@ _SIGNATURES = {
     "splatcu_fused_loss_scratch": ([_I, _I, _I], _I64),
     "splatcu_fused_loss_fwd": ([_I, _I, _I, _P, _P, _P, _F, _P, _P, _P, _P, _P, _P], _I),
     "splatcu_fused_loss_bwd": ([_I, _I, _I, _P, _P, _P, _F, _P, _P, _P, _P, _P, _P, _P], _I),
-    "splatcu_adam_rows": ([_I64, _I64, _P, _P, _P, _P, _P, _F, _F, _F, _F, _F], _I),
+    "splatcu_adam_rows": ([_I64, _I64, _P, _P, _P, _P, _P, _D, _D, _F, _F, _F], _I),
 }
 
 SOURCES = ["cuda/splat_cuda.cu"]

@@ -59,7 +59,9 @@ class AdamOptimizer(Optimizer):
                                                eps=config.eps, betas=tuple(config.betas))
                            for k, p in params.items()}
         self.lr_scale = 1.0
-        self.per_gaussian = frozenset(getattr(params, "per_gaussian", ()))
+        # the per-Gaussian entries (sparse Adam's rows apply to them): a GaussianParams names them;
+        # a plain dict is gsplat's splats layout, all per-Gaussian
+        self.per_gaussian = frozenset(getattr(params, "per_gaussian", None) or params.keys())
 
     def attach(self, trainer) -> None:
         B = int(getattr(trainer.cfg, "batch_size", 1))
