@@ -70,6 +70,19 @@ inline void band_of_thread(int H, int& r0, int& r1) {
     r1 = (int)((int64_t)H * (t + 1) / n);
 }
 
+// body(r0, r1) on each thread's band of the H output rows (serially for small images),
+// denormals flushed.
+template <class Body>
+void for_each_band(int H, int L, Body&& body) {
+#pragma omp parallel if ((int64_t)H * L > kSerialElements)
+    {
+        FlushDenormals ftz;
+        int r0, r1;
+        band_of_thread(H, r0, r1);
+        if (r0 < r1) body(r0, r1);
+    }
+}
+
 // The mask of row r spread over its L = W * C elements (1 kept, 0 left out).
 inline void mask_row(const uint8_t* mask, int r, int W, int C, float* out) {
     const uint8_t* m = mask + (int64_t)r * W;
@@ -189,71 +202,65 @@ void loss_forward(int H, int W, int C, const float* pred, const float* gt, const
     const int L = W * C;
     const int Lp = L + 2 * kR * C;
     const SsimWindow win = ssim_window();
-#pragma omp parallel if ((int64_t)H * L > kSerialElements)
-    {
-        FlushDenormals ftz;
-        int r0, r1;
-        band_of_thread(H, r0, r1);
-        if (r0 < r1) {
-            Arena arena(RowRing<5>::kBuffers + 10, Lp);
-            float* xp = arena.take();
-            float* yp = arena.take();
-            RowRing<5> ring(arena, L);
-            float* mu[5];
-            for (int m = 0; m < 5; ++m) mu[m] = arena.take();
-            float* mrow = arena.take();
-            float* l1v = arena.take();
-            float* ssv = arena.take();
-            std::memset(xp, 0, sizeof(float) * Lp);
-            std::memset(yp, 0, sizeof(float) * Lp);
-            ring.start(r0);
-            for (int y = r0; y < r1; ++y) {
-                ring.advance(y, H, [&](int r, float* const* s) {  // the five moments of row r, blurred
-                    const float* p = pred + (int64_t)r * L;
-                    const float* g = gt + (int64_t)r * L;
-                    float* xr = xp + kR * C;
-                    float* yr = yp + kR * C;
-                    if (kMasked) {
-                        mask_row(mask, r, W, C, mrow);
+    for_each_band(H, L, [&](int r0, int r1) {
+        Arena arena(RowRing<5>::kBuffers + 10, Lp);
+        float* xp = arena.take();
+        float* yp = arena.take();
+        RowRing<5> ring(arena, L);
+        float* mu[5];
+        for (int m = 0; m < 5; ++m) mu[m] = arena.take();
+        float* mrow = arena.take();
+        float* l1v = arena.take();
+        float* ssv = arena.take();
+        std::memset(xp, 0, sizeof(float) * Lp);
+        std::memset(yp, 0, sizeof(float) * Lp);
+        ring.start(r0);
+        for (int y = r0; y < r1; ++y) {
+            ring.advance(y, H, [&](int r, float* const* s) {  // the five moments of row r, blurred
+                const float* p = pred + (int64_t)r * L;
+                const float* g = gt + (int64_t)r * L;
+                float* xr = xp + kR * C;
+                float* yr = yp + kR * C;
+                if (kMasked) {
+                    mask_row(mask, r, W, C, mrow);
 #pragma omp simd
-                        for (int i = 0; i < L; ++i) {
-                            xr[i] = p[i] * mrow[i];
-                            yr[i] = g[i] * mrow[i];
-                        }
-                    } else {
-                        std::memcpy(xr, p, sizeof(float) * L);
-                        std::memcpy(yr, g, sizeof(float) * L);
+                    for (int i = 0; i < L; ++i) {
+                        xr[i] = p[i] * mrow[i];
+                        yr[i] = g[i] * mrow[i];
                     }
-                    blur_row_moments(L, C, win, xp, yp, s[0], s[1], s[2], s[3], s[4]);
-                });
-                ring.blur_columns(y, H, L, win, mu);
-                // per element: SSIM, its partials (weighted by the mask), the L1 term
-                const float* p = pred + (int64_t)y * L;
-                const float* g = gt + (int64_t)y * L;
-                if (kMasked) mask_row(mask, y, W, C, mrow);
-                float* d0 = kSave ? partials[0] + (int64_t)y * L : nullptr;
-                float* d1 = kSave ? partials[1] + (int64_t)y * L : nullptr;
-                float* d2 = kSave ? partials[2] + (int64_t)y * L : nullptr;
-                const float *m0 = mu[0], *m1 = mu[1], *m2 = mu[2], *m3 = mu[3], *m4 = mu[4];
-#pragma omp simd
-                for (int i = 0; i < L; ++i) {
-                    SsimGrad sg;
-                    const float S = ssim_pixel_grad(m0[i], m1[i], m2[i], m3[i], m4[i], sg);
-                    const float keep = kMasked ? mrow[i] : 1.f;
-                    l1v[i] = fabsf(p[i] - g[i]) * keep;
-                    ssv[i] = S * keep;
-                    if (kSave) {
-                        d0[i] = sg.mu_x * keep;
-                        d1[i] = sg.exx * keep;
-                        d2[i] = sg.exy * keep;
-                    }
+                } else {
+                    std::memcpy(xr, p, sizeof(float) * L);
+                    std::memcpy(yr, g, sizeof(float) * L);
                 }
-                row_l1[y] = fixed_sum(l1v, L);
-                row_ssim[y] = fixed_sum(ssv, L);
-                row_count[y] = kMasked ? fixed_sum(mrow, L) : (double)L;
+                blur_row_moments(L, C, win, xp, yp, s[0], s[1], s[2], s[3], s[4]);
+            });
+            ring.blur_columns(y, H, L, win, mu);
+            // per element: SSIM, its partials (weighted by the mask), the L1 term
+            const float* p = pred + (int64_t)y * L;
+            const float* g = gt + (int64_t)y * L;
+            if (kMasked) mask_row(mask, y, W, C, mrow);
+            float* d0 = kSave ? partials[0] + (int64_t)y * L : nullptr;
+            float* d1 = kSave ? partials[1] + (int64_t)y * L : nullptr;
+            float* d2 = kSave ? partials[2] + (int64_t)y * L : nullptr;
+            const float *m0 = mu[0], *m1 = mu[1], *m2 = mu[2], *m3 = mu[3], *m4 = mu[4];
+#pragma omp simd
+            for (int i = 0; i < L; ++i) {
+                SsimGrad sg;
+                const float S = ssim_pixel_grad(m0[i], m1[i], m2[i], m3[i], m4[i], sg);
+                const float keep = kMasked ? mrow[i] : 1.f;
+                l1v[i] = fabsf(p[i] - g[i]) * keep;
+                ssv[i] = S * keep;
+                if (kSave) {
+                    d0[i] = sg.mu_x * keep;
+                    d1[i] = sg.exx * keep;
+                    d2[i] = sg.exy * keep;
+                }
             }
+            row_l1[y] = fixed_sum(l1v, L);
+            row_ssim[y] = fixed_sum(ssv, L);
+            row_count[y] = kMasked ? fixed_sum(mrow, L) : (double)L;
         }
-    }
+    });
 }
 
 // ------------------------------------------------------------------ backward
@@ -264,55 +271,49 @@ void loss_backward(int H, int W, int C, const float* pred, const float* gt, cons
     const int Lp = L + 2 * kR * C;
     const SsimWindow win = ssim_window();
     const bool with_ssim = coef_ssim != 0.f;
-#pragma omp parallel if ((int64_t)H * L > kSerialElements)
-    {
-        FlushDenormals ftz;
-        int r0, r1;
-        band_of_thread(H, r0, r1);
-        if (r0 < r1) {
-            Arena arena(RowRing<3>::kBuffers + 5, Lp);
-            float* pp = arena.take();
-            RowRing<3> ring(arena, L);
-            float* bl[3];
-            for (int m = 0; m < 3; ++m) bl[m] = arena.take();
-            float* mrow = arena.take();
-            std::memset(pp, 0, sizeof(float) * Lp);
-            ring.start(r0);
-            for (int y = r0; y < r1; ++y) {
-                if (with_ssim) {
-                    ring.advance(y, H, [&](int r, float* const* s) {  // the three partial maps of row r, blurred
-                        for (int m = 0; m < 3; ++m) {
-                            std::memcpy(pp + kR * C, partials[m] + (int64_t)r * L, sizeof(float) * L);
-                            blur_row(L, C, win, pp, s[m]);
-                        }
-                    });
-                    ring.blur_columns(y, H, L, win, bl);
+    for_each_band(H, L, [&](int r0, int r1) {
+        Arena arena(RowRing<3>::kBuffers + 5, Lp);
+        float* pp = arena.take();
+        RowRing<3> ring(arena, L);
+        float* bl[3];
+        for (int m = 0; m < 3; ++m) bl[m] = arena.take();
+        float* mrow = arena.take();
+        std::memset(pp, 0, sizeof(float) * Lp);
+        ring.start(r0);
+        for (int y = r0; y < r1; ++y) {
+            if (with_ssim) {
+                ring.advance(y, H, [&](int r, float* const* s) {  // the three partial maps of row r, blurred
+                    for (int m = 0; m < 3; ++m) {
+                        std::memcpy(pp + kR * C, partials[m] + (int64_t)r * L, sizeof(float) * L);
+                        blur_row(L, C, win, pp, s[m]);
+                    }
+                });
+                ring.blur_columns(y, H, L, win, bl);
+            }
+            const float* p = pred + (int64_t)y * L;
+            const float* g = gt + (int64_t)y * L;
+            float* out = grad + (int64_t)y * L;
+            if (kMasked) mask_row(mask, y, W, C, mrow);
+            if (with_ssim) {
+                const float *b0 = bl[0], *b1 = bl[1], *b2 = bl[2];
+#pragma omp simd
+                for (int i = 0; i < L; ++i) {
+                    // (a kept pixel's masked values are its values; a left-out one gets 0)
+                    const float keep = kMasked ? mrow[i] : 1.f;
+                    const float v = coef_l1 * l1_sign(p[i] - g[i]) +
+                                    coef_ssim * (b0[i] + 2.f * p[i] * b1[i] + g[i] * b2[i]);
+                    out[i] = keep != 0.f ? v : 0.f;
                 }
-                const float* p = pred + (int64_t)y * L;
-                const float* g = gt + (int64_t)y * L;
-                float* out = grad + (int64_t)y * L;
-                if (kMasked) mask_row(mask, y, W, C, mrow);
-                if (with_ssim) {
-                    const float *b0 = bl[0], *b1 = bl[1], *b2 = bl[2];
+            } else {
 #pragma omp simd
-                    for (int i = 0; i < L; ++i) {
-                        // (a kept pixel's masked values are its values; a left-out one gets 0)
-                        const float keep = kMasked ? mrow[i] : 1.f;
-                        const float v = coef_l1 * l1_sign(p[i] - g[i]) +
-                                        coef_ssim * (b0[i] + 2.f * p[i] * b1[i] + g[i] * b2[i]);
-                        out[i] = keep != 0.f ? v : 0.f;
-                    }
-                } else {
-#pragma omp simd
-                    for (int i = 0; i < L; ++i) {
-                        const float keep = kMasked ? mrow[i] : 1.f;
-                        const float v = coef_l1 * l1_sign(p[i] - g[i]);
-                        out[i] = keep != 0.f ? v : 0.f;
-                    }
+                for (int i = 0; i < L; ++i) {
+                    const float keep = kMasked ? mrow[i] : 1.f;
+                    const float v = coef_l1 * l1_sign(p[i] - g[i]);
+                    out[i] = keep != 0.f ? v : 0.f;
                 }
             }
         }
-    }
+    });
 }
 
 }  // namespace
