@@ -256,26 +256,70 @@ void splat_sh_bwd(int C, int N, int K, int degree, const float* dirs, const floa
 int64_t splat_isect_count(int C, int N, const float* means2d, const int32_t* radii, int tile_size, int tw, int th,
                           const uint8_t* tile_mask, int32_t* tiles_per_gauss, int64_t* tile_counts) {
     const int64_t n_tiles = (int64_t)tw * th;
-    memset(tile_counts, 0, sizeof(int64_t) * C * n_tiles);
+    const int64_t T = C * n_tiles;
+    memset(tile_counts, 0, sizeof(int64_t) * T);
     int64_t total = 0;
-#pragma omp parallel for schedule(dynamic, 4096) reduction(+ : total)
-    for (int64_t idx = 0; idx < (int64_t)C * N; ++idx) {
-        tiles_per_gauss[idx] = 0;
-        if (!visible(radii, idx)) continue;
-        int c = (int)(idx / N);
-        TileRect r = tile_rect_of(means2d, radii, idx, tile_size, tw, th);
-        int cnt = 0;
-        for (int ty = r.y0; ty < r.y1; ++ty)
-            for (int tx = r.x0; tx < r.x1; ++tx) {
-                int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
-                if (tile_mask && !tile_mask[t]) continue;
-                __atomic_fetch_add(&tile_counts[t], (int64_t)1, __ATOMIC_RELAXED);
-                ++cnt;
-            }
-        tiles_per_gauss[idx] = cnt;
-        total += cnt;
+    // each thread counts into tile counters of its own (shared ones, even atomic, made the
+    // threads fight over the same cache lines), added up per tile at the end
+#pragma omp parallel reduction(+ : total)
+    {
+        std::vector<int64_t> mine(T, 0);
+#pragma omp for schedule(dynamic, 4096) nowait
+        for (int64_t idx = 0; idx < (int64_t)C * N; ++idx) {
+            tiles_per_gauss[idx] = 0;
+            if (!visible(radii, idx)) continue;
+            int c = (int)(idx / N);
+            TileRect r = tile_rect_of(means2d, radii, idx, tile_size, tw, th);
+            int cnt = 0;
+            for (int ty = r.y0; ty < r.y1; ++ty)
+                for (int tx = r.x0; tx < r.x1; ++tx) {
+                    int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
+                    if (tile_mask && !tile_mask[t]) continue;
+                    ++mine[t];
+                    ++cnt;
+                }
+            tiles_per_gauss[idx] = cnt;
+            total += cnt;
+        }
+#pragma omp critical(splat_isect_count)
+        for (int64_t t = 0; t < T; ++t) tile_counts[t] += mine[t];
     }
     return total;
+}
+
+// Sorts one tile's keys (depth bits << 32 | Gaussian index) ascending. They arrive in
+// increasing Gaussian index, so a stable sort on the depth bits alone gives the order of
+// the whole keys: tiles of many entries take a least-significant-digit radix sort on those
+// bits (8-bit digits, a digit every key shares skipped), small ones std::sort.
+static void sort_tile_keys(uint64_t* k, int64_t n, std::vector<uint64_t>& scratch) {
+    if (n < 128) {
+        std::sort(k, k + n);
+        return;
+    }
+    uint32_t hist[4][256] = {};
+    for (int64_t i = 0; i < n; ++i) {
+        const uint32_t d = (uint32_t)(k[i] >> 32);
+        ++hist[0][d & 255];
+        ++hist[1][(d >> 8) & 255];
+        ++hist[2][(d >> 16) & 255];
+        ++hist[3][d >> 24];
+    }
+    if ((int64_t)scratch.size() < n) scratch.resize(n);
+    uint64_t* src = k;
+    uint64_t* dst = scratch.data();
+    for (int b = 0; b < 4; ++b) {
+        const int shift = 32 + 8 * b;
+        if ((int64_t)hist[b][(src[0] >> shift) & 255] == n) continue;  // one digit for all: nothing moves
+        uint32_t pos[256];
+        uint32_t sum = 0;
+        for (int v = 0; v < 256; ++v) {
+            pos[v] = sum;
+            sum += hist[b][v];
+        }
+        for (int64_t i = 0; i < n; ++i) dst[pos[(src[i] >> shift) & 255]++] = src[i];
+        std::swap(src, dst);
+    }
+    if (src != k) memcpy(k, src, sizeof(uint64_t) * n);
 }
 
 // Pass 2: fill the intersection list, grouped by (camera, tile) in order, each
@@ -329,18 +373,22 @@ void splat_isect_fill(int C, int N, const float* means2d, const int32_t* radii, 
         });
     }
     const int tile_bits = bit_length(n_tiles);
-#pragma omp parallel for schedule(dynamic, 16)
-    for (int64_t t = 0; t < T; ++t) {
-        int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
-        if (e <= s) continue;
-        std::sort(keys.begin() + s, keys.begin() + e);
-        int64_t c = t / n_tiles, tile = t - c * n_tiles;
-        for (int64_t i = s; i < e; ++i) {
-            uint32_t bits = (uint32_t)(keys[i] >> 32);
-            float depth;
-            memcpy(&depth, &bits, 4);
-            isect_ids[i] = isect_key(c, tile, depth, tile_bits);
-            flatten_ids[i] = (int32_t)(keys[i] & 0xFFFFFFFFu);
+#pragma omp parallel
+    {
+        std::vector<uint64_t> scratch;
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t t = 0; t < T; ++t) {
+            int64_t s = tile_offsets[t], e = tile_offsets[t + 1];
+            if (e <= s) continue;
+            sort_tile_keys(keys.data() + s, e - s, scratch);
+            int64_t c = t / n_tiles, tile = t - c * n_tiles;
+            for (int64_t i = s; i < e; ++i) {
+                uint32_t bits = (uint32_t)(keys[i] >> 32);
+                float depth;
+                memcpy(&depth, &bits, 4);
+                isect_ids[i] = isect_key(c, tile, depth, tile_bits);
+                flatten_ids[i] = (int32_t)(keys[i] & 0xFFFFFFFFu);
+            }
         }
     }
 }

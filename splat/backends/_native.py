@@ -127,7 +127,8 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
     def sh_backward(ctx, g_out):
         dirs, coeffs, masks = ctx.saved_tensors
         C, N = dirs.shape[:2]
-        v_coeffs = torch.zeros_like(coeffs)
+        # (the kernels zero every coefficient row before adding into it: no second pass here)
+        v_coeffs = torch.empty_like(coeffs) if C * N else torch.zeros_like(coeffs)
         v_dirs = torch.zeros_like(dirs) if ctx.needs_input_grad[1] else None
         if C * N:
             g_out = g_out.contiguous()  # a local, so that it outlives the call
