@@ -10,6 +10,17 @@
 
 using namespace splat;
 
+namespace {
+
+// Adam on the elements [i0, i1).
+void adam_span(int64_t i0, int64_t i1, float* __restrict param, const float* __restrict grad,
+               float* __restrict exp_avg, float* __restrict exp_avg_sq, const AdamCoefs& c) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) adam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], c);
+}
+
+}  // namespace
+
 extern "C" {
 
 // One Adam step over a parameter of N rows of D floats each ([N, D] contiguous):
@@ -26,21 +37,28 @@ void splat_adam_rows(int64_t N, int64_t D, float* param, const float* grad, floa
 #pragma omp parallel
         {
             FlushDenormals ftz;
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n; ++i) adam_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], c);
+            const int nt = omp_get_num_threads(), me = omp_get_thread_num();
+            adam_span(n * me / nt, n * (me + 1) / nt, param, grad, exp_avg, exp_avg_sq, c);
         }
         return;
     }
+    // Sparse: each thread takes a range of rows and updates each run of consecutive visible rows
+    // as one flat vector loop (per-row loops over a few floats do not vectorise; this is within
+    // a few tens of percent of the dense step at any visible fraction, faster at low ones).
 #pragma omp parallel
     {
         FlushDenormals ftz;
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < N; ++r) {
-            if (!rows[r]) continue;
-            const int64_t o = r * D;
-#pragma omp simd
-            for (int64_t j = 0; j < D; ++j)
-                adam_element(param[o + j], grad[o + j], exp_avg[o + j], exp_avg_sq[o + j], c);
+        const int nt = omp_get_num_threads(), me = omp_get_thread_num();
+        const int64_t lo = N * me / nt, hi = N * (me + 1) / nt;
+        for (int64_t r = lo; r < hi;) {
+            if (!rows[r]) {
+                ++r;
+                continue;
+            }
+            int64_t e = r + 1;
+            while (e < hi && rows[e]) ++e;
+            adam_span(r * D, e * D, param, grad, exp_avg, exp_avg_sq, c);
+            r = e;
         }
     }
 }
