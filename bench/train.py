@@ -108,8 +108,19 @@ def fixed_count_trainer(backend: str, count: int, **cfg_kw):
     return t
 
 
+def _retain_freed_memory() -> None:
+    """What the training loop does on a CPU (splat.train.allocator), for children that call
+    train_step themselves; code from before that module has no such setting."""
+    try:
+        from splat.train.allocator import retain_freed_memory
+    except ImportError:
+        return
+    retain_freed_memory()
+
+
 def _child(backend: str, count: int, steps: int) -> None:
     """Time `steps` training steps at a fixed count; print one JSON line."""
+    _retain_freed_memory()
     t = fixed_count_trainer(backend, count)
     step0 = 3000  # full SH degree
     for i in range(3):
@@ -178,6 +189,7 @@ def _child_profile(scene: str, data: str, variant: str) -> None:
         kw["adam"] = AdamConfig(sparse=False, fused=False)
         if variant == "+rows":
             loop.photometric_loss = functools.partial(loop.photometric_loss, impl="torch")
+    _retain_freed_memory()
     t = Trainer(TrainConfig(**kw), log=lambda *a: None)
     prof_mod = _load_step_profile()
     for step in range(start):

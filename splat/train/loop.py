@@ -47,6 +47,7 @@ from .evaluate import evaluate
 from .losses import photometric_loss
 from .registry import MODELS, OPTIMIZERS
 from .sharded import ShardedStep, check_shardable
+from .allocator import retain_freed_memory
 from .threads import ThreadGovernor, set_threads
 
 __all__ = ["Trainer", "EXPORT_SUFFIXES", "write_model_files"]
@@ -466,10 +467,12 @@ class Trainer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
         governor = None
+        threads_before = torch.get_num_threads()
         if cfg.threads > 0:
             set_threads(cfg.threads)
         elif self.device.type == "cpu":
             governor = self.threads = ThreadGovernor()
+        restore_malloc = retain_freed_memory() if self.device.type == "cpu" else (lambda: None)
         try:
             t_last = time.perf_counter()
             while step < self.iterations:
@@ -520,6 +523,9 @@ class Trainer:
                 signal.signal(sig, h)
             if governor is not None:
                 governor.close()
+            elif cfg.threads > 0:
+                set_threads(threads_before)
+            restore_malloc()
         if bar is not None:
             bar.close()
         self.save_checkpoint(step)
