@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Literal
 
 import tyro
 
@@ -63,7 +63,7 @@ class Args:
     reference_steps: int = 3
     profile_before: str = "ae21798"
     """Git commit whose code the "before" profile column runs (the last one before issue 21's work)."""
-    profile_scenes: List[str] = dataclasses.field(default_factory=lambda: ["default", "object"])
+    profile_scenes: List[Literal["default", "object"]] = dataclasses.field(default_factory=lambda: ["default", "object"])
     """Scenes profiled: default (the embedded scene, 3000-step recipe, steps 500-1000 profiled) and
     object (a NeRF-synthetic object, 2000-step recipe, steps 1000-1500 profiled)."""
     busy_steps: int = 500
@@ -202,7 +202,7 @@ def _child_profile(scene: str, data: str, variant: str) -> None:
 
 
 def before_worktree(ref: str) -> Path:
-    """A detached git worktree of `ref` under /tmp (made once, reused while it is at that commit)."""
+    """A detached git worktree of `ref` under /tmp (`main` removes it after the run)."""
     commit = subprocess.run(["git", "rev-parse", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
     wt = Path(f"/tmp/splat_bench_before_{commit[:12]}")
@@ -254,6 +254,15 @@ def run_busy(threads: int, steps: int, beside_busy: bool) -> dict:
 
 
 def main(args: Args) -> None:
+    before = before_worktree(args.profile_before) if not (args.skip_per_step and args.skip_profile) else None
+    try:
+        run(args, before)
+    finally:
+        if before is not None:  # the worktree goes (its native library stays in the build cache)
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
+
+
+def run(args: Args, before) -> None:
     import torch
 
     from bench.common import object_scene_path
@@ -263,8 +272,6 @@ def main(args: Args) -> None:
         res = json.loads(args.out.read_text())
     res["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                       "torch": torch.__version__}
-    before = before_worktree(args.profile_before) if not (args.skip_per_step and args.skip_profile) else None
-
     if not args.skip_per_step:
         res["per_step"] = []
         res["per_step_before_commit"] = args.profile_before
