@@ -9,7 +9,9 @@
 #   3. bench/rasterize.py side by side with gsplat: garden, 1M and 5M random
 #      Gaussians at 1080p, forward and forward+backward ms and peak memory;
 #   4. the multi-process trainer's NCCL path on the one GPU (torchrun, 1 process):
-#      the default scene for 300 steps, against the plain one-process run.
+#      the default scene for 300 steps, against the plain one-process run;
+#   5. the fused L1 + D-SSIM loss and the fused Adam step on the GPU against their
+#      torch versions (values, gradients, speed: bench/fused_loss.py, bench/fused_adam.py).
 #
 # gsplat on a machine without internet (such as this project's lent GPU
 # machines): here, `echo /.whl/ >> .git/info/exclude; python3 -m pip download
@@ -28,7 +30,8 @@ status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import splat.backends.cuda as c, time; t = time.time(); c.load(); print(f'CUDA build {time.time() - t:.1f} s')" \
     2>&1 | tee "$OUT/build.log" || status=1
-python3 -m pytest -q -rs tests/test_backends.py tests/test_edge_cases.py tests/test_cuda_build.py tests/test_raytrace.py 2>&1 \
+python3 -m pytest -q -rs tests/test_backends.py tests/test_edge_cases.py tests/test_cuda_build.py tests/test_raytrace.py \
+    tests/test_fused_loss.py tests/test_fused_adam.py 2>&1 \
     | tee "$OUT/tests.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 for tool in memcheck racecheck synccheck; do
@@ -45,5 +48,9 @@ for launch in plain nccl; do
     "${cmd[@]}" --device cuda --iterations 300 --no-progress --save-renders 0 --out "$OUT/train_$launch" 2>&1 \
         | tee "$OUT/train_$launch.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 done
+python3 bench/fused_loss.py --device cuda --repeats 50 --json "$OUT/results_fused_loss_cuda.json" 2>&1 \
+    | tee "$OUT/bench_fused_loss.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
+python3 bench/fused_adam.py --device cuda --counts 1000000 5000000 --repeats 20 \
+    --json "$OUT/results_fused_adam_cuda.json" 2>&1 | tee "$OUT/bench_fused_adam.log"; [ "${PIPESTATUS[0]}" = 0 ] || status=1
 echo "gpu_validate: exit $status"
 exit $status

@@ -153,6 +153,26 @@ def test_emulated_cuda_kernel_matches_the_cpu_library(monkeypatch):
                 assert torch.equal(x[~r], y[~r])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_cuda_step_matches_torch_adam_on_the_gpu(sparse):
+    """The CUDA kernel on a GPU: dense against torch.optim.Adam there; sparse rows as on the CPU."""
+    from conftest import _prepare
+
+    _prepare("cuda")
+    N = 4096
+    p0 = torch.randn(N, 3).cuda()
+    grads = [g.cuda() for g in _grads((N, 3), 5, seed=8)]
+    rows = (torch.arange(N) % 4 == 0).cuda() if sparse else None
+    want = _run(p0, grads, None) if not sparse else _run(p0, grads, lambda o, p, r: adam_step(o, p, r, fused=False),
+                                                         rows=rows)
+    got = _run(p0, grads, lambda o, p, r: adam_step(o, p, r, fused=True), rows=rows)
+    for a, b in zip(got[:3], want[:3]):
+        _close(a.cpu(), b.cpu())
+    if sparse:
+        assert torch.equal(got[0][~rows].cpu(), p0[~rows].cpu())
+
+
 def _bad_args():
     p = torch.zeros(10, 3)
     z = torch.zeros(10, 3)
