@@ -13,12 +13,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scenes.garden import garden_scene  # noqa: E402,F401
 
 
-def timed(fn, repeats=3):
-    """Median wall time of `repeats` calls of fn, in seconds."""
+def timed(fn, repeats=3, warmup=0, device=None):
+    """Median wall time of `repeats` calls of fn after `warmup` untimed ones, in seconds; with a
+    CUDA `device`, synchronised after the warm-up and after each call."""
+    def sync():
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

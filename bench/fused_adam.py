@@ -20,24 +20,18 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import timed  # noqa: E402
 import splat.backends.fused_adam  # noqa: E402,F401  (registers torch.ops.splat.adam_rows)
 from splat.optim.adam import adam_step  # noqa: E402
 
 WIDTHS = {"means": (3,), "scales": (3,), "quats": (4,), "opacities": (), "sh0": (1, 3), "shN": (15, 3)}
 LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make(count, device, seed=0):
@@ -50,18 +44,6 @@ def make(count, device, seed=0):
         params[k] = p
         opts[k] = torch.optim.Adam([p], lr=LRS[k], eps=1e-15)
     return params, opts
-
-
-def timed(step, device, repeats):
-    step()  # moments created
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -84,9 +66,10 @@ def main(argv=None):
         pf, of = make(n, device)
         ps, os_ = make(n, device)
         vis = (torch.rand(n, generator=torch.Generator().manual_seed(1)) < args.visible).to(device)
-        t_torch = timed(lambda: [o.step() for o in ot.values()], device, args.repeats)
-        t_fused = timed(lambda: [adam_step(of[k], pf[k], None) for k in pf], device, args.repeats)
-        t_sparse = timed(lambda: [adam_step(os_[k], ps[k], vis) for k in ps], device, args.repeats)
+        t_torch = timed(lambda: [o.step() for o in ot.values()], args.repeats, warmup=1, device=device)
+        t_fused = timed(lambda: [adam_step(of[k], pf[k], None) for k in pf], args.repeats, warmup=1, device=device)
+        t_sparse = timed(lambda: [adam_step(os_[k], ps[k], vis) for k in ps], args.repeats, warmup=1,
+                         device=device)
         diff = max(float((pf[k].detach() - pt[k].detach()).abs().max()) for k in pt)
         row = {"count": n, "torch_ms": t_torch * 1e3, "fused_ms": t_fused * 1e3, "sparse_ms": t_sparse * 1e3,
                "fused_speedup": t_torch / t_fused, "sparse_speedup": t_torch / t_sparse,

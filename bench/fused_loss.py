@@ -17,37 +17,18 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import timed  # noqa: E402
 from splat.backends import fused_loss  # noqa: E402
 from splat.train.losses import photometric_loss  # noqa: E402
 
 SIZES = ("200x200", "256x256", "800x800", "1920x1080")
 LAMBDA = 0.2
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn, device, repeats):
-    """Median wall time of `repeats` calls of fn after one warm-up call, in seconds."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _images(H, W, device, mask):
@@ -92,8 +73,8 @@ def run_size(H, W, device, repeats, mask):
             p.grad = None
             fn(p, gt, LAMBDA, m).backward()
 
-        row[f"{name}_fwd_ms"] = 1e3 * median_seconds(forward, device, repeats)
-        row[f"{name}_fwd_bwd_ms"] = 1e3 * median_seconds(forward_backward, device, repeats)
+        row[f"{name}_fwd_ms"] = 1e3 * timed(forward, repeats, warmup=1, device=device)
+        row[f"{name}_fwd_bwd_ms"] = 1e3 * timed(forward_backward, repeats, warmup=1, device=device)
         p.grad = None
         loss = fn(p, gt, LAMBDA, m)
         loss.backward()

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -112,20 +111,6 @@ def _sync():
     torch.cuda.synchronize()
 
 
-def gpu_timed(fn, repeats, warmup=3):
-    """Median wall-clock seconds of fn() on the GPU (synchronised around each run)."""
-    for _ in range(warmup):
-        fn()
-    _sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def gpu_peak_bytes(fn):
     """Peak GPU memory that fn() allocates beyond what was allocated before it."""
     _sync()
@@ -154,8 +139,8 @@ def bench_gpu_scene(name, scene, renderers, repeats):
     for rname, render in renderers.items():
         fwd, fwd_bwd = passes(render, scene)
         images[rname] = fwd()[0].float()
-        row[f"{rname}_fwd_ms"] = gpu_timed(fwd, repeats) * 1e3
-        row[f"{rname}_fwd_bwd_ms"] = gpu_timed(fwd_bwd, repeats) * 1e3
+        row[f"{rname}_fwd_ms"] = timed(fwd, repeats, warmup=3, device="cuda") * 1e3
+        row[f"{rname}_fwd_bwd_ms"] = timed(fwd_bwd, repeats, warmup=3, device="cuda") * 1e3
         row[f"{rname}_fwd_peak_mib"] = gpu_peak_bytes(fwd) / 2 ** 20
         row[f"{rname}_fwd_bwd_peak_mib"] = gpu_peak_bytes(fwd_bwd) / 2 ** 20
     if "gsplat" in images:
