@@ -39,6 +39,7 @@ from ..metrics import psnr as psnr_fn
 from ..models.base import Model
 from ..render import RenderSettings, merge_infos
 from ..strategies.ops import visible_rows
+from .allocator import retain_freed_memory
 from .callbacks import Callback, CallbackList, load_callback
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DEFAULT_ITERATIONS, TrainConfig, config_from_json, config_to_json
@@ -47,7 +48,6 @@ from .evaluate import evaluate
 from .losses import photometric_loss
 from .registry import MODELS, OPTIMIZERS
 from .sharded import ShardedStep, check_shardable
-from .allocator import retain_freed_memory
 from .threads import ThreadGovernor, set_threads
 
 __all__ = ["Trainer", "EXPORT_SUFFIXES", "write_model_files"]

@@ -3,8 +3,7 @@ Splatting, SIGGRAPH 2023), in torch or fused into the native kernels
 (`splat.backends.fused_loss`, after fused-ssim: Mallick et al., Taming 3DGS, 2024)."""
 from __future__ import annotations
 
-import threading
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -15,25 +14,6 @@ __all__ = ["photometric_loss", "photometric_loss_rows", "IMPLS"]
 
 IMPLS = ("auto", "torch", "native")
 
-_native_ok: Dict[str, bool] = {}  # device type -> whether its native library loads
-_native_lock = threading.Lock()
-
-
-def _native_available(device_type: str) -> bool:
-    """Whether the native library of `device_type` ("cpu" or "cuda") builds and loads (asked once)."""
-    if device_type not in _native_ok:
-        with _native_lock:
-            if device_type not in _native_ok:
-                from ..backends import cpu, cuda
-                from ..backends._build import NativeBuildError
-
-                try:
-                    (cpu if device_type == "cpu" else cuda).load()
-                    _native_ok[device_type] = True
-                except NativeBuildError:
-                    _native_ok[device_type] = False
-    return _native_ok[device_type]
-
 
 def _native_fits(pred: Tensor, gt: Tensor, mask: Optional[Tensor]) -> bool:
     """Whether impl="auto" takes the native loss for these inputs."""
@@ -42,7 +22,15 @@ def _native_fits(pred: Tensor, gt: Tensor, mask: Optional[Tensor]) -> bool:
             and pred.device == gt.device and pred.device.type in ("cpu", "cuda") and not gt.requires_grad
             and (mask is None or (mask.device == pred.device and mask.dtype == torch.bool
                                   and tuple(mask.shape) == (*pred.shape[:2], 1)))
-            and _native_available(pred.device.type))
+            and _native_backend_loads(pred.device))
+
+
+def _native_backend_loads(device: torch.device) -> bool:
+    """Whether the device's native library builds and loads: what rasterize's backend="auto" picks
+    (`splat.backends.get`, which warns once where it falls back to the torch reference)."""
+    from ..backends import get
+
+    return get("auto", device).NAME != "torch"
 
 
 def photometric_loss(pred: Tensor, gt: Tensor, ssim_lambda: float, mask: Optional[Tensor] = None,
