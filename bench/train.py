@@ -136,22 +136,26 @@ def _child(backend: str, count: int, steps: int) -> None:
                       "splat": str(Path(splat.__file__).parent)}))
 
 
-def run_child(backend: str, count: int, steps: int, src: Path = ROOT) -> dict:
+def _child_json(argv: List[str], src: Path = ROOT) -> dict:
+    """Run this file with `argv` in a process of its own, measuring the splat under `src` (this tree
+    or another commit's worktree); its last line of output, a JSON object. RuntimeError when the child
+    fails, or when it reports (key "splat") that it imported splat from elsewhere."""
     env = dict(os.environ)
     if src != ROOT:
         env["SPLAT_BENCH_SRC"] = str(src)
-    out = subprocess.run([sys.executable, __file__, "--child", backend, str(count), str(steps)],
-                         capture_output=True, text=True, cwd=src, env=env)
+    out = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, cwd=src, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
-    return _check_src(json.loads(out.stdout.strip().splitlines()[-1]), src)
-
-
-def _check_src(r: dict, src: Path) -> dict:
-    """`r` from a child that measured the splat under `src` (RuntimeError if it imported another)."""
-    if Path(r.pop("splat")).resolve() != (src / "splat").resolve():
-        raise RuntimeError(f"a benchmark child imported splat from {r['splat']}, not {src}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if "splat" in r:
+        where = r.pop("splat")
+        if Path(where).resolve() != (src / "splat").resolve():
+            raise RuntimeError(f"a benchmark child imported splat from {where}, not {src}")
     return r
+
+
+def run_child(backend: str, count: int, steps: int, src: Path = ROOT) -> dict:
+    return _child_json(["--child", backend, str(count), str(steps)], src)
 
 
 # ----------------------------------------------------------------------------- stage profile
@@ -213,14 +217,7 @@ def before_worktree(ref: str) -> Path:
 
 
 def run_profile(scene: str, data: str, variant: str, before_src: Path) -> dict:
-    env = dict(os.environ)
-    if variant == "before":
-        env["SPLAT_BENCH_SRC"] = str(before_src)
-    out = subprocess.run([sys.executable, __file__, "--child-profile", scene, data, variant], capture_output=True,
-                         text=True, cwd=before_src if variant == "before" else ROOT, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr)
-    return _check_src(json.loads(out.stdout.strip().splitlines()[-1]), before_src if variant == "before" else ROOT)
+    return _child_json(["--child-profile", scene, data, variant], before_src if variant == "before" else ROOT)
 
 
 # ----------------------------------------------------------------------------- beside other work
@@ -242,15 +239,11 @@ def run_busy(threads: int, steps: int, beside_busy: bool) -> dict:
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         time.sleep(1.0)
     try:
-        out = subprocess.run([sys.executable, __file__, "--child-busy", str(threads), str(steps)],
-                             capture_output=True, text=True, cwd=ROOT)
+        return _child_json(["--child-busy", str(threads), str(steps)])
     finally:
         if hog is not None:
             hog.kill()
             hog.wait()
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(args: Args) -> None:

@@ -5,7 +5,7 @@ workers spin while they wait for the next parallel region (libgomp's active wait
 That is the fastest choice on an otherwise idle machine, but beside another busy
 process the spinning workers take the cores from the threads doing the work: on the
 2-core machine the README names, a training beside one ``while True: pass`` process
-kept 0.11-0.36 of its solo step rate with 2 threads (its fair share is 0.5).
+kept 0.11-0.39 of its solo step rate with 2 threads (its fair share is 0.5).
 Passive waiting (OMP_WAIT_POLICY=PASSIVE) fixes that but costs ~40 % alone, since a
 step runs hundreds of small parallel regions.
 
