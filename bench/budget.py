@@ -121,9 +121,9 @@ def main(argv=None) -> dict:
         result["requirement"] = {"fraction": F_req, "within_db": tol, "best": best,
                                  "met_by": sorted(f"{r['source']}:{r['method']}" for r in req if r["delta_db"] >= -tol)}
     print_table(result)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
+    from splat.io.common import atomic_write
+
+    atomic_write(args.out, json.dumps(result, indent=1).encode())
     print(f"wrote {args.out}")
     return result
 

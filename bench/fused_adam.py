@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import timed  # noqa: E402
 import splat.backends.fused_adam  # noqa: E402,F401  (registers torch.ops.splat.adam_rows)
 from splat.optim.adam import adam_step  # noqa: E402
+from splat.io.common import atomic_write  # noqa: E402
 
 WIDTHS = {"means": (3,), "scales": (3,), "quats": (4,), "opacities": (), "sh0": (1, 3), "shN": (15, 3)}
 LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
@@ -83,10 +84,7 @@ def main(argv=None):
                        "torch": torch.__version__,
                        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
            "visible_fraction": args.visible, "rows": rows}
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=2)
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(res, indent=2).encode())
     print(f"wrote {out}")
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import timed  # noqa: E402
 from splat.backends import fused_loss  # noqa: E402
+from splat.io.common import atomic_write  # noqa: E402
 from splat.train.losses import photometric_loss  # noqa: E402
 
 SIZES = ("200x200", "256x256", "800x800", "1920x1080")
@@ -132,11 +133,8 @@ def main():
         print(line, flush=True)
     path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                      f"results_fused_loss_{device.type}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(dict(device=hw, torch=torch.__version__, threads=threads, ssim_lambda=LAMBDA, masked=args.mask,
-                       results=results), f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(dict(device=hw, torch=torch.__version__, threads=threads, ssim_lambda=LAMBDA,
+                                       masked=args.mask, results=results), indent=1).encode())
     print(f"# wrote {path}")
 
 

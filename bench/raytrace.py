@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import garden_scene, object_scene_path, random_scene, start_results, timed  # noqa: E402
 from splat.backends import raytrace as rt  # noqa: E402
+from splat.io.common import atomic_write  # noqa: E402
 from splat.render import rasterize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -279,9 +280,7 @@ def main(argv=None) -> None:
         old = json.loads(out_path.read_text())
         if "training" in old:
             results["training"] = old["training"]
-    tmp = out_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out_path)
+    atomic_write(out_path, (json.dumps(results, indent=2) + "\n").encode())
     print(f"-> {out_path}")
 
 

@@ -350,9 +350,9 @@ def run(args: Args, before) -> None:
 
 def save(res: dict, out: Path) -> None:
     """Write the results (atomically; after each part, so a part that fails keeps the others')."""
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, out)
+    from splat.io.common import atomic_write
+
+    atomic_write(out, json.dumps(res, indent=2).encode())
 
 
 if __name__ == "__main__":
