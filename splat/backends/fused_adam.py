@@ -62,21 +62,22 @@ def adam_rows(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
     Raises ValueError for mismatched inputs."""
     from . import cpu
 
-    check_adam_args(param, grad, exp_avg, exp_avg_sq, rows)
-    N, D = _shape(param)
-    r = None if rows is None else rows.to(torch.uint8).contiguous()
-    if N * D:
-        cpu.load().splat_adam_rows(N, D, ptr(param), ptr(grad), ptr(exp_avg), ptr(exp_avg_sq), ptr(r), beta1, beta2,
-                                   eps, step_size, bc2_sqrt)
+    _run(cpu._call, param, grad, exp_avg, exp_avg_sq, rows, beta1, beta2, eps, step_size, bc2_sqrt)
 
 
 @adam_rows.register_kernel("cuda")
 def _adam_rows_cuda(param, grad, exp_avg, exp_avg_sq, rows, beta1, beta2, eps, step_size, bc2_sqrt):
     from . import cuda
 
+    _run(cuda._call, param, grad, exp_avg, exp_avg_sq, rows, beta1, beta2, eps, step_size, bc2_sqrt)
+
+
+def _run(call, param, grad, exp_avg, exp_avg_sq, rows, beta1, beta2, eps, step_size, bc2_sqrt) -> None:
+    """The checks and the library's "adam_rows" entry point through `call(device, fn, *args)` (a
+    backend's `_call`)."""
     check_adam_args(param, grad, exp_avg, exp_avg_sq, rows)
     N, D = _shape(param)
     r = None if rows is None else rows.to(torch.uint8).contiguous()
     if N * D:
-        cuda._call(param.device, "adam_rows", N, D, ptr(param), ptr(grad), ptr(exp_avg), ptr(exp_avg_sq), ptr(r),
-                   beta1, beta2, eps, step_size, bc2_sqrt)
+        call(param.device, "adam_rows", N, D, ptr(param), ptr(grad), ptr(exp_avg), ptr(exp_avg_sq), ptr(r), beta1,
+             beta2, eps, step_size, bc2_sqrt)
