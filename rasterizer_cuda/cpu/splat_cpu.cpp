@@ -34,6 +34,25 @@ inline TileRect tile_rect_of(const float* means2d, const int32_t* radii, int64_t
     return tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[2 * i], radii[2 * i + 1], tile_size, tw, th);
 }
 
+// emit(t) for each tile t (flat, camera-major) of the Gaussian idx (of C * N; its camera is
+// idx / N) that its rectangle overlaps and tile_mask (nullable) keeps; returns how many.
+template <class Emit>
+inline int for_each_tile_of(int64_t idx, int N, const float* means2d, const int32_t* radii, int tile_size, int tw,
+                            int th, const uint8_t* tile_mask, Emit&& emit) {
+    const int64_t n_tiles = (int64_t)tw * th;
+    const int c = (int)(idx / N);
+    const TileRect r = tile_rect_of(means2d, radii, idx, tile_size, tw, th);
+    int cnt = 0;
+    for (int ty = r.y0; ty < r.y1; ++ty)
+        for (int tx = r.x0; tx < r.x1; ++tx) {
+            const int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
+            if (tile_mask && !tile_mask[t]) continue;
+            emit(t);
+            ++cnt;
+        }
+    return cnt;
+}
+
 // Flat tile index t (camera-major): its camera and the image position of its first pixel.
 struct TileOrigin { int c, x0, y0; };
 inline TileOrigin tile_origin(int64_t t, int64_t n_tiles, int tw, int tile_size) {
@@ -268,16 +287,8 @@ int64_t splat_isect_count(int C, int N, const float* means2d, const int32_t* rad
         for (int64_t idx = 0; idx < (int64_t)C * N; ++idx) {
             tiles_per_gauss[idx] = 0;
             if (!visible(radii, idx)) continue;
-            int c = (int)(idx / N);
-            TileRect r = tile_rect_of(means2d, radii, idx, tile_size, tw, th);
-            int cnt = 0;
-            for (int ty = r.y0; ty < r.y1; ++ty)
-                for (int tx = r.x0; tx < r.x1; ++tx) {
-                    int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
-                    if (tile_mask && !tile_mask[t]) continue;
-                    ++mine[t];
-                    ++cnt;
-                }
+            const int cnt = for_each_tile_of(idx, N, means2d, radii, tile_size, tw, th, tile_mask,
+                                             [&](int64_t t) { ++mine[t]; });
             tiles_per_gauss[idx] = cnt;
             total += cnt;
         }
@@ -345,17 +356,10 @@ void splat_isect_fill(int C, int N, const float* means2d, const int32_t* radii, 
         const int64_t lo = CN * me / nth, hi = CN * (me + 1) / nth;
         int64_t* mine = &start[(size_t)me * T];
         auto each = [&](auto&& emit) {
-            for (int64_t idx = lo; idx < hi; ++idx) {
-                if (!visible(radii, idx)) continue;
-                int c = (int)(idx / N);
-                TileRect r = tile_rect_of(means2d, radii, idx, tile_size, tw, th);
-                for (int ty = r.y0; ty < r.y1; ++ty)
-                    for (int tx = r.x0; tx < r.x1; ++tx) {
-                        int64_t t = c * n_tiles + (int64_t)ty * tw + tx;
-                        if (tile_mask && !tile_mask[t]) continue;
-                        emit(t, idx);
-                    }
-            }
+            for (int64_t idx = lo; idx < hi; ++idx)
+                if (visible(radii, idx))
+                    for_each_tile_of(idx, N, means2d, radii, tile_size, tw, th, tile_mask,
+                                     [&](int64_t t) { emit(t, idx); });
         };
         each([&](int64_t t, int64_t) { ++mine[t]; });
 #pragma omp barrier
