@@ -99,9 +99,9 @@ def bench_scene(name, scene, backends, repeats, torch_repeats):
         args = (info["means2d"], info["conics"], cols, opac, scene["width"], scene["height"], info["tile_size"],
                 info["isect_offsets"], info["flatten_ids"])
         blend = timed(lambda: cpu.rasterize_to_pixels(*args), repeats)
-        # (pixel, Gaussian) pairs the blend loop evaluated: every pixel of a tile for each
-        # Gaussian taken before the whole tile was done
-        pairs = int(cpu.blend_work(*args).sum()) * info["tile_size"] ** 2
+        # (pixel, Gaussian) pairs the blend loop evaluated: the pixels of the tile rows each
+        # Gaussian taken before the whole tile was done could reach
+        pairs = int(cpu.blend_work(*args).sum())
     return dict(scene=name, gaussians=N, cameras=C, width=scene["width"], height=scene["height"],
                 isects=info["flatten_ids"].numel(), pairs=pairs, blend_seconds=blend, **{
                     f"{b}_{k}": v for b, r in rows.items() for k, v in r.items()})

@@ -403,7 +403,8 @@ void splat_isect_fill(int C, int N, const float* means2d, const int32_t* radii, 
 // Outputs (preset by the caller to 0 for tiles not rendered): out_colors [C,H,W,D],
 // out_alphas [C,H,W], last_ids [C,H,W] (index into the isect list of the last
 // Gaussian that contributed, -1 for none), tile_work [C*th*tw] (nullable): how many
-// Gaussians each tile evaluated before all its pixels were done (for benchmarks).
+// (pixel, Gaussian) pairs each tile evaluated before all its pixels were done (for
+// benchmarks: the pixels of the rows each Gaussian taken could reach).
 void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_size, int tw, int th,
                          const float* means2d, const float* conics, const float* colors, const float* opacities,
                          const float* backgrounds, const int64_t* tile_offsets, const int32_t* flatten_ids,
@@ -439,10 +440,11 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
             std::fill(T.begin(), T.end(), 1.f);
             std::fill(last.begin(), last.end(), -1);
             std::fill(acc.begin(), acc.end(), 0.f);
-            int k = 0;
-            for (; k < K && n_active > 0; ++k) {
+            int64_t pairs = 0;
+            for (int k = 0; k < K && n_active > 0; ++k) {
                 const PixelRange r = gaussian_pixel_range(ga[k], gb[k], gc[k], gy[k], go[k], ty0, tile_size);
                 if (r.p1 <= r.p0) continue;
+                pairs += r.p1 - r.p0;
                 n_active -= blend_step(r.p0, r.p1, px.data(), py.data(), T.data(), w.data(), last.data(),
                                        active.data(), gx[k], gy[k], ga[k], gb[k], gc[k], go[k], (int32_t)(s + k));
                 const float* ck = &col[(size_t)k * D];
@@ -453,7 +455,7 @@ void splat_rasterize_fwd(int C, int N, int D, int width, int height, int tile_si
                     for (int p = r.p0; p < r.p1; ++p) ad[p] += w[p] * cv;
                 }
             }
-            if (tile_work) tile_work[t] = k;
+            if (tile_work) tile_work[t] = (int32_t)pairs;
             const float* bg = backgrounds ? backgrounds + (int64_t)c * D : nullptr;
             for (int p = 0; p < P; ++p) {
                 int x = tx0 + p % tile_size, y = ty0 + p / tile_size;

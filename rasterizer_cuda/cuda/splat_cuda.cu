@@ -297,7 +297,7 @@ __global__ void __launch_bounds__(MAXT) rasterize_fwd_kernel(int D, int width, i
         __syncthreads();
         atomicMax(&s_work, work);
         __syncthreads();
-        if (threadIdx.x == 0) tile_work[t] = s_work;
+        if (threadIdx.x == 0) tile_work[t] = s_work * tile_size * tile_size;  // every pixel of the tile
     }
     if (!px.inside) return;
     const float* bg = backgrounds ? backgrounds + (int64_t)px.c * D : nullptr;

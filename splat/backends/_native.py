@@ -271,8 +271,10 @@ def make_ops(name: str, call: Callable, max_channels: Optional[int] = None) -> S
     @torch.no_grad()
     def blend_work(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets,
                    flatten_ids) -> Tensor:
-        """Forward blend only, returning how many Gaussians each tile evaluated before
-        all its pixels were done ([C * th * tw] int32): the pair count for benchmarks."""
+        """Forward blend only, returning how many (pixel, Gaussian) pairs each tile evaluated
+        before all its pixels were done ([C * th * tw] int32): the work count for benchmarks
+        (the CPU kernels evaluate only the rows of a tile each Gaussian can reach; the CUDA
+        ones every pixel of the tile)."""
         th, tw = isect_offsets.shape[1:]
         work = torch.zeros(colors.shape[0] * th * tw, dtype=torch.int32, device=colors.device)
         blend_forward(f32(means2d, "means2d"), f32(conics, "conics"), f32(colors, "colors"),
